@@ -1,0 +1,1201 @@
+//! The attribute's arguments, `#[robustness_test(key = value, ...)]`, parsed into a typed [`Spec`].
+//!
+//! `attack`, `eps` and `crate` shape the expansion and are parsed in [`parse`]; every other key is
+//! an [`Options`] field, declared once with its type and range and forwarded as the `TestSpec`
+//! builder call of the same name. Defaults belong to the runtime, so a key the user did not write
+//! produces no call at all. Mistakes are collected, each at its own token, so that one build
+//! reports all of them.
+
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, LitStr, Token, UnOp};
+
+use crate::errors::Errors;
+
+/// The attacks the runtime implements. Adding one here (and to the runtime) is all it takes for
+/// `attack = "..."` to accept it.
+pub(crate) const KNOWN_ATTACKS: &[&str] = &["fgsm", "pgd"];
+
+const NORMS: &[&str] = &["linf", "l2"];
+const LOSSES: &[&str] = &["ce", "cw"];
+const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
+
+/// The keys that shape the expansion instead of becoming a builder call.
+const STRUCTURAL_KEYS: &[&str] = &["attack", "eps", "crate"];
+
+/// A robustness test as the attribute describes it: one generated test per attack × ε.
+pub(crate) struct Spec {
+    /// `attack`: at least one known attack, none repeated.
+    pub attacks: Vec<Attack>,
+    /// `eps`: at least one finite ε > 0, none repeated.
+    pub eps: Vec<Eps>,
+    pub options: Options,
+    /// `crate`: where the runtime is, for users who renamed the dependency.
+    pub krate: Option<syn::Path>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Attack {
+    pub name: &'static str,
+    span: Span,
+}
+
+#[derive(Debug)]
+pub(crate) struct Eps {
+    pub value: f64,
+    /// The literal's digits as written (`0.05`, `8e-3`): test names are made from them, so that
+    /// `pgd_eps_0_05` reads like the attribute that produced it.
+    digits: String,
+    span: Span,
+}
+
+impl Eps {
+    /// The part of a test name this ε contributes: `0.05` → `0_05`, `8e-3` → `8e_3`.
+    fn name_part(&self) -> String {
+        identifier_chars(&self.digits)
+    }
+}
+
+/// One generated test.
+pub(crate) struct Case<'a> {
+    /// The test function's name, e.g. `pgd_eps_0_1`.
+    pub name: String,
+    pub attack: &'a Attack,
+    pub eps: &'a Eps,
+}
+
+impl Spec {
+    /// Every attack × ε pair, attack-major, so tests sort by attack in `cargo test` output.
+    pub(crate) fn cases(&self) -> impl Iterator<Item = Case<'_>> {
+        self.attacks.iter().flat_map(move |attack| {
+            self.eps.iter().map(move |eps| Case {
+                name: format!("{}_eps_{}", identifier_chars(attack.name), eps.name_part()),
+                attack,
+                eps,
+            })
+        })
+    }
+}
+
+/// Lower-cases `text` and turns everything that cannot appear in an identifier into `_`.
+fn identifier_chars(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Declares the optional keys. Each line names the key, which is also the `TestSpec` builder
+/// method it becomes, the type that method takes, and the check its value must pass; keeping the
+/// three together means a new option is one line here and nothing anywhere else.
+macro_rules! options {
+    ($($(#[doc = $doc:literal])* $key:ident: $ty:ty = $check:ident($($arg:expr),*);)*) => {
+        /// The optional settings the user wrote; `None` leaves the runtime's default in place.
+        #[derive(Debug, Default)]
+        pub(crate) struct Options {
+            $($(#[doc = $doc])* pub $key: Option<$ty>,)*
+        }
+
+        impl Options {
+            const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+
+            /// Sets `key` from `value`, or returns `None` when `key` is not an option.
+            fn set(&mut self, key: &str, value: &Value<'_>) -> Option<syn::Result<()>> {
+                match key {
+                    $(stringify!($key) => Some(value.$check($($arg),*).map(|v| self.$key = Some(v))),)*
+                    _ => None,
+                }
+            }
+
+            /// The options that were written, as (builder method, argument), in declaration order.
+            pub(crate) fn written(&self) -> Vec<(&'static str, &dyn ToTokens)> {
+                let mut written: Vec<(&'static str, &dyn ToTokens)> = Vec::new();
+                $(if let Some(value) = &self.$key {
+                    written.push((stringify!($key), value));
+                })*
+                written
+            }
+        }
+    };
+}
+
+options! {
+    /// `norm = "linf"` or `norm = "l2"`: the norm of the ε-ball.
+    norm: &'static str = one_of("norm", NORMS);
+    /// `steps = 10` (≥ 1): iterations of iterative attacks.
+    steps: usize = integer(1);
+    /// `step_size = 0.01` (> 0): the step of iterative attacks, in input units.
+    step_size: f64 = positive();
+    /// `restarts = 5` (≥ 1): independent runs per sample; the worst one counts.
+    restarts: usize = integer(1);
+    /// `random_start = true`: start iterative attacks at a random point of the ε-ball.
+    random_start: bool = boolean();
+    /// `targeted = true`: aim for a chosen wrong class instead of any wrong class.
+    targeted: bool = boolean();
+    /// `loss = "ce"` or `loss = "cw"`: cross-entropy or Carlini–Wagner margin.
+    loss: &'static str = one_of("loss", LOSSES);
+    /// `min_acc = 0.6` (in [0, 1]): the lowest acceptable robust accuracy.
+    min_acc: f64 = fraction();
+    /// `max_drop = 0.2` (in [0, 1]): the largest acceptable fall from clean to robust accuracy.
+    max_drop: f64 = fraction();
+    /// `samples = 500` (≥ 1): how many test samples to attack.
+    samples: usize = integer(1);
+    /// `batch_size = 128` (≥ 1)
+    batch_size: usize = integer(1);
+    /// `seed = 42` (any u64): the run's RNG seed.
+    seed: u64 = integer(0);
+    /// `device = "cpu"`, `"cuda"` or `"auto"`
+    device: &'static str = one_of("device", DEVICES);
+}
+
+/// Parses the attribute's arguments, reporting every mistake at once.
+pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
+    let args = Punctuated::<Arg, Token![,]>::parse_terminated.parse2(tokens)?;
+    let mut errors = Errors::default();
+    let mut written: Vec<String> = Vec::new();
+    let mut meant: Vec<&str> = Vec::new();
+    let mut attacks = None;
+    let mut eps = None;
+    let mut krate = None;
+    let mut options = Options::default();
+
+    for Arg { key, value } in &args {
+        let name = key.unraw().to_string();
+        if !all_keys().any(|known| known == name) {
+            let known: Vec<&str> = all_keys().collect();
+            errors.at(key.span(), unknown("key", &name, &known));
+            // `epss = 0.1` already says "did you mean `eps`?": "missing `eps`" would repeat it.
+            meant.extend(closest(&name, &known));
+            continue;
+        }
+        if written.contains(&name) {
+            errors.at(key.span(), format!("duplicate key `{name}`"));
+            continue;
+        }
+        let value = Value {
+            key: &name,
+            expr: value,
+        };
+        match name.as_str() {
+            // attack = "pgd"
+            // attack = ["fgsm", "pgd"]
+            "attack" => attacks = errors.check(value.list(Value::attack)),
+            // eps = 0.1
+            // eps = [0.05, 0.1]
+            "eps" => eps = errors.check(value.list(Value::eps)),
+            // crate = "my_runtime"
+            // crate = "::some::path::robust_runtime"
+            "crate" => krate = errors.check(value.path()),
+            // norm = "l2", steps = 10, ...: see `Options`.
+            _ => {
+                if let Some(result) = options.set(&name, &value) {
+                    errors.check(result);
+                }
+            }
+        }
+        written.push(name);
+    }
+
+    let has = |key: &str| written.iter().any(|k| k == key) || meant.contains(&key);
+    if !has("attack") {
+        errors.at(
+            Span::call_site(),
+            format!(
+                "missing `attack`: name the attacks to run, e.g. `attack = \"pgd\"` or \
+                 `attack = [\"fgsm\", \"pgd\"]` (known: {})",
+                backticked(KNOWN_ATTACKS)
+            ),
+        );
+    }
+    if !has("eps") {
+        errors.at(
+            Span::call_site(),
+            "missing `eps`: give the perturbation budget, e.g. `eps = 0.1` or `eps = [0.05, 0.1]`",
+        );
+    }
+    if !has("min_acc") && !has("max_drop") {
+        errors.at(
+            Span::call_site(),
+            "missing `min_acc` or `max_drop`: a robustness test needs something to assert, the \
+             lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest acceptable \
+             drop from clean accuracy (`max_drop = 0.2`)",
+        );
+    }
+    if let (Some(attacks), Some(eps)) = (&attacks, &eps) {
+        check_distinct(attacks, eps, &mut errors);
+    }
+
+    errors.finish()?;
+    match (attacks, eps) {
+        (Some(attacks), Some(eps)) => Ok(Spec {
+            attacks,
+            eps,
+            options,
+            krate,
+        }),
+        // Unreachable: a missing or invalid `attack` or `eps` has been reported above.
+        _ => Err(syn::Error::new(
+            Span::call_site(),
+            "`attack` and `eps` are required",
+        )),
+    }
+}
+
+fn all_keys() -> impl Iterator<Item = &'static str> {
+    STRUCTURAL_KEYS.iter().chain(Options::KEYS).copied()
+}
+
+/// Two entries that would generate the same test are a mistake, not something to merge quietly:
+/// the error points at the second one. Comparing ε by value is enough: test names come from
+/// syn's normalised digits (no `_`, no `+`), so equal names imply equal values, while equal
+/// values can be written differently (`0.1`, `0.10`).
+fn check_distinct(attacks: &[Attack], eps: &[Eps], errors: &mut Errors) {
+    for (i, attack) in attacks.iter().enumerate() {
+        if attacks[..i].iter().any(|a| a.name == attack.name) {
+            errors.at(
+                attack.span,
+                format!(
+                    "attack `{}` is listed twice, so its `{}_eps_*` tests would be generated twice",
+                    attack.name, attack.name
+                ),
+            );
+        }
+    }
+    for (i, e) in eps.iter().enumerate() {
+        if let Some(first) = eps[..i].iter().find(|f| f.value == e.value) {
+            errors.at(
+                e.span,
+                format!(
+                    "eps `{}` is the same value as `{}`, listed before, so its tests would be \
+                     generated twice",
+                    e.digits, first.digits
+                ),
+            );
+        }
+    }
+}
+
+/// One `key = value`; the value stays an expression until its key says what it must be.
+struct Arg {
+    key: Ident,
+    value: Expr,
+}
+
+impl Parse for Arg {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        // `parse_any` so that the keyword `crate` is read as a key like any other.
+        let key = Ident::parse_any(input)?;
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(
+                key.span(),
+                format!("expected `{} = value`", key.unraw()),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let value = input.parse()?;
+        Ok(Arg { key, value })
+    }
+}
+
+/// A value together with the key it was given for, which every message names.
+struct Value<'a> {
+    key: &'a str,
+    expr: &'a Expr,
+}
+
+/// A number literal, possibly negated, as written.
+struct Number {
+    value: f64,
+    /// The digits without sign or suffix, underscores removed.
+    digits: String,
+    /// The literal as written, with its sign, for messages.
+    text: String,
+}
+
+impl Value<'_> {
+    // attack = "pgd"
+    fn attack(&self) -> syn::Result<Attack> {
+        let name = self.one_of("attack", KNOWN_ATTACKS)?;
+        Ok(Attack {
+            name,
+            span: self.span(),
+        })
+    }
+
+    // eps = 0.1
+    // eps = 8e-3
+    // eps = 1
+    fn eps(&self) -> syn::Result<Eps> {
+        let number = self.number()?;
+        self.check_positive(&number)?;
+        Ok(Eps {
+            value: number.value,
+            digits: number.digits,
+            span: self.span(),
+        })
+    }
+
+    /// `[a, b, ...]` with each element checked by `item`, or a single value standing for `[value]`.
+    fn list<T>(&self, item: impl Fn(&Self) -> syn::Result<T>) -> syn::Result<Vec<T>> {
+        let Expr::Array(array) = self.expr else {
+            return Ok(vec![item(self)?]);
+        };
+        if array.elems.is_empty() {
+            return Err(syn::Error::new_spanned(
+                array,
+                format!("`{}` needs at least one value", self.key),
+            ));
+        }
+        let mut errors = Errors::default();
+        let items: Vec<T> = array
+            .elems
+            .iter()
+            .filter_map(|expr| {
+                errors.check(item(&Value {
+                    key: self.key,
+                    expr,
+                }))
+            })
+            .collect();
+        errors.finish()?;
+        Ok(items)
+    }
+
+    fn number(&self) -> syn::Result<Number> {
+        let (sign, literal) = match self.expr {
+            Expr::Unary(ExprUnary {
+                op: UnOp::Neg(_),
+                expr,
+                ..
+            }) => ("-", &**expr),
+            expr => ("", expr),
+        };
+        let (digits, suffix) = match literal {
+            Expr::Lit(ExprLit {
+                lit: Lit::Float(lit),
+                ..
+            }) => (lit.base10_digits(), lit.suffix()),
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(lit), ..
+            }) => (lit.base10_digits(), lit.suffix()),
+            _ => {
+                let hint = match self.string_value() {
+                    Some(s) if s.trim().parse::<f64>().is_ok() => {
+                        format!("; remove the quotes: `{} = {}`", self.key, s.trim())
+                    }
+                    _ => String::new(),
+                };
+                return Err(self.expected("a number", &hint));
+            }
+        };
+        if !matches!(suffix, "" | "f32" | "f64") {
+            return Err(self.error(format!(
+                "unexpected suffix `{suffix}` on `{}`: write a plain number",
+                self.key
+            )));
+        }
+        let magnitude: f64 = digits.parse().map_err(|_| self.expected("a number", ""))?;
+        Ok(Number {
+            value: if sign.is_empty() {
+                magnitude
+            } else {
+                -magnitude
+            },
+            digits: digits.to_owned(),
+            text: format!("{sign}{digits}"),
+        })
+    }
+
+    // step_size = 0.01
+    fn positive(&self) -> syn::Result<f64> {
+        let number = self.number()?;
+        self.check_positive(&number)?;
+        Ok(number.value)
+    }
+
+    fn check_positive(&self, number: &Number) -> syn::Result<()> {
+        if !number.value.is_finite() {
+            return Err(self.error(format!(
+                "`{}` must be finite, found `{}`",
+                self.key, number.text
+            )));
+        }
+        if number.value <= 0.0 {
+            return Err(self.error(format!(
+                "`{}` must be greater than 0, found `{}`",
+                self.key, number.text
+            )));
+        }
+        Ok(())
+    }
+
+    // min_acc = 0.6
+    fn fraction(&self) -> syn::Result<f64> {
+        let number = self.number()?;
+        if !(0.0..=1.0).contains(&number.value) {
+            // `min_acc = 60` is almost surely a percentage; `1.5` is more likely a slip.
+            let hint = if (1.0..=100.0).contains(&number.value) && number.value.fract() == 0.0 {
+                format!(
+                    "; it is a fraction, so {}% is `{} = {}`",
+                    number.text,
+                    self.key,
+                    number.value / 100.0
+                )
+            } else {
+                String::new()
+            };
+            return Err(self.error(format!(
+                "`{}` must be between 0 and 1, found `{}`{hint}",
+                self.key, number.text
+            )));
+        }
+        Ok(number.value)
+    }
+
+    // steps = 10
+    // seed = 42
+    fn integer<T: TryFrom<u64>>(&self, min: u64) -> syn::Result<T> {
+        let wanted = if min == 0 {
+            "a non-negative integer".to_owned()
+        } else {
+            format!("an integer ≥ {min}")
+        };
+        let lit = match self.expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(lit), ..
+            }) => lit,
+            Expr::Unary(ExprUnary {
+                op: UnOp::Neg(_),
+                expr,
+                ..
+            }) if matches!(
+                **expr,
+                Expr::Lit(ExprLit {
+                    lit: Lit::Int(_),
+                    ..
+                })
+            ) =>
+            {
+                return Err(self.expected(&wanted, ""));
+            }
+            _ => {
+                let hint = match self.string_value() {
+                    Some(s) if s.trim().parse::<u64>().is_ok() => {
+                        format!("; remove the quotes: `{} = {}`", self.key, s.trim())
+                    }
+                    _ => String::new(),
+                };
+                return Err(self.expected(&wanted, &hint));
+            }
+        };
+        const INTEGER_SUFFIXES: &[&str] = &[
+            "", "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128",
+            "isize",
+        ];
+        if !INTEGER_SUFFIXES.contains(&lit.suffix()) {
+            return Err(self.error(format!(
+                "unexpected suffix `{}` on `{}`: write a plain integer",
+                lit.suffix(),
+                self.key
+            )));
+        }
+        let too_large = || {
+            self.error(format!(
+                "`{}` is too large, found `{}`",
+                self.key,
+                lit.base10_digits()
+            ))
+        };
+        let value: u64 = lit.base10_parse().map_err(|_| too_large())?;
+        if value < min {
+            return Err(self.expected(&wanted, ""));
+        }
+        T::try_from(value).map_err(|_| too_large())
+    }
+
+    // targeted = true
+    fn boolean(&self) -> syn::Result<bool> {
+        if let Expr::Lit(ExprLit {
+            lit: Lit::Bool(lit),
+            ..
+        }) = self.expr
+        {
+            return Ok(lit.value);
+        }
+        let hint = match self.string_value().as_deref().map(str::trim) {
+            Some(s @ ("true" | "false")) => format!("; remove the quotes: `{} = {s}`", self.key),
+            _ => String::new(),
+        };
+        Err(self.expected("`true` or `false`", &hint))
+    }
+
+    fn string(&self, example: &str) -> syn::Result<&LitStr> {
+        if let Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) = self.expr
+        {
+            return Ok(lit);
+        }
+        let hint = match self.expr {
+            Expr::Path(path) => format!(
+                "; add quotes: `{} = \"{}\"`",
+                self.key,
+                path.to_token_stream().to_string().replace(' ', "")
+            ),
+            _ => format!(", e.g. `{} = \"{example}\"`", self.key),
+        };
+        Err(self.expected("a string", &hint))
+    }
+
+    // norm = "linf"
+    fn one_of(&self, what: &str, choices: &[&'static str]) -> syn::Result<&'static str> {
+        let lit = self.string(choices[0])?;
+        let value = lit.value();
+        match choices.iter().find(|choice| **choice == value) {
+            Some(choice) => Ok(*choice),
+            None => Err(syn::Error::new(lit.span(), unknown(what, &value, choices))),
+        }
+    }
+
+    // crate = "my_runtime"
+    fn path(&self) -> syn::Result<syn::Path> {
+        let lit = self.string("::robust_runtime")?;
+        lit.parse().map_err(|_| {
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "`crate` must be a path to the runtime crate, such as \"::robust_runtime\", \
+                     found {:?}",
+                    lit.value()
+                ),
+            )
+        })
+    }
+
+    fn string_value(&self) -> Option<String> {
+        match self.expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => Some(lit.value()),
+            _ => None,
+        }
+    }
+
+    fn span(&self) -> Span {
+        match self.expr {
+            Expr::Lit(ExprLit { lit, .. }) => lit.span(),
+            _ => syn::spanned::Spanned::span(self.expr),
+        }
+    }
+
+    fn error(&self, message: String) -> syn::Error {
+        syn::Error::new_spanned(self.expr, message)
+    }
+
+    /// "expected {wanted} for `key`, found {what the value is}{hint}"
+    fn expected(&self, wanted: &str, hint: &str) -> syn::Error {
+        let found = match self.expr {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(lit), ..
+            }) => format!("the string {:?}", lit.value()),
+            Expr::Array(_) => "a list (only `attack` and `eps` take lists)".to_owned(),
+            Expr::Lit(_) | Expr::Path(_) | Expr::Unary(_) => format!(
+                "`{}`",
+                self.expr.to_token_stream().to_string().replace(' ', "")
+            ),
+            _ => "an expression (only literals are accepted)".to_owned(),
+        };
+        self.error(format!(
+            "expected {wanted} for `{}`, found {found}{hint}",
+            self.key
+        ))
+    }
+}
+
+/// "unknown {what} `{value}`", with the closest candidate when one is a likely typo, else the list.
+fn unknown(what: &str, value: &str, candidates: &[&str]) -> String {
+    match closest(value, candidates) {
+        Some(candidate) => format!("unknown {what} `{value}`; did you mean `{candidate}`?"),
+        None => format!(
+            "unknown {what} `{value}`; expected one of {}",
+            backticked(candidates)
+        ),
+    }
+}
+
+fn backticked(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|word| format!("`{word}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The candidate `input` was most likely meant to be: at most one edit per three characters, or
+/// one a prefix of the other (`epsilon` → `eps`, `step` → `steps`). Inputs of one or two
+/// characters get no suggestion, since one edit there is a different word (`l1` is not `l2`).
+fn closest<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let input = input.to_lowercase();
+    let threshold = input.chars().count() / 3;
+    candidates
+        .iter()
+        .filter_map(|&candidate| {
+            let distance = edit_distance(&input, candidate);
+            let prefix = input.len() >= 3
+                && candidate.len() >= 3
+                && (candidate.starts_with(&input) || input.starts_with(candidate));
+            (distance <= threshold || prefix).then_some((distance, candidate))
+        })
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance where swapping two neighbours counts as one edit (`pdg` → `pgd`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between the first i chars of a and the first j chars of b.
+    let mut d = vec![vec![0; b.len() + 1]; a.len() + 1];
+    d[0] = (0..=b.len()).collect();
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + substitution);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod should {
+    use quote::quote;
+
+    use super::*;
+
+    fn spec(tokens: TokenStream) -> Spec {
+        parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
+    }
+
+    /// Every message the tokens produce, in order.
+    fn errors(tokens: TokenStream) -> Vec<String> {
+        match parse(tokens) {
+            Ok(spec) => panic!("expected errors, parsed {:?}", names(&spec)),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    /// The one message the tokens produce.
+    fn error(tokens: TokenStream) -> String {
+        let mut all = errors(tokens);
+        assert_eq!(all.len(), 1, "expected exactly one error, got {all:#?}");
+        all.remove(0)
+    }
+
+    fn names(spec: &Spec) -> Vec<String> {
+        spec.cases().map(|case| case.name).collect()
+    }
+
+    #[test]
+    fn parse_a_single_attack_and_eps() {
+        let spec = spec(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5));
+        assert_eq!(names(&spec), ["pgd_eps_0_1"]);
+        assert_eq!(spec.eps[0].value, 0.1);
+        assert_eq!(spec.options.min_acc, Some(0.5));
+        assert!(spec.krate.is_none());
+    }
+
+    #[test]
+    fn generate_one_case_per_attack_and_eps_attack_major() {
+        let spec = spec(quote!(
+            attack = ["fgsm", "pgd"],
+            eps = [0.05, 0.1],
+            max_drop = 0.2,
+        ));
+        assert_eq!(
+            names(&spec),
+            [
+                "fgsm_eps_0_05",
+                "fgsm_eps_0_1",
+                "pgd_eps_0_05",
+                "pgd_eps_0_1"
+            ]
+        );
+    }
+
+    #[test]
+    fn name_tests_after_the_digits_as_written() {
+        let spec = spec(quote!(
+            attack = "pgd",
+            eps = [1, 8e-3, 0.25f64, 1_0.5, 2E+1],
+            min_acc = 0
+        ));
+        assert_eq!(
+            names(&spec),
+            [
+                "pgd_eps_1",
+                "pgd_eps_8e_3",
+                "pgd_eps_0_25",
+                "pgd_eps_10_5",
+                "pgd_eps_2e1"
+            ]
+        );
+        let values: Vec<f64> = spec.eps.iter().map(|e| e.value).collect();
+        assert_eq!(values, [1.0, 0.008, 0.25, 10.5, 20.0]);
+    }
+
+    #[test]
+    fn accept_every_option_with_its_type() {
+        let spec = spec(quote!(
+            attack = "pgd",
+            eps = 0.1,
+            norm = "l2",
+            steps = 40,
+            step_size = 0.01,
+            restarts = 2,
+            random_start = true,
+            targeted = false,
+            loss = "cw",
+            min_acc = 1,
+            max_drop = 0.0,
+            samples = 500usize,
+            batch_size = 64,
+            seed = 18446744073709551615,
+            device = "auto",
+        ));
+        let o = &spec.options;
+        assert_eq!(o.norm, Some("l2"));
+        assert_eq!(o.steps, Some(40));
+        assert_eq!(o.step_size, Some(0.01));
+        assert_eq!(o.restarts, Some(2));
+        assert_eq!(o.random_start, Some(true));
+        assert_eq!(o.targeted, Some(false));
+        assert_eq!(o.loss, Some("cw"));
+        assert_eq!(o.min_acc, Some(1.0));
+        assert_eq!(o.max_drop, Some(0.0));
+        assert_eq!(o.samples, Some(500));
+        assert_eq!(o.batch_size, Some(64));
+        assert_eq!(o.seed, Some(u64::MAX));
+        assert_eq!(o.device, Some("auto"));
+        // Every declared option was written above, so every one must come back as a builder call.
+        let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(written, Options::KEYS);
+    }
+
+    #[test]
+    fn emit_only_the_options_written() {
+        let spec = spec(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, seed = 7));
+        let written: Vec<&str> = spec.options.written().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(written, ["min_acc", "seed"]);
+    }
+
+    #[test]
+    fn read_the_crate_path() {
+        let spec = spec(quote!(
+            attack = "pgd",
+            eps = 0.1,
+            min_acc = 0.5,
+            crate = "::my::rt"
+        ));
+        let path = spec.krate.expect("crate is set");
+        assert_eq!(path.to_token_stream().to_string(), ":: my :: rt");
+    }
+
+    #[test]
+    fn reject_a_crate_that_is_not_a_path() {
+        let message = error(quote!(
+            attack = "pgd",
+            eps = 0.1,
+            min_acc = 0.5,
+            crate = "my rt"
+        ));
+        assert!(message.starts_with("`crate` must be a path"), "{message}");
+    }
+
+    #[test]
+    fn reject_negative_eps() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = -0.1, min_acc = 0.5)),
+            "`eps` must be greater than 0, found `-0.1`"
+        );
+    }
+
+    #[test]
+    fn reject_zero_eps() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = [0.1, 0], min_acc = 0.5)),
+            "`eps` must be greater than 0, found `0`"
+        );
+    }
+
+    #[test]
+    fn reject_infinite_eps() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 1e999, min_acc = 0.5)),
+            "`eps` must be finite, found `1e999`"
+        );
+    }
+
+    #[test]
+    fn reject_quoted_eps_and_say_how_to_fix_it() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = "0.1", min_acc = 0.5)),
+            "expected a number for `eps`, found the string \"0.1\"; remove the quotes: `eps = 0.1`"
+        );
+    }
+
+    #[test]
+    fn reject_expressions_for_numbers() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 8.0 / 255.0, min_acc = 0.5)),
+            "expected a number for `eps`, found an expression (only literals are accepted)"
+        );
+    }
+
+    #[test]
+    fn reject_unknown_number_suffixes() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1f16, min_acc = 0.5)),
+            "unexpected suffix `f16` on `eps`: write a plain number"
+        );
+    }
+
+    #[test]
+    fn reject_fractional_steps() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                steps = 1.5
+            )),
+            "expected an integer ≥ 1 for `steps`, found `1.5`"
+        );
+    }
+
+    #[test]
+    fn reject_zero_and_negative_counts() {
+        assert_eq!(
+            errors(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                samples = 0,
+                restarts = -2
+            )),
+            [
+                "expected an integer ≥ 1 for `samples`, found `0`",
+                "expected an integer ≥ 1 for `restarts`, found `-2`"
+            ]
+        );
+    }
+
+    #[test]
+    fn reject_seeds_beyond_u64() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                seed = 18446744073709551616
+            )),
+            "`seed` is too large, found `18446744073709551616`"
+        );
+    }
+
+    #[test]
+    fn reject_an_integer_for_a_bool() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                targeted = 1
+            )),
+            "expected `true` or `false` for `targeted`, found `1`"
+        );
+    }
+
+    #[test]
+    fn reject_a_quoted_bool_and_say_how_to_fix_it() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                random_start = "true"
+            )),
+            "expected `true` or `false` for `random_start`, found the string \"true\"; remove \
+             the quotes: `random_start = true`"
+        );
+    }
+
+    #[test]
+    fn reject_min_acc_above_one_and_suggest_the_fraction() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 60)),
+            "`min_acc` must be between 0 and 1, found `60`; it is a fraction, so 60% is \
+             `min_acc = 0.6`"
+        );
+    }
+
+    #[test]
+    fn reject_negative_max_drop() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, max_drop = -0.1)),
+            "`max_drop` must be between 0 and 1, found `-0.1`"
+        );
+    }
+
+    #[test]
+    fn suggest_the_closest_key() {
+        assert_eq!(
+            error(quote!(attack = "pgd", epss = 0.1, eps = 0.1, min_acc = 0.5)),
+            "unknown key `epss`; did you mean `eps`?"
+        );
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                epsilon = 0.1,
+                eps = 0.1,
+                min_acc = 0.5
+            )),
+            "unknown key `epsilon`; did you mean `eps`?"
+        );
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                stepsize = 0.01
+            )),
+            "unknown key `stepsize`; did you mean `step_size`?"
+        );
+    }
+
+    #[test]
+    fn list_the_keys_when_none_is_close() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, budget = 1)),
+            "unknown key `budget`; expected one of `attack`, `eps`, `crate`, `norm`, `steps`, \
+             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `min_acc`, \
+             `max_drop`, `samples`, `batch_size`, `seed`, `device`"
+        );
+    }
+
+    #[test]
+    fn suggest_the_closest_attack() {
+        assert_eq!(
+            error(quote!(attack = ["fgsm", "pdg"], eps = 0.1, min_acc = 0.5)),
+            "unknown attack `pdg`; did you mean `pgd`?"
+        );
+        assert_eq!(
+            error(quote!(attack = "FGSM", eps = 0.1, min_acc = 0.5)),
+            "unknown attack `FGSM`; did you mean `fgsm`?"
+        );
+    }
+
+    #[test]
+    fn list_the_attacks_when_none_is_close() {
+        assert_eq!(
+            error(quote!(attack = "deepfool", eps = 0.1, min_acc = 0.5)),
+            "unknown attack `deepfool`; expected one of `fgsm`, `pgd`"
+        );
+    }
+
+    #[test]
+    fn reject_unknown_norms_losses_and_devices() {
+        assert_eq!(
+            errors(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                norm = "linfty",
+                loss = "dlr",
+                device = "metal",
+            )),
+            [
+                "unknown norm `linfty`; did you mean `linf`?",
+                "unknown loss `dlr`; expected one of `ce`, `cw`",
+                "unknown device `metal`; expected one of `cpu`, `cuda`, `auto`",
+            ]
+        );
+    }
+
+    #[test]
+    fn not_mistake_another_norm_for_a_typo() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                norm = "l1"
+            )),
+            "unknown norm `l1`; expected one of `linf`, `l2`"
+        );
+    }
+
+    #[test]
+    fn reject_an_unquoted_choice_and_say_how_to_fix_it() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                norm = linf
+            )),
+            "expected a string for `norm`, found `linf`; add quotes: `norm = \"linf\"`"
+        );
+    }
+
+    #[test]
+    fn reject_a_list_where_one_value_is_expected() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = [0.5, 0.6])),
+            "expected a number for `min_acc`, found a list (only `attack` and `eps` take lists)"
+        );
+    }
+
+    #[test]
+    fn reject_empty_lists() {
+        assert_eq!(
+            errors(quote!(attack = [], eps = [], min_acc = 0.5)),
+            [
+                "`attack` needs at least one value",
+                "`eps` needs at least one value"
+            ]
+        );
+    }
+
+    #[test]
+    fn reject_a_duplicate_key() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, eps = 0.2)),
+            "duplicate key `eps`"
+        );
+    }
+
+    #[test]
+    fn require_attack_and_eps() {
+        let all = errors(quote!(min_acc = 0.5));
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert!(all[0].starts_with("missing `attack`"), "{}", all[0]);
+        assert!(all[1].starts_with("missing `eps`"), "{}", all[1]);
+    }
+
+    #[test]
+    fn not_report_a_missing_key_that_a_typo_was_meant_to_be() {
+        assert_eq!(
+            errors(quote!(attack = "pgd", epss = 0.1, min_accc = 0.5)),
+            [
+                "unknown key `epss`; did you mean `eps`?",
+                "unknown key `min_accc`; did you mean `min_acc`?"
+            ]
+        );
+    }
+
+    #[test]
+    fn give_the_percentage_hint_only_for_whole_numbers() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 1.5)),
+            "`min_acc` must be between 0 and 1, found `1.5`"
+        );
+    }
+
+    #[test]
+    fn require_something_to_assert() {
+        let message = error(quote!(attack = "pgd", eps = 0.1, samples = 100));
+        assert!(
+            message.starts_with("missing `min_acc` or `max_drop`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn not_report_a_missing_key_that_was_written_wrongly() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 2)),
+            "`min_acc` must be between 0 and 1, found `2`; it is a fraction, so 2% is \
+             `min_acc = 0.02`"
+        );
+    }
+
+    #[test]
+    fn reject_an_attack_listed_twice() {
+        assert_eq!(
+            error(quote!(
+                attack = ["pgd", "fgsm", "pgd"],
+                eps = 0.1,
+                min_acc = 0.5
+            )),
+            "attack `pgd` is listed twice, so its `pgd_eps_*` tests would be generated twice"
+        );
+    }
+
+    #[test]
+    fn reject_the_same_eps_written_twice() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = [0.1, 0.10], min_acc = 0.5)),
+            "eps `0.10` is the same value as `0.1`, listed before, so its tests would be \
+             generated twice"
+        );
+    }
+
+    #[test]
+    fn report_every_error_at_once() {
+        let all = errors(quote!(
+            attack = "pgm",
+            eps = [-0.1, "0.2"],
+            steps = 0,
+            targeted = 1,
+            colour = "red",
+        ));
+        assert_eq!(
+            all,
+            [
+                "unknown attack `pgm`; did you mean `pgd`?",
+                "`eps` must be greater than 0, found `-0.1`",
+                "expected a number for `eps`, found the string \"0.2\"; remove the quotes: \
+                 `eps = 0.2`",
+                "expected an integer ≥ 1 for `steps`, found `0`",
+                "expected `true` or `false` for `targeted`, found `1`",
+                "unknown key `colour`; expected one of `attack`, `eps`, `crate`, `norm`, \
+                 `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, \
+                 `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`",
+                "missing `min_acc` or `max_drop`: a robustness test needs something to assert, \
+                 the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest \
+                 acceptable drop from clean accuracy (`max_drop = 0.2`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn reject_a_key_without_a_value() {
+        assert_eq!(
+            error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, targeted)),
+            "expected `targeted = value`"
+        );
+    }
+
+    #[test]
+    fn count_a_swap_of_neighbours_as_one_edit() {
+        assert_eq!(edit_distance("pdg", "pgd"), 1);
+        assert_eq!(edit_distance("epss", "eps"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}

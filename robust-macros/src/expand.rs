@@ -1,0 +1,304 @@
+//! Writes the expansion: the function, followed by a module of the same name holding one
+//! `#[test]` per attack × ε, each a call into `robust_runtime::__private`.
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::ReturnType;
+
+use crate::args::{self, Spec};
+use crate::item::{self, TestFn};
+
+/// The whole attribute: parse → validate → render.
+pub(crate) fn robustness_test(args: TokenStream, item: TokenStream) -> TokenStream {
+    let spec = args::parse(args);
+    let test_fn = item::parse(item.clone());
+    let error = match (spec, test_fn) {
+        (Ok(spec), Ok(test_fn)) => return render(&spec, &test_fn),
+        (Err(mut error), Err(more)) => {
+            error.combine(more);
+            error
+        }
+        (Err(error), _) | (_, Err(error)) => error,
+    };
+    // The function goes out untouched next to the errors, so that code calling it still
+    // resolves and the user sees our errors alone, not a cascade of "cannot find function".
+    let mut tokens = error.to_compile_error();
+    tokens.extend(item);
+    tokens
+}
+
+fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
+    let TestFn {
+        item,
+        forwarded,
+        cfgs,
+    } = test_fn;
+    let vis = &item.vis;
+    let name = &item.sig.ident;
+    let private = match &spec.krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::robust_runtime::__private),
+    };
+    // Spanned at the declared return type, so that a function returning the wrong type is
+    // reported on that type instead of on the attribute.
+    let output_span = match &item.sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => name.span(),
+    };
+    let build = {
+        let mut name = name.clone();
+        name.set_span(output_span);
+        quote_spanned!(output_span=> super::#name)
+    };
+    let options: Vec<TokenStream> = spec
+        .options
+        .written()
+        .into_iter()
+        .map(|(method, value)| {
+            let method = Ident::new(method, Span::call_site());
+            quote!(.#method(#value))
+        })
+        .collect();
+
+    let tests = spec.cases().map(|case| {
+        let test = format_ident!("{}", case.name);
+        // The runtime reports and files results under the test's full path, as libtest shows it.
+        let suffix = format!("::{}", case.name);
+        let attack = case.attack.name;
+        let eps = case.eps.value.into_token_stream();
+        quote! {
+            #[::core::prelude::v1::test]
+            #(#forwarded)*
+            fn #test() {
+                #private::run_test(
+                    #build,
+                    #private::TestSpec::new(
+                        ::core::concat!(::core::module_path!(), #suffix),
+                        #attack,
+                        #eps,
+                    )
+                    #(#options)*,
+                );
+            }
+        }
+    });
+
+    quote! {
+        #item
+
+        #(#cfgs)*
+        #vis mod #name {
+            #(#tests)*
+        }
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    /// Compares token streams through their canonical string form, which ignores spans and
+    /// formatting: the expected side is written with `quote!` and reads like the expansion.
+    fn assert_expands(args: TokenStream, item: TokenStream, expected: TokenStream) {
+        let actual = robustness_test(args, item).to_string();
+        let expected = expected.to_string();
+        assert!(
+            actual == expected,
+            "expansion differs\n  actual: {actual}\nexpected: {expected}"
+        );
+    }
+
+    #[test]
+    fn expand_one_attack_and_one_eps() {
+        assert_expands(
+            quote!(attack = "pgd", eps = 0.1, min_acc = 0.6),
+            quote! {
+                /// Builds the case.
+                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { todo!() }
+            },
+            quote! {
+                /// Builds the case.
+                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { todo!() }
+
+                pub mod mnist_mlp {
+                    #[::core::prelude::v1::test]
+                    fn pgd_eps_0_1() {
+                        ::robust_runtime::__private::run_test(
+                            super::mnist_mlp,
+                            ::robust_runtime::__private::TestSpec::new(
+                                ::core::concat!(::core::module_path!(), "::pgd_eps_0_1"),
+                                "pgd",
+                                0.1f64,
+                            )
+                            .min_acc(0.6f64),
+                        );
+                    }
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn expand_a_matrix_of_attacks_and_eps_with_the_options_written() {
+        let test = |name: &str, attack: &str, eps: f64| {
+            let test = format_ident!("{}", name);
+            let path = format!("::{name}");
+            quote! {
+                #[::core::prelude::v1::test]
+                fn #test() {
+                    ::robust_runtime::__private::run_test(
+                        super::mnist_cnn,
+                        ::robust_runtime::__private::TestSpec::new(
+                            ::core::concat!(::core::module_path!(), #path),
+                            #attack,
+                            #eps,
+                        )
+                        .norm("l2")
+                        .steps(20usize)
+                        .random_start(true)
+                        .min_acc(0.6f64)
+                        .samples(500usize)
+                        .seed(7u64),
+                    );
+                }
+            }
+        };
+        let tests = [
+            test("fgsm_eps_0_05", "fgsm", 0.05),
+            test("fgsm_eps_1", "fgsm", 1.0),
+            test("pgd_eps_0_05", "pgd", 0.05),
+            test("pgd_eps_1", "pgd", 1.0),
+        ];
+        assert_expands(
+            // Written out of declaration order: the calls come out in declaration order.
+            quote!(
+                seed = 7,
+                attack = ["fgsm", "pgd"],
+                eps = [0.05, 1],
+                min_acc = 0.6,
+                samples = 500,
+                norm = "l2",
+                random_start = true,
+                steps = 20
+            ),
+            quote!(
+                fn mnist_cnn() -> Result<RobustnessCase> {
+                    todo!()
+                }
+            ),
+            quote! {
+                fn mnist_cnn() -> Result<RobustnessCase> { todo!() }
+                mod mnist_cnn { #(#tests)* }
+            },
+        );
+    }
+
+    #[test]
+    fn call_the_runtime_through_the_crate_path() {
+        assert_expands(
+            quote!(
+                attack = "fgsm",
+                eps = 0.1,
+                max_drop = 0.1,
+                crate = "::renamed::rt"
+            ),
+            quote!(
+                fn case() -> rt::Result<RobustnessCase> {
+                    todo!()
+                }
+            ),
+            quote! {
+                fn case() -> rt::Result<RobustnessCase> { todo!() }
+                mod case {
+                    #[::core::prelude::v1::test]
+                    fn fgsm_eps_0_1() {
+                        ::renamed::rt::__private::run_test(
+                            super::case,
+                            ::renamed::rt::__private::TestSpec::new(
+                                ::core::concat!(::core::module_path!(), "::fgsm_eps_0_1"),
+                                "fgsm",
+                                0.1f64,
+                            )
+                            .max_drop(0.1f64),
+                        );
+                    }
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn move_should_panic_and_ignore_onto_every_test_and_cfg_onto_the_module() {
+        let test = |name: &str, eps: f64| {
+            let test = format_ident!("{}", name);
+            let path = format!("::{name}");
+            quote! {
+                #[::core::prelude::v1::test]
+                #[should_panic(expected = "robust accuracy")]
+                #[ignore]
+                fn #test() {
+                    ::robust_runtime::__private::run_test(
+                        super::fragile,
+                        ::robust_runtime::__private::TestSpec::new(
+                            ::core::concat!(::core::module_path!(), #path),
+                            "pgd",
+                            #eps,
+                        )
+                        .min_acc(0.99f64),
+                    );
+                }
+            }
+        };
+        let (first, second) = (test("pgd_eps_0_3", 0.3), test("pgd_eps_0_5", 0.5));
+        assert_expands(
+            quote!(attack = "pgd", eps = [0.3, 0.5], min_acc = 0.99),
+            quote! {
+                #[should_panic(expected = "robust accuracy")]
+                #[allow(dead_code)]
+                #[ignore]
+                #[cfg(not(miri))]
+                pub(crate) fn fragile() -> Result<RobustnessCase> { todo!() }
+            },
+            quote! {
+                #[allow(dead_code)]
+                #[cfg(not(miri))]
+                pub(crate) fn fragile() -> Result<RobustnessCase> { todo!() }
+                #[cfg(not(miri))]
+                pub(crate) mod fragile { #first #second }
+            },
+        );
+    }
+
+    #[test]
+    fn keep_raw_identifiers_raw() {
+        let text = robustness_test(
+            quote!(attack = "pgd", eps = 0.1, min_acc = 0.5),
+            quote!(
+                fn r#type() -> Result<RobustnessCase> {
+                    todo!()
+                }
+            ),
+        )
+        .to_string();
+        assert!(text.contains("mod r#type"), "{text}");
+        assert!(text.contains("super :: r#type"), "{text}");
+    }
+
+    #[test]
+    fn emit_every_error_and_the_function_unchanged() {
+        let item = quote!(
+            #[should_panic]
+            fn case(x: u8) -> Result<RobustnessCase> {
+                todo!()
+            }
+        );
+        let tokens = robustness_test(quote!(attack = "pgdd", eps = 0.1), item.clone());
+        let text = tokens.to_string();
+        assert_eq!(text.matches("compile_error").count(), 3, "{text}");
+        assert!(text.contains("did you mean `pgd`?"), "{text}");
+        assert!(text.contains("missing `min_acc` or `max_drop`"), "{text}");
+        assert!(text.contains("takes no arguments"), "{text}");
+        assert!(text.ends_with(&item.to_string()), "{text}");
+    }
+}

@@ -1,0 +1,101 @@
+//! The hot path of every gradient attack, in one place: the forward pass with the input gradient,
+//! the ascent step and the projection onto the threat model. FGSM and PGD (and the attacks that
+//! come after them) call only these, so a faster backend (fused kernels, a hand-written
+//! backward for known architectures) replaces this file and nothing else.
+//!
+//! Semantics follow torchattacks, so that numbers agree with it sample for sample:
+//! L∞ step `x + α·sign(∇)`; L2 step `x + α·∇/(‖∇‖₂ + 1e-10)`; projection of the perturbation
+//! onto the ε-ball (clamp for L∞, rescale for L2), then clamp of the point into the domain.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::loss::Objective;
+use super::{Norm, ThreatModel};
+use crate::model::{InputDomain, Model};
+use crate::rng::Rng;
+use crate::Result;
+
+/// Added to gradient norms before dividing (torchattacks' `eps_for_division`).
+const DIV_EPS: f64 = 1e-10;
+
+/// The per-sample objective (to be increased) at `x` and its gradient with respect to `x`.
+///
+/// Only the input is a variable: the weights of a loaded model are plain tensors, so the
+/// backward pass computes no weight gradients. A model that does not depend on its input gets
+/// a zero gradient, not an error (the masking diagnostics are the place to flag that).
+pub(crate) fn objective_and_grad(model: &Model, x: &Tensor, objective: &Objective) -> Result<(Tensor, Tensor)> {
+    let var = Var::from_tensor(&x.detach())?;
+    let logits = model.logits(var.as_tensor())?;
+    let per_sample = objective.per_sample(&logits)?;
+    let grads = per_sample.sum_all()?.backward()?;
+    let grad = match grads.get(var.as_tensor()) {
+        Some(g) => g.clone(),
+        None => x.zeros_like()?,
+    };
+    Ok((per_sample.detach(), grad))
+}
+
+/// One ascent step of size `alpha` along `grad` in the geometry of `norm`.
+pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Result<Tensor> {
+    let step = match norm {
+        Norm::Linf => grad.sign()?,
+        Norm::L2 => grad.broadcast_div(&(per_sample_l2(grad)? + DIV_EPS)?.reshape(batch_shape(grad))?)?,
+    };
+    Ok((x + (step * alpha)?)?)
+}
+
+/// `x_adv` moved back into the threat model around `x`, then into the domain.
+pub(crate) fn project(x_adv: &Tensor, x: &Tensor, threat: &ThreatModel, domain: InputDomain) -> Result<Tensor> {
+    let delta = (x_adv - x)?;
+    let delta = match threat.norm {
+        Norm::Linf => delta.clamp(-threat.eps, threat.eps)?,
+        Norm::L2 => {
+            let norms = per_sample_l2(&delta)?;
+            // ε / 0 = inf, and min(inf, 1) = 1: a zero perturbation stays zero.
+            let factor = (norms.recip()? * threat.eps)?.minimum(1.0)?;
+            delta.broadcast_mul(&factor.reshape(batch_shape(&delta))?)?
+        }
+    };
+    domain.clamp(&(x + delta)?)
+}
+
+/// A uniformly random starting point: uniform in the L∞ box, or for L2 a uniformly random
+/// direction scaled by ε·u with u uniform in [0, 1] (torchattacks' PGDL2), then clamped into
+/// the domain. Random numbers come from `rng`, never from candle.
+pub(crate) fn random_start(x: &Tensor, threat: &ThreatModel, domain: InputDomain, rng: &mut Rng) -> Result<Tensor> {
+    let n = x.elem_count();
+    let delta = match threat.norm {
+        Norm::Linf => Tensor::from_vec(rng.uniform_vec(n, -threat.eps, threat.eps), x.shape(), x.device())?,
+        Norm::L2 => {
+            let batch = x.dim(0)?;
+            let dir = Tensor::from_vec(rng.normal_vec(n), x.shape(), x.device())?;
+            let radius = Tensor::from_vec(rng.uniform_vec(batch, 0.0, threat.eps), batch, x.device())?;
+            let scale = (radius / (per_sample_l2(&dir)? + DIV_EPS)?)?;
+            dir.broadcast_mul(&scale.reshape(batch_shape(x))?)?
+        }
+    };
+    domain.clamp(&(x + delta.to_dtype(x.dtype())?)?)
+}
+
+/// Per-sample L2 norms of a batch, shape `N`.
+pub(crate) fn per_sample_l2(t: &Tensor) -> Result<Tensor> {
+    Ok(t.flatten_from(1)?.sqr()?.sum(1)?.sqrt()?)
+}
+
+/// Per-sample L∞ norms of a batch, shape `N`.
+pub(crate) fn per_sample_linf(t: &Tensor) -> Result<Tensor> {
+    Ok(t.flatten_from(1)?.abs()?.max(1)?)
+}
+
+/// `x_new` where `take` (u8, shape `N`) is set, `x_old` elsewhere, per sample.
+pub(crate) fn select_samples(take: &Tensor, x_new: &Tensor, x_old: &Tensor) -> Result<Tensor> {
+    let mask = take.to_dtype(DType::U8)?.reshape(batch_shape(x_new))?.broadcast_as(x_new.shape())?;
+    Ok(mask.where_cond(x_new, x_old)?)
+}
+
+/// `[N, 1, 1, …]` for a batch tensor, to broadcast a per-sample value over it.
+fn batch_shape(t: &Tensor) -> Vec<usize> {
+    let mut shape = vec![1; t.rank()];
+    shape[0] = t.dims()[0];
+    shape
+}

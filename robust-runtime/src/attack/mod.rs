@@ -1,0 +1,293 @@
+//! Adversarial attacks.
+//!
+//! An [`Attack`] turns a batch of inputs into adversarial inputs inside a [`ThreatModel`]
+//! (an Lp ball of radius ε around each input, intersected with the model's input domain). It
+//! works on the whole batch on the tensor's device; randomness comes from the run's [`Rng`].
+//! An attack that fails to change a prediction is a result, not an error.
+//!
+//! | attack | file | paper |
+//! |---|---|---|
+//! | [`Fgsm`] | `fgsm.rs` | Goodfellow, Shlens & Szegedy 2015 |
+//! | [`Pgd`] | `pgd.rs` | Madry et al. 2018 |
+//!
+//! The forward pass, input gradient and projection that they share live in `kernel.rs`.
+//!
+//! ```
+//! use robust_runtime::prelude::*;
+//! use robust_runtime::attack::{Attack, AttackBatch, Pgd, PgdConfig};
+//! use candle_core::{Device, Tensor};
+//!
+//! // A linear two-class model: logit difference x₀ − x₁.
+//! let w = Tensor::new(&[[1.0f32, -1.0], [-1.0, 1.0]], &Device::Cpu)?;
+//! let model = Model::new(move |x: &Tensor| x.matmul(&w));
+//! let x = Tensor::new(&[[0.6f32, 0.4]], &Device::Cpu)?;
+//! let y = Tensor::new(&[0u32], &Device::Cpu)?;
+//! let pgd = Pgd::new(PgdConfig { eps: 0.15, steps: 10, random_start: false, ..PgdConfig::default() })?;
+//! let adv = pgd.perturb(&model, &AttackBatch::untargeted(&x, &y, 2), &mut Rng::seed_from_u64(0))?;
+//! assert_eq!(model.predict(&adv)?, vec![1]); // 0.45 < 0.55: flipped within ε = 0.15
+//! # Ok::<(), robust_runtime::Error>(())
+//! ```
+
+mod fgsm;
+pub(crate) mod kernel;
+mod loss;
+mod pgd;
+
+use candle_core::Tensor;
+
+pub use fgsm::{Fgsm, FgsmConfig};
+pub use loss::Loss;
+pub use pgd::{Pgd, PgdConfig};
+
+use crate::model::{argmax, Model};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// The attacks that [`build`] knows, by the names the macro accepts.
+pub const ATTACKS: &[&str] = &["fgsm", "pgd"];
+
+/// The norm of a threat model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Norm {
+    /// L∞: every input coordinate moves by at most ε (`"linf"`).
+    #[default]
+    Linf,
+    /// L2: the Euclidean length of the perturbation is at most ε (`"l2"`).
+    L2,
+}
+
+impl Norm {
+    /// Names accepted by [`Norm::from_name`].
+    pub const NAMES: &'static [&'static str] = &["linf", "l2"];
+
+    /// `"linf"` or `"l2"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "linf" => Ok(Norm::Linf),
+            "l2" => Ok(Norm::L2),
+            other => Err(Error::unknown("norm", other, Self::NAMES)),
+        }
+    }
+
+    /// The short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Norm::Linf => "linf",
+            Norm::L2 => "l2",
+        }
+    }
+
+    /// The name as printed in reports (`L∞`, `L2`).
+    pub fn symbol(&self) -> &'static str {
+        match self {
+            Norm::Linf => "L∞",
+            Norm::L2 => "L2",
+        }
+    }
+}
+
+/// What the adversary may do: move each input by at most ε in `norm`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ThreatModel {
+    /// The norm.
+    pub norm: Norm,
+    /// The radius, in input units.
+    pub eps: f64,
+}
+
+impl ThreatModel {
+    /// A threat model with a finite ε > 0.
+    pub fn new(norm: Norm, eps: f64) -> Result<Self> {
+        check_positive("eps", eps)?;
+        Ok(ThreatModel { norm, eps })
+    }
+}
+
+/// How a targeted attack chooses its target classes.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub enum Targeting {
+    /// Push the prediction away from the true label.
+    #[default]
+    Untargeted,
+    /// A target drawn uniformly among the other classes, from the run's RNG.
+    Random,
+    /// The class with the lowest clean logit.
+    LeastLikely,
+}
+
+impl Targeting {
+    /// Whether a target class is chosen.
+    pub fn is_targeted(&self) -> bool {
+        !matches!(self, Targeting::Untargeted)
+    }
+
+    /// Target classes for a batch given its labels and clean logits (`None` when untargeted).
+    pub fn choose(&self, labels: &[u32], clean_logits: &[Vec<f32>], rng: &mut Rng) -> Option<Vec<u32>> {
+        let classes = clean_logits.first().map_or(0, Vec::len);
+        match self {
+            Targeting::Untargeted => None,
+            Targeting::Random => Some(
+                labels
+                    .iter()
+                    .map(|&y| {
+                        // Uniform over the classes other than y.
+                        let t = rng.below(classes - 1) as u32;
+                        if t >= y {
+                            t + 1
+                        } else {
+                            t
+                        }
+                    })
+                    .collect(),
+            ),
+            Targeting::LeastLikely => Some(
+                clean_logits.iter().map(|row| argmax(&row.iter().map(|v| -v).collect::<Vec<_>>())).collect(),
+            ),
+        }
+    }
+}
+
+/// One batch handed to an attack.
+#[derive(Debug, Clone, Copy)]
+pub struct AttackBatch<'a> {
+    /// Clean inputs, `N × …`.
+    pub inputs: &'a Tensor,
+    /// True labels, `N` u32.
+    pub labels: &'a Tensor,
+    /// Target classes of a targeted attack, `N` u32.
+    pub targets: Option<&'a Tensor>,
+    /// Number of classes of the model.
+    pub num_classes: usize,
+}
+
+impl<'a> AttackBatch<'a> {
+    /// An untargeted batch.
+    pub fn untargeted(inputs: &'a Tensor, labels: &'a Tensor, num_classes: usize) -> Self {
+        AttackBatch { inputs, labels, targets: None, num_classes }
+    }
+
+    /// The classes the objective refers to (targets if targeted, labels otherwise).
+    fn objective(&self, loss: Loss) -> Result<loss::Objective> {
+        match self.targets {
+            Some(t) => loss::Objective::new(loss, t, self.num_classes, true),
+            None => loss::Objective::new(loss, self.labels, self.num_classes, false),
+        }
+    }
+
+    /// Per sample, whether `pred` is a success: a target hit, or a label missed.
+    fn successes(&self, pred: &[u32]) -> Result<Vec<bool>> {
+        Ok(match self.targets {
+            Some(t) => t.to_vec1::<u32>()?.iter().zip(pred).map(|(t, p)| t == p).collect(),
+            None => self.labels.to_vec1::<u32>()?.iter().zip(pred).map(|(y, p)| y != p).collect(),
+        })
+    }
+}
+
+/// An adversarial attack on a batch.
+pub trait Attack {
+    /// The name used by the macro (`"pgd"`).
+    fn id(&self) -> &'static str;
+
+    /// One line with the hyper-parameters, for reports.
+    fn describe(&self) -> String;
+
+    /// The threat model the adversarial examples stay in.
+    fn threat(&self) -> ThreatModel;
+
+    /// Adversarial versions of `batch.inputs`, inside the threat model and the model's domain.
+    fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, rng: &mut Rng) -> Result<Tensor>;
+}
+
+/// Hyper-parameters for [`build`]: the union of what the attacks take. `None` means the
+/// attack's default; parameters an attack does not use are ignored.
+#[derive(Debug, Clone, Default)]
+pub struct AttackParams {
+    /// Norm of the threat model (default L∞).
+    pub norm: Norm,
+    /// Loss to ascend (default cross-entropy).
+    pub loss: Loss,
+    /// Iterations (PGD, default 40).
+    pub steps: Option<usize>,
+    /// Step size α (PGD, default 2.5·ε/steps).
+    pub step_size: Option<f64>,
+    /// Random restarts, keeping the worst case per sample (PGD, default 1).
+    pub restarts: Option<usize>,
+    /// Start from a random point in the ball (PGD, default true).
+    pub random_start: Option<bool>,
+}
+
+/// The attack called `name` at radius `eps`.
+pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Attack>> {
+    match name {
+        "fgsm" => Ok(Box::new(Fgsm::new(FgsmConfig { eps, norm: params.norm, loss: params.loss })?)),
+        "pgd" => {
+            let d = PgdConfig::default();
+            Ok(Box::new(Pgd::new(PgdConfig {
+                eps,
+                norm: params.norm,
+                loss: params.loss,
+                steps: params.steps.unwrap_or(d.steps),
+                step_size: params.step_size,
+                restarts: params.restarts.unwrap_or(d.restarts),
+                random_start: params.random_start.unwrap_or(d.random_start),
+            })?))
+        }
+        other => Err(Error::unknown("attack", other, ATTACKS)),
+    }
+}
+
+pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(name, value, "a finite number > 0"))
+    }
+}
+
+pub(crate) fn check_at_least_one(name: &'static str, value: usize) -> Result<()> {
+    if value >= 1 {
+        Ok(())
+    } else {
+        Err(Error::param(name, value, "an integer ≥ 1"))
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    #[test]
+    fn reject_non_finite_eps() {
+        for eps in [0.0, -0.1, f64::NAN, f64::INFINITY] {
+            let err = ThreatModel::new(Norm::Linf, eps).unwrap_err();
+            assert!(err.to_string().contains("expected a finite number > 0"), "{err}");
+        }
+    }
+
+    #[test]
+    fn reject_unknown_attacks_with_the_known_list() {
+        let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
+        assert_eq!(err.to_string(), "unknown attack `pgdd`; expected one of: fgsm, pgd");
+    }
+
+    #[test]
+    fn draw_random_targets_other_than_the_label() {
+        let mut rng = Rng::seed_from_u64(0);
+        let labels: Vec<u32> = (0..1000).map(|i| i % 10).collect();
+        let logits = vec![vec![0.0; 10]; 1000];
+        let targets = Targeting::Random.choose(&labels, &logits, &mut rng).unwrap();
+        assert!(targets.iter().zip(&labels).all(|(t, y)| t != y && *t < 10));
+        let mut counts = [0; 10];
+        targets.iter().for_each(|&t| counts[t as usize] += 1);
+        assert!(counts.iter().all(|&c| c > 70), "{counts:?}");
+    }
+
+    #[test]
+    fn target_the_least_likely_class() {
+        let mut rng = Rng::seed_from_u64(0);
+        let t = Targeting::LeastLikely.choose(&[0], &[vec![3.0, -2.0, 1.0]], &mut rng);
+        assert_eq!(t, Some(vec![1]));
+    }
+}

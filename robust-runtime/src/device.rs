@@ -1,0 +1,98 @@
+//! Where attacks run: CPU, CUDA, or the best available.
+//!
+//! `device = "cpu" | "cuda" | "auto"` in the macro (default `"auto"`); the environment variable
+//! `ROBUST_DEVICE` overrides it for a whole run (`ROBUST_DEVICE=cpu cargo test`). CUDA needs
+//! the crate's `cuda` feature. While a test builds its [`RobustnessCase`](crate::RobustnessCase),
+//! [`current`] returns the selected device, so a case loads its model where it will run:
+//!
+//! ```no_run
+//! use robust_runtime::prelude::*;
+//!
+//! #[robustness_test(attack = "pgd", eps = 0.1, min_acc = 0.5, device = "auto")]
+//! fn mnist_cnn() -> robust_runtime::Result<RobustnessCase> {
+//!     let model = zoo::MnistCnn::load("tests/fixtures/mnist_cnn.safetensors", &robust_runtime::device::current())?;
+//!     Ok(RobustnessCase::new(model, Dataset::mnist_sample()?.test_split()))
+//! }
+//! ```
+
+use std::cell::RefCell;
+
+use candle_core::Device;
+
+use crate::{Error, Result};
+
+/// Environment variable that overrides every test's `device`.
+pub const DEVICE_VAR: &str = "ROBUST_DEVICE";
+
+/// A device preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device; an error if there is none.
+    Cuda,
+    /// CUDA if available, else the CPU.
+    Auto,
+}
+
+impl DeviceChoice {
+    /// Names accepted by [`DeviceChoice::from_name`].
+    pub const NAMES: &'static [&'static str] = &["cpu", "cuda", "auto"];
+
+    /// `"cpu"`, `"cuda"` or `"auto"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "auto" => Ok(DeviceChoice::Auto),
+            other => Err(Error::unknown("device", other, Self::NAMES)),
+        }
+    }
+}
+
+/// The device for `choice`, after the `ROBUST_DEVICE` override.
+pub fn select(choice: DeviceChoice) -> Result<Device> {
+    let choice = match std::env::var(DEVICE_VAR) {
+        Ok(v) if !v.trim().is_empty() => DeviceChoice::from_name(v.trim())?,
+        _ => choice,
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => cuda().map_err(|reason| Error::DeviceUnavailable { requested: "cuda".into(), reason }),
+        DeviceChoice::Auto => Ok(cuda().unwrap_or(Device::Cpu)),
+    }
+}
+
+fn cuda() -> std::result::Result<Device, String> {
+    if !candle_core::utils::cuda_is_available() {
+        return Err("robust-runtime was built without its `cuda` feature; expected `--features robust-runtime/cuda`".into());
+    }
+    Device::new_cuda(0).map_err(|e| e.to_string())
+}
+
+/// A device's name in reports: `cpu`, `cuda:0`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Device>> = const { RefCell::new(None) };
+}
+
+/// The device selected for the robustness test being built on this thread; the CPU outside one.
+pub fn current() -> Device {
+    CURRENT.with(|c| c.borrow().clone()).unwrap_or(Device::Cpu)
+}
+
+/// Runs `f` with `device` as [`current`].
+pub(crate) fn with_current<R>(device: &Device, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT.with(|c| c.replace(Some(device.clone())));
+    let out = f();
+    CURRENT.with(|c| *c.borrow_mut() = previous);
+    out
+}

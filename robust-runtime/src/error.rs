@@ -1,0 +1,158 @@
+//! The one error type of the crate.
+//!
+//! Variants are grouped by concern; each message says what was found and what was expected.
+//! An attack that fails to break a sample is *not* an error: it is a result, recorded in the
+//! [`RobustnessReport`](crate::eval::RobustnessReport). A robustness test that does not reach its
+//! threshold is the [`Error::NotRobust`] variant, which carries the whole report.
+
+use std::path::PathBuf;
+
+use crate::eval::RobustnessReport;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when loading data and models, configuring attacks or running them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- files and formats -------------------------------------------------------------
+    /// A file could not be read or written.
+    #[error("cannot access {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file's contents do not follow its format.
+    #[error("malformed {format} file {path}: {reason}")]
+    Format {
+        /// Which format was expected (`IDX`, `npy`, `safetensors`, ...).
+        format: &'static str,
+        /// The file, or `<memory>` for embedded bytes.
+        path: PathBuf,
+        /// What was found and what was expected.
+        reason: String,
+    },
+    /// A tensor the caller asked for is missing from a file.
+    #[error("{path} has no tensor named `{name}` (found: {found})")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The missing name.
+        name: String,
+        /// The names that are there.
+        found: String,
+    },
+
+    // ---- data ----------------------------------------------------------------------------
+    /// A data set that cannot be used as given.
+    #[error("invalid dataset: {0}")]
+    Data(String),
+
+    // ---- model -----------------------------------------------------------------------------
+    /// The model's output is not a `N × classes` matrix of logits for `N` inputs.
+    #[error("model output has shape {found:?}, expected [{batch}, classes] logits for a batch of {batch} inputs")]
+    LogitsShape {
+        /// The shape the model returned.
+        found: Vec<usize>,
+        /// The batch size that went in.
+        batch: usize,
+    },
+    /// The model produced NaN or infinite logits.
+    #[error("model produced {count} non-finite logits (NaN or ±inf) on a batch of {batch} inputs; expected finite logits (is the model returning log(0), or loaded from a corrupt file?)")]
+    NonFiniteLogits {
+        /// How many entries were not finite.
+        count: usize,
+        /// The batch size.
+        batch: usize,
+    },
+    /// Labels refer to classes that the model does not have.
+    #[error("label {label} at index {index} is out of range for a model with {classes} classes (expected 0..{classes})")]
+    LabelOutOfRange {
+        /// The bad label.
+        label: u32,
+        /// Where it is.
+        index: usize,
+        /// How many classes the model outputs.
+        classes: usize,
+    },
+    /// The model could not be applied to the data (candle rejected the input shape).
+    #[error("model rejected inputs of shape {input:?}: {source}")]
+    ModelInput {
+        /// The shape of the batch that went in.
+        input: Vec<usize>,
+        /// What candle said.
+        source: candle_core::Error,
+    },
+    /// Weights in a file do not fit the architecture that loads them.
+    #[error("cannot load {model} weights from {path}: {source}")]
+    Weights {
+        /// The architecture.
+        model: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What candle said.
+        source: candle_core::Error,
+    },
+    /// An input domain or normalisation that makes no sense.
+    #[error("invalid model configuration: {0}")]
+    ModelConfig(String),
+
+    // ---- attacks and evaluation ------------------------------------------------------------------------
+    /// A hyper-parameter is out of its range.
+    #[error("invalid value for `{name}`: {found}; expected {expected}")]
+    InvalidParameter {
+        /// The parameter's name, as in the macro key.
+        name: &'static str,
+        /// The value given.
+        found: String,
+        /// What is allowed.
+        expected: String,
+    },
+    /// An attack, norm, loss or device name that is not known.
+    #[error("unknown {kind} `{found}`; expected one of: {expected}")]
+    UnknownName {
+        /// What kind of name (`attack`, `norm`, ...).
+        kind: &'static str,
+        /// The name given.
+        found: String,
+        /// The names that are known.
+        expected: String,
+    },
+    /// A device that was asked for is not available in this build or on this machine.
+    #[error("device `{requested}` is not available: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        requested: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The robustness assertion failed: the report says by how much.
+    #[error("{}", .0.failure_message())]
+    NotRobust(Box<RobustnessReport>),
+
+    // ---- candle ----------------------------------------------------------------------------
+    /// An error inside candle that none of the checks above anticipated.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn format(format: &'static str, path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Format { format, path: path.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn param(name: &'static str, found: impl ToString, expected: impl Into<String>) -> Self {
+        Error::InvalidParameter { name, found: found.to_string(), expected: expected.into() }
+    }
+
+    pub(crate) fn unknown(kind: &'static str, found: &str, expected: &[&str]) -> Self {
+        Error::UnknownName { kind, found: found.to_string(), expected: expected.join(", ") }
+    }
+}

@@ -1,0 +1,173 @@
+//! Running a robustness case: clean predictions, the attack, the metrics, the assertions.
+//!
+//! A sample counts as robust only if it is classified correctly clean *and* under the attack.
+//!
+//! ```no_run
+//! use robust_runtime::prelude::*;
+//! use robust_runtime::attack::{Pgd, PgdConfig};
+//! use robust_runtime::eval::{evaluate, RunConfig};
+//!
+//! let model = zoo::MnistMlp::load("tests/fixtures/mnist_mlp.safetensors", &Device::Cpu)?;
+//! let case = RobustnessCase::new(model, Dataset::mnist_sample()?.test_split()).named("mnist_mlp");
+//! let pgd = Pgd::new(PgdConfig { eps: 0.1, ..PgdConfig::default() })?;
+//! let report = evaluate(&case, &pgd, &RunConfig { samples: Some(200), ..RunConfig::default() })?;
+//! println!("{report}");
+//! # Ok::<(), robust_runtime::Error>(())
+//! ```
+
+mod report;
+mod spec;
+
+use std::time::Instant;
+
+use candle_core::{Device, Module, Tensor};
+
+pub use report::{Check, PerturbationStats, RobustnessReport, SampleOutcome, Thresholds};
+pub use spec::TestSpec;
+
+use crate::attack::kernel::{per_sample_l2, per_sample_linf};
+use crate::attack::{Attack, AttackBatch, Targeting};
+use crate::data::Dataset;
+use crate::model::{argmax, InputDomain, Model, Normalize};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// A model and the data to attack it on: what a `#[robustness_test]` function returns.
+#[derive(Debug)]
+pub struct RobustnessCase {
+    model: Model,
+    data: Dataset,
+}
+
+impl RobustnessCase {
+    /// A case from any candle module returning logits (input domain `[0, 1]`, no normalisation).
+    pub fn new(model: impl Module + 'static, data: Dataset) -> Self {
+        RobustnessCase { model: Model::new(model), data }
+    }
+
+    /// A case from a configured [`Model`].
+    pub fn from_model(model: Model, data: Dataset) -> Self {
+        RobustnessCase { model, data }
+    }
+
+    /// Names the model in reports.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.model = self.model.named(name);
+        self
+    }
+
+    /// Normalises inputs inside the model (ε stays in input units).
+    pub fn with_normalize(mut self, normalize: Normalize) -> Self {
+        self.model = self.model.with_normalize(normalize);
+        self
+    }
+
+    /// Sets the input domain (default `[0, 1]`).
+    pub fn with_domain(mut self, domain: InputDomain) -> Self {
+        self.model = self.model.with_domain(domain);
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The data.
+    pub fn data(&self) -> &Dataset {
+        &self.data
+    }
+}
+
+/// How a case is run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Evaluate the first `samples` samples of the data (default: all).
+    pub samples: Option<usize>,
+    /// Samples per batch (default 250; ≥ 1).
+    pub batch_size: usize,
+    /// Seed of the run's RNG (default 0).
+    pub seed: u64,
+    /// Untargeted (default) or how targets are chosen.
+    pub targeting: Targeting,
+    /// Where the batches are moved (default CPU).
+    pub device: Device,
+    /// Name of the test in reports (default: the model's name).
+    pub test_name: Option<String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            samples: None,
+            batch_size: 250,
+            seed: 0,
+            targeting: Targeting::Untargeted,
+            device: Device::Cpu,
+            test_name: None,
+        }
+    }
+}
+
+/// Attacks the case's data batch by batch and measures the outcome. The report has no checks
+/// yet: see [`RobustnessReport::check`].
+pub fn evaluate(case: &RobustnessCase, attack: &dyn Attack, cfg: &RunConfig) -> Result<RobustnessReport> {
+    crate::attack::check_at_least_one("batch_size", cfg.batch_size)?;
+    let data = match cfg.samples {
+        Some(n) if n == 0 || n > case.data.len() => {
+            return Err(Error::param("samples", n, format!("1..={} (the size of the data set)", case.data.len())))
+        }
+        Some(n) => case.data.take(n)?,
+        None => case.data.clone(),
+    };
+    let started = Instant::now();
+    let model = &case.model;
+    let mut rng = Rng::seed_from_u64(cfg.seed);
+    let mut outcomes = Vec::with_capacity(data.len());
+    let mut classes: Option<usize> = None;
+
+    for batch in data.batches(cfg.batch_size, &cfg.device) {
+        let batch = batch?;
+        let clean_logits = model.checked_logits(&batch.inputs)?;
+        let num_classes = clean_logits[0].len();
+        match classes {
+            Some(c) if c != num_classes => {
+                return Err(Error::LogitsShape { found: vec![clean_logits.len(), num_classes], batch: clean_logits.len() })
+            }
+            _ => classes = Some(num_classes),
+        }
+        let labels = &data.labels()[batch.range.clone()];
+        if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
+            return Err(Error::LabelOutOfRange { label: labels[i], index: batch.range.start + i, classes: num_classes });
+        }
+        let targets = cfg.targeting.choose(labels, &clean_logits, &mut rng);
+        let targets_t = targets.as_ref().map(|t| Tensor::from_slice(t, t.len(), &cfg.device)).transpose()?;
+        let attack_batch =
+            AttackBatch { inputs: &batch.inputs, labels: &batch.labels, targets: targets_t.as_ref(), num_classes };
+        let mut batch_rng = rng.fork();
+        let adv = attack.perturb(model, &attack_batch, &mut batch_rng)?;
+        let adv_pred = model.predict(&adv)?;
+        let delta = (&adv - &batch.inputs)?;
+        let linf = per_sample_linf(&delta)?.to_vec1::<f32>()?;
+        let l2 = per_sample_l2(&delta)?.to_vec1::<f32>()?;
+        for i in 0..labels.len() {
+            outcomes.push(SampleOutcome {
+                label: labels[i],
+                clean_pred: argmax(&clean_logits[i]),
+                adv_pred: adv_pred[i],
+                target: targets.as_ref().map(|t| t[i]),
+                linf: linf[i],
+                l2: l2[i],
+            });
+        }
+    }
+
+    Ok(RobustnessReport::from_outcomes(
+        cfg.test_name.clone().unwrap_or_else(|| model.name().to_string()),
+        model.name().to_string(),
+        attack,
+        cfg,
+        outcomes,
+        started.elapsed().as_secs_f64(),
+    ))
+}

@@ -1,0 +1,243 @@
+//! The outcome of a run: metrics, per-sample results, and the assertions checked on them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::RunConfig;
+use crate::attack::{Attack, ThreatModel};
+
+/// What happened to one sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleOutcome {
+    /// True label.
+    pub label: u32,
+    /// Prediction on the clean input.
+    pub clean_pred: u32,
+    /// Prediction on the adversarial input.
+    pub adv_pred: u32,
+    /// Target class, for targeted attacks.
+    pub target: Option<u32>,
+    /// L∞ norm of the perturbation.
+    pub linf: f32,
+    /// L2 norm of the perturbation.
+    pub l2: f32,
+}
+
+impl SampleOutcome {
+    /// Correct clean and under attack.
+    pub fn is_robust(&self) -> bool {
+        self.clean_pred == self.label && self.adv_pred == self.label
+    }
+
+    /// Correct clean.
+    pub fn is_clean_correct(&self) -> bool {
+        self.clean_pred == self.label
+    }
+}
+
+/// Mean and maximum of the perturbation norms over all evaluated samples.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct PerturbationStats {
+    /// Mean L∞ norm.
+    pub mean_linf: f64,
+    /// Largest L∞ norm.
+    pub max_linf: f64,
+    /// Mean L2 norm.
+    pub mean_l2: f64,
+    /// Largest L2 norm.
+    pub max_l2: f64,
+}
+
+/// Thresholds a robustness test asserts.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Robust accuracy must be at least this (`min_acc`).
+    pub min_acc: Option<f64>,
+    /// Clean minus robust accuracy must be at most this (`max_drop`).
+    pub max_drop: Option<f64>,
+}
+
+/// One assertion and whether it held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// The macro key (`min_acc`, `max_drop`).
+    pub key: String,
+    /// The measured value.
+    pub measured: f64,
+    /// The threshold.
+    pub threshold: f64,
+    /// Whether it held.
+    pub passed: bool,
+    /// The assertion in words.
+    pub description: String,
+}
+
+/// Everything a run measured. `Display` prints a table; serde gives JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessReport {
+    /// Test name (`module::mnist_cnn::pgd_eps_0_1`) or the model's name.
+    pub test: String,
+    /// Model name.
+    pub model: String,
+    /// Attack id (`"pgd"`).
+    pub attack: String,
+    /// Attack with its hyper-parameters.
+    pub attack_description: String,
+    /// Norm and ε.
+    pub threat: ThreatModel,
+    /// Whether the attack aimed at target classes.
+    pub targeted: bool,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Device it ran on.
+    pub device: String,
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Samples classified correctly without attack.
+    pub clean_correct: usize,
+    /// Samples classified correctly with and without attack.
+    pub robust_correct: usize,
+    /// Clean-correct samples the attack succeeded on (label changed; or target reached if targeted).
+    pub successes: usize,
+    /// `clean_correct / samples`.
+    pub clean_accuracy: f64,
+    /// `robust_correct / samples`.
+    pub robust_accuracy: f64,
+    /// `successes / clean_correct` (0 when nothing was correct).
+    pub success_rate: f64,
+    /// Perturbation norms over all samples.
+    pub perturbation: PerturbationStats,
+    /// Wall time of the run in seconds (the only field that differs between identical runs).
+    pub seconds: f64,
+    /// Assertions, filled by [`RobustnessReport::check`].
+    pub checks: Vec<Check>,
+    /// Per-sample outcomes, in data order.
+    pub per_sample: Vec<SampleOutcome>,
+}
+
+impl RobustnessReport {
+    pub(crate) fn from_outcomes(
+        test: String,
+        model: String,
+        attack: &dyn Attack,
+        cfg: &RunConfig,
+        per_sample: Vec<SampleOutcome>,
+        seconds: f64,
+    ) -> Self {
+        let samples = per_sample.len();
+        let clean_correct = per_sample.iter().filter(|s| s.is_clean_correct()).count();
+        let robust_correct = per_sample.iter().filter(|s| s.is_robust()).count();
+        let successes = per_sample
+            .iter()
+            .filter(|s| s.is_clean_correct())
+            .filter(|s| match s.target {
+                Some(t) => s.adv_pred == t,
+                None => s.adv_pred != s.label,
+            })
+            .count();
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let n = samples.max(1) as f64;
+        let perturbation = PerturbationStats {
+            mean_linf: per_sample.iter().map(|s| s.linf as f64).sum::<f64>() / n,
+            max_linf: per_sample.iter().map(|s| s.linf as f64).fold(0.0, f64::max),
+            mean_l2: per_sample.iter().map(|s| s.l2 as f64).sum::<f64>() / n,
+            max_l2: per_sample.iter().map(|s| s.l2 as f64).fold(0.0, f64::max),
+        };
+        RobustnessReport {
+            test,
+            model,
+            attack: attack.id().to_string(),
+            attack_description: attack.describe(),
+            threat: attack.threat(),
+            targeted: cfg.targeting.is_targeted(),
+            seed: cfg.seed,
+            device: crate::device::name(&cfg.device),
+            samples,
+            clean_correct,
+            robust_correct,
+            successes,
+            clean_accuracy: ratio(clean_correct, samples),
+            robust_accuracy: ratio(robust_correct, samples),
+            success_rate: ratio(successes, clean_correct),
+            perturbation,
+            seconds,
+            checks: Vec::new(),
+            per_sample,
+        }
+    }
+
+    /// Evaluates the thresholds into [`RobustnessReport::checks`].
+    pub fn check(mut self, thresholds: &Thresholds) -> Self {
+        if let Some(min) = thresholds.min_acc {
+            let measured = self.robust_accuracy;
+            self.checks.push(Check {
+                key: "min_acc".into(),
+                measured,
+                threshold: min,
+                passed: measured >= min,
+                description: format!("robust accuracy {} ≥ min_acc {}", pct(measured), pct(min)),
+            });
+        }
+        if let Some(max) = thresholds.max_drop {
+            let measured = self.clean_accuracy - self.robust_accuracy;
+            self.checks.push(Check {
+                key: "max_drop".into(),
+                measured,
+                threshold: max,
+                passed: measured <= max,
+                description: format!("clean − robust accuracy {} ≤ max_drop {}", pp(measured), pp(max)),
+            });
+        }
+        self
+    }
+
+    /// Whether every check held.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The message of a failed robustness test: what failed, then the whole table.
+    pub fn failure_message(&self) -> String {
+        let failed: Vec<&str> = self.checks.iter().filter(|c| !c.passed).map(|c| c.description.as_str()).collect();
+        format!("robustness test `{}` failed: {} does not hold\n\n{self}", self.test, failed.join("; "))
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
+}
+
+fn pp(v: f64) -> String {
+    format!("{:.2} pp", 100.0 * v)
+}
+
+impl fmt::Display for RobustnessReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.perturbation;
+        writeln!(f, "{} under {}{}", self.model, self.attack_description, if self.targeted { ", targeted" } else { "" })?;
+        writeln!(f, "  {:<18} {}", "test", self.test)?;
+        writeln!(f, "  {:<18} {}", "samples", self.samples)?;
+        writeln!(f, "  {:<18} {:>8}  ({}/{})", "clean accuracy", pct(self.clean_accuracy), self.clean_correct, self.samples)?;
+        writeln!(f, "  {:<18} {:>8}  ({}/{})", "robust accuracy", pct(self.robust_accuracy), self.robust_correct, self.samples)?;
+        writeln!(
+            f,
+            "  {:<18} {:>8}  ({}/{} correctly classified samples {})",
+            "attack success",
+            pct(self.success_rate),
+            self.successes,
+            self.clean_correct,
+            if self.targeted { "sent to their target" } else { "misclassified" }
+        )?;
+        writeln!(f, "  {:<18} mean {:.4}  max {:.4}", "perturbation L∞", p.mean_linf, p.max_linf)?;
+        writeln!(f, "  {:<18} mean {:.4}  max {:.4}", "perturbation L2", p.mean_l2, p.max_l2)?;
+        write!(f, "  {:<18} {:.2} s on {}, seed {}", "time", self.seconds, self.device, self.seed)?;
+        if !self.checks.is_empty() {
+            write!(f, "\n  assertions")?;
+            for c in &self.checks {
+                write!(f, "\n    {} {}", if c.passed { "✓" } else { "✗" }, c.description)?;
+            }
+        }
+        Ok(())
+    }
+}

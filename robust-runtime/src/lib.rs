@@ -1,0 +1,71 @@
+//! # robust: adversarial robustness as `cargo test` assertions
+//!
+//! `robust-runtime` attacks [candle](https://github.com/huggingface/candle) classifiers and
+//! turns the outcome into ordinary tests. One attribute expands into one `#[test]` per attack × ε:
+//!
+//! ```no_run
+//! use robust_runtime::prelude::*;
+//!
+//! #[robustness_test(attack = ["fgsm", "pgd"], eps = [0.05, 0.1], min_acc = 0.6, samples = 500)]
+//! fn mnist_cnn() -> robust_runtime::Result<RobustnessCase> {
+//!     let model = zoo::MnistCnn::load("tests/fixtures/mnist_cnn.safetensors", &Device::Cpu)?;
+//!     Ok(RobustnessCase::new(model, Dataset::mnist_sample()?.test_split()))
+//! }
+//! ```
+//!
+//! `cargo test` then runs `mnist_cnn::fgsm_eps_0_05`, `mnist_cnn::pgd_eps_0_1`, …, each
+//! failing with a report (clean and robust accuracy, attack success rate, perturbation norms,
+//! the assertion that failed) when the model is not robust enough.
+//!
+//! The same machinery is a library: [`eval::evaluate`] runs any [`attack::Attack`] on a
+//! [`RobustnessCase`] and returns a [`RobustnessReport`] (a table with `Display`, JSON with serde).
+//!
+//! Rules the results rest on: a sample is robust only if it is classified correctly clean *and*
+//! under attack; every iterate is projected onto the ε-ball and the input domain; ε is in input
+//! units (normalisation lives inside the [`Model`]); all randomness comes from one seeded
+//! [`Rng`], so the same seed gives the same report, bit for bit, on the CPU.
+
+#![warn(missing_docs)]
+
+pub mod attack;
+pub mod data;
+pub mod device;
+mod error;
+pub mod eval;
+pub mod model;
+pub mod rng;
+pub mod zoo;
+
+pub use data::Dataset;
+pub use error::{Error, Result};
+pub use eval::{RobustnessCase, RobustnessReport};
+pub use model::{InputDomain, Model, Normalize};
+pub use rng::Rng;
+pub use robust_macros::robustness_test;
+
+/// What a robustness test file needs: `use robust_runtime::prelude::*;`.
+pub mod prelude {
+    pub use crate::data::Dataset;
+    pub use crate::eval::{RobustnessCase, RobustnessReport};
+    pub use crate::model::{InputDomain, Model, Normalize};
+    pub use crate::rng::Rng;
+    pub use crate::robustness_test;
+    pub use crate::zoo;
+    pub use candle_core::Device;
+}
+
+/// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::eval::TestSpec;
+    use crate::{RobustnessCase, Result};
+
+    /// Runs one generated test; panics with the report when it fails.
+    #[track_caller]
+    pub fn run_test<F: FnOnce() -> Result<RobustnessCase>>(build: F, spec: TestSpec) {
+        match spec.run(build) {
+            Ok(report) => println!("{report}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The classifier contract.
+//!
+//! Any candle [`Module`] that maps a batch of inputs `N × …` to logits `N × classes` can be
+//! attacked. Two things sit around it:
+//!
+//! - [`InputDomain`]: the box that valid inputs live in (default `[0, 1]`, pixels). Attacks
+//!   clamp every iterate into it.
+//! - [`Normalize`]: per-channel `(x − mean) / std`, applied *inside* the model, so that ε is
+//!   always measured in input units (pixels in `[0, 1]`), never in normalised units. Attacking
+//!   the normalised tensor instead is the most common mistake with torchattacks-style tools.
+//!
+//! ```
+//! use robust_runtime::prelude::*;
+//! use candle_core::{Device, Tensor};
+//!
+//! // A "model" that returns its two input features as logits.
+//! let model = Model::new(|x: &Tensor| Ok(x.clone()))
+//!     .with_normalize(Normalize::new(vec![0.5], vec![0.25])?)
+//!     .named("identity");
+//! let x = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu)?;
+//! assert_eq!(model.logits(&x)?.to_vec2::<f32>()?, vec![vec![2.0, -2.0]]);
+//! # Ok::<(), robust_runtime::Error>(())
+//! ```
+
+use candle_core::{DType, Module, Tensor};
+
+use crate::{Error, Result};
+
+/// The box `[lo, hi]` that every input coordinate lives in.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputDomain {
+    lo: f32,
+    hi: f32,
+}
+
+impl Default for InputDomain {
+    /// `[0, 1]`: images scaled from 0–255.
+    fn default() -> Self {
+        InputDomain { lo: 0.0, hi: 1.0 }
+    }
+}
+
+impl InputDomain {
+    /// The box `[lo, hi]`; both finite and `lo < hi`.
+    pub fn new(lo: f32, hi: f32) -> Result<Self> {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(Error::ModelConfig(format!(
+                "input domain [{lo}, {hi}] is empty or not finite; expected finite bounds with lo < hi"
+            )));
+        }
+        Ok(InputDomain { lo, hi })
+    }
+
+    /// Lower bound.
+    pub fn lo(&self) -> f32 {
+        self.lo
+    }
+
+    /// Upper bound.
+    pub fn hi(&self) -> f32 {
+        self.hi
+    }
+
+    /// `x` clamped into the box.
+    pub fn clamp(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clamp(self.lo, self.hi)?)
+    }
+}
+
+/// Per-channel normalisation `(x − mean) / std` on dimension 1 (channels of `N × C × …`, or
+/// features of `N × C`), applied by [`Model`] before the wrapped module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Normalize {
+    /// One mean and one standard deviation per channel (or one of each for all channels).
+    pub fn new(mean: Vec<f32>, std: Vec<f32>) -> Result<Self> {
+        if mean.is_empty() || mean.len() != std.len() {
+            return Err(Error::ModelConfig(format!(
+                "normalize has {} means and {} standard deviations; expected the same non-zero number",
+                mean.len(),
+                std.len()
+            )));
+        }
+        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::ModelConfig(format!(
+                "normalize standard deviation {s}; expected finite values > 0"
+            )));
+        }
+        if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+            return Err(Error::ModelConfig(format!("normalize mean {m}; expected finite values")));
+        }
+        Ok(Normalize { mean, std })
+    }
+
+    /// `(x − mean) / std`, broadcast over every dimension but 1.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let channels = self.mean.len();
+        let mut shape = vec![1usize; x.rank().max(2)];
+        if channels > 1 {
+            let found = x.dims().get(1).copied().unwrap_or(0);
+            if found != channels {
+                return Err(Error::ModelConfig(format!(
+                    "normalize has {channels} channels but the input has shape {:?}; expected dimension 1 of size {channels}",
+                    x.dims()
+                )));
+            }
+            shape[1] = channels;
+        }
+        let mean = Tensor::from_slice(&self.mean, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        let std = Tensor::from_slice(&self.std, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
+    }
+}
+
+/// A classifier under test: a candle module returning logits, its input domain and optional
+/// normalisation.
+pub struct Model {
+    inner: Box<dyn Module>,
+    normalize: Option<Normalize>,
+    domain: InputDomain,
+    name: String,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("domain", &self.domain)
+            .field("normalize", &self.normalize)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Wraps any module that returns logits. Domain `[0, 1]`, no normalisation.
+    pub fn new(module: impl Module + 'static) -> Self {
+        Model { inner: Box::new(module), normalize: None, domain: InputDomain::default(), name: "model".into() }
+    }
+
+    /// Normalises inputs inside the model, so ε stays in input units.
+    pub fn with_normalize(mut self, normalize: Normalize) -> Self {
+        self.normalize = Some(normalize);
+        self
+    }
+
+    /// Sets the input domain (default `[0, 1]`).
+    pub fn with_domain(mut self, domain: InputDomain) -> Self {
+        self.domain = domain;
+        self
+    }
+
+    /// Names the model in reports.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The model's name in reports.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The input domain.
+    pub fn domain(&self) -> InputDomain {
+        self.domain
+    }
+
+    /// Logits for a batch, checked to be `N × classes`. This is the differentiable forward pass
+    /// the attacks use; it does not look at the values (see [`Model::checked_logits`]).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let batch = x.dim(0).map_err(|source| Error::ModelInput { input: x.dims().to_vec(), source })?;
+        let input = match &self.normalize {
+            Some(n) => n.apply(x)?,
+            None => x.clone(),
+        };
+        let logits = self
+            .inner
+            .forward(&input)
+            .map_err(|source| Error::ModelInput { input: x.dims().to_vec(), source })?;
+        match logits.dims() {
+            [n, c] if *n == batch && *c > 0 => Ok(logits),
+            found => Err(Error::LogitsShape { found: found.to_vec(), batch }),
+        }
+    }
+
+    /// Logits for a batch, also checked to be finite. Returned as host `f32` rows.
+    pub fn checked_logits(&self, x: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let logits = self.logits(x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let count = logits.iter().flatten().filter(|v| !v.is_finite()).count();
+        if count > 0 {
+            return Err(Error::NonFiniteLogits { count, batch: logits.len() });
+        }
+        Ok(logits)
+    }
+
+    /// Predicted classes (arg-max of the logits; the lowest index wins ties) for a batch.
+    pub fn predict(&self, x: &Tensor) -> Result<Vec<u32>> {
+        Ok(self.checked_logits(x)?.iter().map(|row| argmax(row)).collect())
+    }
+}
+
+impl Module for Model {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.logits(xs).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax` on CPU).
+pub(crate) fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn reject_an_empty_domain() {
+        assert!(InputDomain::new(1.0, 0.0).is_err());
+        assert!(InputDomain::new(0.0, f32::NAN).is_err());
+    }
+
+    #[test]
+    fn reject_zero_standard_deviation() {
+        let err = Normalize::new(vec![0.1], vec![0.0]).unwrap_err();
+        assert!(err.to_string().contains("expected finite values > 0"), "{err}");
+    }
+
+    #[test]
+    fn normalize_per_channel() -> Result<()> {
+        let n = Normalize::new(vec![0.0, 1.0], vec![1.0, 2.0])?;
+        let x = Tensor::ones((1, 2, 1, 1), DType::F32, &Device::Cpu)?;
+        let y = n.apply(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(y, vec![1.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn reject_logits_that_are_not_a_matrix() {
+        let model = Model::new(|x: &Tensor| x.flatten_all());
+        let x = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = model.logits(&x).unwrap_err();
+        assert!(matches!(err, Error::LogitsShape { ref found, batch: 3 } if found == &[6]), "{err}");
+    }
+
+    #[test]
+    fn reject_nan_logits() {
+        let model = Model::new(|x: &Tensor| x.log());
+        let x = Tensor::new(&[[-1.0f32, 1.0]], &Device::Cpu).unwrap();
+        let err = model.predict(&x).unwrap_err();
+        assert!(matches!(err, Error::NonFiniteLogits { count: 1, batch: 1 }), "{err}");
+    }
+
+    #[test]
+    fn break_ties_towards_the_first_class() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+}

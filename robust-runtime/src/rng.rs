@@ -1,0 +1,118 @@
+//! The one source of randomness of a run.
+//!
+//! candle cannot seed its CPU random number generator, so nothing in this crate calls
+//! `Tensor::rand`/`randn`: every random number is drawn here, on the host, from a ChaCha8 stream
+//! seeded by the run, and uploaded as a tensor. Only the raw `next_u64` stream of ChaCha8 is
+//! used (not `rand`'s distribution code, whose algorithms change between versions), so the same
+//! seed gives the same numbers, bit for bit, on every platform and release.
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A seeded random number generator (ChaCha8).
+#[derive(Debug, Clone)]
+pub struct Rng(ChaCha8Rng);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn seed_from_u64(seed: u64) -> Self {
+        Rng(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// An independent generator for a sub-task (a batch, a restart), derived from this one.
+    pub fn fork(&mut self) -> Self {
+        Rng::seed_from_u64(self.next_u64())
+    }
+
+    /// The next raw 64-bit value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in `[0, n)` for `n > 0`, by Lemire's multiply-shift (bias below 2⁻⁶⁴·n).
+    pub fn below(&mut self, n: usize) -> usize {
+        debug_assert!(n > 0);
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit_f64()
+    }
+
+    /// Standard normal, by the Box–Muller transform.
+    pub fn normal(&mut self) -> f64 {
+        // 1 - u is in (0, 1], so the logarithm is finite.
+        let u1 = 1.0 - self.unit_f64();
+        let u2 = self.unit_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// A Fisher–Yates shuffle of `items`.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+
+    /// `n` values uniform in `[lo, hi)`, as `f32`.
+    pub fn uniform_vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi) as f32).collect()
+    }
+
+    /// `n` standard normal values, as `f32`.
+    pub fn normal_vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal() as f32).collect()
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    #[test]
+    fn repeat_the_same_stream_for_the_same_seed() {
+        let a: Vec<u64> = (0..8).scan(Rng::seed_from_u64(7), |r, _| Some(r.next_u64())).collect();
+        let b: Vec<u64> = (0..8).scan(Rng::seed_from_u64(7), |r, _| Some(r.next_u64())).collect();
+        let c: Vec<u64> = (0..8).scan(Rng::seed_from_u64(8), |r, _| Some(r.next_u64())).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn draw_normals_with_unit_variance() {
+        let mut rng = Rng::seed_from_u64(1);
+        let xs = rng.normal_vec(100_000);
+        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn shuffle_into_a_permutation_that_moves_items() {
+        let mut rng = Rng::seed_from_u64(3);
+        let mut v: Vec<usize> = (0..100).collect();
+        rng.shuffle(&mut v);
+        let moved = v.iter().enumerate().filter(|(i, &x)| *i != x).count();
+        assert!(moved > 80, "only {moved} of 100 moved");
+        v.sort_unstable();
+        assert_eq!(v, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn draw_indices_below_the_bound_and_cover_it() {
+        let mut rng = Rng::seed_from_u64(4);
+        let mut seen = [0usize; 10];
+        for _ in 0..10_000 {
+            seen[rng.below(10)] += 1;
+        }
+        assert!(seen.iter().all(|&c| (900..1100).contains(&c)), "{seen:?}");
+    }
+}

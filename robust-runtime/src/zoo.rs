@@ -1,0 +1,134 @@
+//! Small reference models for MNIST, used by the tests, examples and benchmarks.
+//!
+//! Parameter names follow a PyTorch `nn.Sequential` of the same architecture (`1.weight`,
+//! `3.bias`, …), so the same safetensors file loads in PyTorch (`model.load_state_dict(
+//! safetensors.torch.load_file(path))`) and here. The committed weights under
+//! `tests/fixtures/` are trained by `cargo xtask fixtures` on the 4,000 training digits of
+//! [`Dataset::mnist_sample`](crate::data::Dataset::mnist_sample).
+//!
+//! ```no_run
+//! use robust_runtime::prelude::*;
+//! use candle_core::Device;
+//!
+//! let cnn = zoo::MnistCnn::load("tests/fixtures/mnist_cnn.safetensors", &Device::Cpu)?;
+//! # Ok::<(), robust_runtime::Error>(())
+//! ```
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::{Error, Result};
+
+/// The MLP 784-256-256-10 with ReLU activations, as
+/// `nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))`.
+#[derive(Debug, Clone)]
+pub struct MnistMlp {
+    fc1: Linear,
+    fc2: Linear,
+    fc3: Linear,
+}
+
+impl MnistMlp {
+    /// Builds the model from a var builder (weights `1.*`, `3.*`, `5.*`).
+    pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(MnistMlp {
+            fc1: candle_nn::linear(784, 256, vb.pp("1"))?,
+            fc2: candle_nn::linear(256, 256, vb.pp("3"))?,
+            fc3: candle_nn::linear(256, 10, vb.pp("5"))?,
+        })
+    }
+
+    /// Loads weights from a safetensors file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        load_with("MnistMlp", path.as_ref(), device, Self::new)
+    }
+}
+
+impl Module for MnistMlp {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = xs.flatten_from(1)?;
+        let xs = self.fc1.forward(&xs)?.relu()?;
+        let xs = self.fc2.forward(&xs)?.relu()?;
+        self.fc3.forward(&xs)
+    }
+}
+
+/// The classic MNIST CNN (Madry et al. 2018's architecture): conv 32 5×5 (padding 2), ReLU,
+/// max-pool 2, conv 64 5×5 (padding 2), ReLU, max-pool 2, fc 1024, ReLU, fc 10. As PyTorch:
+/// `nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, padding=2),
+/// nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3136, 1024), nn.ReLU(), nn.Linear(1024, 10))`.
+#[derive(Debug, Clone)]
+pub struct MnistCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl MnistCnn {
+    /// Builds the model from a var builder (weights `0.*`, `3.*`, `7.*`, `9.*`).
+    pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+        let cfg = Conv2dConfig { padding: 2, ..Default::default() };
+        Ok(MnistCnn {
+            conv1: candle_nn::conv2d(1, 32, 5, cfg, vb.pp("0"))?,
+            conv2: candle_nn::conv2d(32, 64, 5, cfg, vb.pp("3"))?,
+            fc1: candle_nn::linear(7 * 7 * 64, 1024, vb.pp("7"))?,
+            fc2: candle_nn::linear(1024, 10, vb.pp("9"))?,
+        })
+    }
+
+    /// Loads weights from a safetensors file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        load_with("MnistCnn", path.as_ref(), device, Self::new)
+    }
+}
+
+impl Module for MnistCnn {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?;
+        let xs = self.conv2.forward(&xs)?.relu()?.max_pool2d(2)?;
+        let xs = self.fc1.forward(&xs.flatten_from(1)?)?.relu()?;
+        self.fc2.forward(&xs)
+    }
+}
+
+fn load_with<M>(
+    model: &'static str,
+    path: &Path,
+    device: &Device,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    if !path.exists() {
+        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+    }
+    // SAFETY: the file is memory-mapped read-only; like every mmap it must not be truncated
+    // while the model is alive, which holds for weight files that nothing else writes.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+        .map_err(|source| Error::Weights { model, path: path.into(), source })?;
+    build(vb).map_err(|source| Error::Weights { model, path: path.into(), source })
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    #[test]
+    fn name_a_missing_weight_file() {
+        let err = MnistMlp::load("does/not/exist.safetensors", &Device::Cpu).unwrap_err();
+        assert!(err.to_string().starts_with("cannot access does/not/exist.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn name_the_missing_tensor_in_a_wrong_file() {
+        let dir = std::env::temp_dir().join(format!("robust-zoo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wrong.safetensors");
+        let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&[("0.weight", t)].into_iter().collect(), &path).unwrap();
+        let err = MnistCnn::load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("cannot load MnistCnn weights") && err.contains("0.weight"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests and examples of robust live in tests/ and examples/.

@@ -1,0 +1,149 @@
+//! `cargo xtask <task>`: the project's maintenance tasks.
+//!
+//! - `fixtures [mlp|cnn]…`: trains the reference models deterministically on the 4,000 training
+//!   digits of the MNIST sample and writes `tests/fixtures/mnist_{mlp,cnn}.safetensors`, plus the
+//!   1,000 test digits as `tests/reference/mnist_test.safetensors` for the PyTorch reference script.
+//!   Tests never train: they load the committed files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use robust_runtime::data::Dataset;
+use robust_runtime::zoo::{MnistCnn, MnistMlp};
+use robust_runtime::Rng;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Seed of every random choice in training (initialisation, batch order).
+const TRAIN_SEED: u64 = 20260101;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("fixtures") => fixtures(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask fixtures [mlp] [cnn]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// One model to train.
+struct Recipe {
+    name: &'static str,
+    epochs: usize,
+    lr: f64,
+    build: fn(VarBuilder) -> candle_core::Result<Box<dyn Module>>,
+}
+
+fn fixtures(which: &[String]) -> Result<()> {
+    let recipes = [
+        Recipe { name: "mnist_mlp", epochs: 20, lr: 1e-3, build: |vb| Ok(Box::new(MnistMlp::new(vb)?)) },
+        Recipe { name: "mnist_cnn", epochs: 8, lr: 1e-3, build: |vb| Ok(Box::new(MnistCnn::new(vb)?)) },
+    ];
+    let split = Dataset::mnist_sample()?;
+    let root = root();
+    std::fs::create_dir_all(root.join("tests/fixtures"))?;
+    std::fs::create_dir_all(root.join("tests/reference"))?;
+    write_test_split(&split.test, &root.join("tests/reference/mnist_test.safetensors"))?;
+    for recipe in &recipes {
+        let short = recipe.name.trim_start_matches("mnist_");
+        if !which.is_empty() && !which.iter().any(|w| w == short || w == recipe.name) {
+            continue;
+        }
+        let path = root.join(format!("tests/fixtures/{}.safetensors", recipe.name));
+        train(recipe, &split.train, &split.test, &path)?;
+    }
+    Ok(())
+}
+
+/// The test digits as uint8 images and int64 labels, the layout PyTorch reads without conversion.
+fn write_test_split(test: &Dataset, path: &Path) -> Result<()> {
+    let images = (test.inputs() * 255.0)?.round()?.to_dtype(DType::U8)?;
+    let labels: Vec<i64> = test.labels().iter().map(|&l| l as i64).collect();
+    let labels = Tensor::from_vec(labels, test.len(), &Device::Cpu)?;
+    candle_core::safetensors::save(&[("images", images), ("labels", labels)].into_iter().collect(), path)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn train(recipe: &Recipe, train: &Dataset, test: &Dataset, path: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let mut rng = Rng::seed_from_u64(TRAIN_SEED);
+    let varmap = VarMap::new();
+    let model = (recipe.build)(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    init_like_pytorch(&varmap, &mut rng)?;
+
+    let params = ParamsAdamW { lr: recipe.lr, weight_decay: 0.0, ..Default::default() };
+    let mut opt = AdamW::new(varmap.all_vars(), params)?;
+    let batch = 64;
+    let started = Instant::now();
+    for epoch in 1..=recipe.epochs {
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        rng.shuffle(&mut order);
+        let shuffled = train.select(&order)?;
+        let mut total = 0.0;
+        for b in shuffled.batches(batch, &device) {
+            let b = b?;
+            let logits = model.forward(&b.inputs)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &b.labels)?;
+            opt.backward_step(&loss)?;
+            total += loss.to_scalar::<f32>()? as f64 * b.range.len() as f64;
+        }
+        println!(
+            "{} epoch {epoch:>2}: train loss {:.4}, test accuracy {:.2} % ({:.0} s)",
+            recipe.name,
+            total / train.len() as f64,
+            100.0 * accuracy(model.as_ref(), test)?,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let acc = accuracy(model.as_ref(), test)?;
+    if acc < 0.90 {
+        return Err(format!("{} reached only {:.2} % on the test split; expected ≥ 90 %", recipe.name, 100.0 * acc).into());
+    }
+    varmap.save(path)?;
+    println!("wrote {} (test accuracy {:.2} %)", path.display(), 100.0 * acc);
+    Ok(())
+}
+
+/// PyTorch's default initialisation of `nn.Linear` and `nn.Conv2d`: weights and biases uniform in
+/// ±1/√fan_in, drawn from our seeded RNG in name order (candle cannot seed its own).
+fn init_like_pytorch(varmap: &VarMap, rng: &mut Rng) -> Result<()> {
+    let vars = varmap.data().lock().map_err(|_| "var map lock poisoned")?;
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let weight_name = name.replace(".bias", ".weight");
+        let fan_in: usize = vars[&weight_name].dims()[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let values = rng.uniform_vec(var.elem_count(), -bound, bound);
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
+fn accuracy(model: &dyn Module, data: &Dataset) -> Result<f64> {
+    let mut correct = 0usize;
+    for b in data.batches(500, &Device::Cpu) {
+        let b = b?;
+        let pred = model.forward(&b.inputs)?.argmax(D::Minus1)?;
+        correct += pred.eq(&b.labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+    }
+    Ok(correct as f64 / data.len() as f64)
+}
