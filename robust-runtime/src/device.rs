@@ -59,7 +59,10 @@ pub fn select(choice: DeviceChoice) -> Result<Device> {
     };
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda => cuda().map_err(|reason| Error::DeviceUnavailable { requested: "cuda".into(), reason }),
+        DeviceChoice::Cuda => cuda().map_err(|reason| Error::DeviceUnavailable {
+            requested: "cuda".into(),
+            reason,
+        }),
         DeviceChoice::Auto => Ok(cuda().unwrap_or(Device::Cpu)),
     }
 }

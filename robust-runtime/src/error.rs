@@ -141,18 +141,41 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
-    pub(crate) fn format(format: &'static str, path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Format { format, path: path.into(), reason: reason.into() }
+    pub(crate) fn format(
+        format: &'static str,
+        path: impl Into<PathBuf>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Format {
+            format,
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
-    pub(crate) fn param(name: &'static str, found: impl ToString, expected: impl Into<String>) -> Self {
-        Error::InvalidParameter { name, found: found.to_string(), expected: expected.into() }
+    pub(crate) fn param(
+        name: &'static str,
+        found: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidParameter {
+            name,
+            found: found.to_string(),
+            expected: expected.into(),
+        }
     }
 
     pub(crate) fn unknown(kind: &'static str, found: &str, expected: &[&str]) -> Self {
-        Error::UnknownName { kind, found: found.to_string(), expected: expected.join(", ") }
+        Error::UnknownName {
+            kind,
+            found: found.to_string(),
+            expected: expected.join(", "),
+        }
     }
 }

@@ -33,6 +33,7 @@ pub mod device;
 mod error;
 pub mod eval;
 pub mod model;
+pub mod nn;
 pub mod rng;
 pub mod zoo;
 
@@ -58,7 +59,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::eval::TestSpec;
-    use crate::{RobustnessCase, Result};
+    use crate::{Result, RobustnessCase};
 
     /// Runs one generated test; panics with the report when it fails.
     #[track_caller]

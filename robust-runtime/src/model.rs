@@ -91,7 +91,9 @@ impl Normalize {
             )));
         }
         if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
-            return Err(Error::ModelConfig(format!("normalize mean {m}; expected finite values")));
+            return Err(Error::ModelConfig(format!(
+                "normalize mean {m}; expected finite values"
+            )));
         }
         Ok(Normalize { mean, std })
     }
@@ -110,8 +112,10 @@ impl Normalize {
             }
             shape[1] = channels;
         }
-        let mean = Tensor::from_slice(&self.mean, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
-        let std = Tensor::from_slice(&self.std, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        let mean =
+            Tensor::from_slice(&self.mean, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
+        let std =
+            Tensor::from_slice(&self.std, shape.as_slice(), x.device())?.to_dtype(x.dtype())?;
         Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
 }
@@ -138,7 +142,12 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Wraps any module that returns logits. Domain `[0, 1]`, no normalisation.
     pub fn new(module: impl Module + 'static) -> Self {
-        Model { inner: Box::new(module), normalize: None, domain: InputDomain::default(), name: "model".into() }
+        Model {
+            inner: Box::new(module),
+            normalize: None,
+            domain: InputDomain::default(),
+            name: "model".into(),
+        }
     }
 
     /// Normalises inputs inside the model, so ε stays in input units.
@@ -172,7 +181,10 @@ impl Model {
     /// Logits for a batch, checked to be `N × classes`. This is the differentiable forward pass
     /// the attacks use; it does not look at the values (see [`Model::checked_logits`]).
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let batch = x.dim(0).map_err(|source| Error::ModelInput { input: x.dims().to_vec(), source })?;
+        let batch = x.dim(0).map_err(|source| Error::ModelInput {
+            input: x.dims().to_vec(),
+            source,
+        })?;
         let input = match &self.normalize {
             Some(n) => n.apply(x)?,
             None => x.clone(),
@@ -180,10 +192,16 @@ impl Model {
         let logits = self
             .inner
             .forward(&input)
-            .map_err(|source| Error::ModelInput { input: x.dims().to_vec(), source })?;
+            .map_err(|source| Error::ModelInput {
+                input: x.dims().to_vec(),
+                source,
+            })?;
         match logits.dims() {
             [n, c] if *n == batch && *c > 0 => Ok(logits),
-            found => Err(Error::LogitsShape { found: found.to_vec(), batch }),
+            found => Err(Error::LogitsShape {
+                found: found.to_vec(),
+                batch,
+            }),
         }
     }
 
@@ -192,14 +210,21 @@ impl Model {
         let logits = self.logits(x)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let count = logits.iter().flatten().filter(|v| !v.is_finite()).count();
         if count > 0 {
-            return Err(Error::NonFiniteLogits { count, batch: logits.len() });
+            return Err(Error::NonFiniteLogits {
+                count,
+                batch: logits.len(),
+            });
         }
         Ok(logits)
     }
 
     /// Predicted classes (arg-max of the logits; the lowest index wins ties) for a batch.
     pub fn predict(&self, x: &Tensor) -> Result<Vec<u32>> {
-        Ok(self.checked_logits(x)?.iter().map(|row| argmax(row)).collect())
+        Ok(self
+            .checked_logits(x)?
+            .iter()
+            .map(|row| argmax(row))
+            .collect())
     }
 }
 
@@ -234,7 +259,10 @@ mod should {
     #[test]
     fn reject_zero_standard_deviation() {
         let err = Normalize::new(vec![0.1], vec![0.0]).unwrap_err();
-        assert!(err.to_string().contains("expected finite values > 0"), "{err}");
+        assert!(
+            err.to_string().contains("expected finite values > 0"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -251,7 +279,10 @@ mod should {
         let model = Model::new(|x: &Tensor| x.flatten_all());
         let x = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
         let err = model.logits(&x).unwrap_err();
-        assert!(matches!(err, Error::LogitsShape { ref found, batch: 3 } if found == &[6]), "{err}");
+        assert!(
+            matches!(err, Error::LogitsShape { ref found, batch: 3 } if found == &[6]),
+            "{err}"
+        );
     }
 
     #[test]
@@ -259,7 +290,10 @@ mod should {
         let model = Model::new(|x: &Tensor| x.log());
         let x = Tensor::new(&[[-1.0f32, 1.0]], &Device::Cpu).unwrap();
         let err = model.predict(&x).unwrap_err();
-        assert!(matches!(err, Error::NonFiniteLogits { count: 1, batch: 1 }), "{err}");
+        assert!(
+            matches!(err, Error::NonFiniteLogits { count: 1, batch: 1 }),
+            "{err}"
+        );
     }
 
     #[test]

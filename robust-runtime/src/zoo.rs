@@ -19,6 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use crate::nn::max_pool2d;
 use crate::{Error, Result};
 
 /// The MLP 784-256-256-10 with ReLU activations, as
@@ -70,7 +71,10 @@ pub struct MnistCnn {
 impl MnistCnn {
     /// Builds the model from a var builder (weights `0.*`, `3.*`, `7.*`, `9.*`).
     pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        let cfg = Conv2dConfig { padding: 2, ..Default::default() };
+        let cfg = Conv2dConfig {
+            padding: 2,
+            ..Default::default()
+        };
         Ok(MnistCnn {
             conv1: candle_nn::conv2d(1, 32, 5, cfg, vb.pp("0"))?,
             conv2: candle_nn::conv2d(32, 64, 5, cfg, vb.pp("3"))?,
@@ -87,8 +91,9 @@ impl MnistCnn {
 
 impl Module for MnistCnn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = self.conv1.forward(xs)?.relu()?.max_pool2d(2)?;
-        let xs = self.conv2.forward(&xs)?.relu()?.max_pool2d(2)?;
+        // Our max-pool: candle's own gives tied maxima the full gradient (see `nn::max_pool2d`).
+        let xs = max_pool2d(&self.conv1.forward(xs)?.relu()?, 2)?;
+        let xs = max_pool2d(&self.conv2.forward(&xs)?.relu()?, 2)?;
         let xs = self.fc1.forward(&xs.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&xs)
     }
@@ -101,13 +106,25 @@ fn load_with<M>(
     build: impl FnOnce(VarBuilder) -> candle_core::Result<M>,
 ) -> Result<M> {
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
     }
     // SAFETY: the file is memory-mapped read-only; like every mmap it must not be truncated
     // while the model is alive, which holds for weight files that nothing else writes.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
-        .map_err(|source| Error::Weights { model, path: path.into(), source })?;
-    build(vb).map_err(|source| Error::Weights { model, path: path.into(), source })
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.map_err(
+        |source| Error::Weights {
+            model,
+            path: path.into(),
+            source,
+        },
+    )?;
+    build(vb).map_err(|source| Error::Weights {
+        model,
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -117,7 +134,11 @@ mod should {
     #[test]
     fn name_a_missing_weight_file() {
         let err = MnistMlp::load("does/not/exist.safetensors", &Device::Cpu).unwrap_err();
-        assert!(err.to_string().starts_with("cannot access does/not/exist.safetensors"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot access does/not/exist.safetensors"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -128,7 +149,10 @@ mod should {
         let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(&[("0.weight", t)].into_iter().collect(), &path).unwrap();
         let err = MnistCnn::load(&path, &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("cannot load MnistCnn weights") && err.contains("0.weight"), "{err}");
+        assert!(
+            err.contains("cannot load MnistCnn weights") && err.contains("0.weight"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// One model to train.
@@ -52,14 +55,27 @@ struct Recipe {
 
 fn fixtures(which: &[String]) -> Result<()> {
     let recipes = [
-        Recipe { name: "mnist_mlp", epochs: 20, lr: 1e-3, build: |vb| Ok(Box::new(MnistMlp::new(vb)?)) },
-        Recipe { name: "mnist_cnn", epochs: 8, lr: 1e-3, build: |vb| Ok(Box::new(MnistCnn::new(vb)?)) },
+        Recipe {
+            name: "mnist_mlp",
+            epochs: 20,
+            lr: 1e-3,
+            build: |vb| Ok(Box::new(MnistMlp::new(vb)?)),
+        },
+        Recipe {
+            name: "mnist_cnn",
+            epochs: 8,
+            lr: 1e-3,
+            build: |vb| Ok(Box::new(MnistCnn::new(vb)?)),
+        },
     ];
     let split = Dataset::mnist_sample()?;
     let root = root();
     std::fs::create_dir_all(root.join("tests/fixtures"))?;
     std::fs::create_dir_all(root.join("tests/reference"))?;
-    write_test_split(&split.test, &root.join("tests/reference/mnist_test.safetensors"))?;
+    write_test_split(
+        &split.test,
+        &root.join("tests/reference/mnist_test.safetensors"),
+    )?;
     for recipe in &recipes {
         let short = recipe.name.trim_start_matches("mnist_");
         if !which.is_empty() && !which.iter().any(|w| w == short || w == recipe.name) {
@@ -76,7 +92,12 @@ fn write_test_split(test: &Dataset, path: &Path) -> Result<()> {
     let images = (test.inputs() * 255.0)?.round()?.to_dtype(DType::U8)?;
     let labels: Vec<i64> = test.labels().iter().map(|&l| l as i64).collect();
     let labels = Tensor::from_vec(labels, test.len(), &Device::Cpu)?;
-    candle_core::safetensors::save(&[("images", images), ("labels", labels)].into_iter().collect(), path)?;
+    candle_core::safetensors::save(
+        &[("images", images), ("labels", labels)]
+            .into_iter()
+            .collect(),
+        path,
+    )?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -88,7 +109,11 @@ fn train(recipe: &Recipe, train: &Dataset, test: &Dataset, path: &Path) -> Resul
     let model = (recipe.build)(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     init_like_pytorch(&varmap, &mut rng)?;
 
-    let params = ParamsAdamW { lr: recipe.lr, weight_decay: 0.0, ..Default::default() };
+    let params = ParamsAdamW {
+        lr: recipe.lr,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
     let mut opt = AdamW::new(varmap.all_vars(), params)?;
     let batch = 64;
     let started = Instant::now();
@@ -114,10 +139,19 @@ fn train(recipe: &Recipe, train: &Dataset, test: &Dataset, path: &Path) -> Resul
     }
     let acc = accuracy(model.as_ref(), test)?;
     if acc < 0.90 {
-        return Err(format!("{} reached only {:.2} % on the test split; expected ≥ 90 %", recipe.name, 100.0 * acc).into());
+        return Err(format!(
+            "{} reached only {:.2} % on the test split; expected ≥ 90 %",
+            recipe.name,
+            100.0 * acc
+        )
+        .into());
     }
     varmap.save(path)?;
-    println!("wrote {} (test accuracy {:.2} %)", path.display(), 100.0 * acc);
+    println!(
+        "wrote {} (test accuracy {:.2} %)",
+        path.display(),
+        100.0 * acc
+    );
     Ok(())
 }
 
@@ -143,7 +177,11 @@ fn accuracy(model: &dyn Module, data: &Dataset) -> Result<f64> {
     for b in data.batches(500, &Device::Cpu) {
         let b = b?;
         let pred = model.forward(&b.inputs)?.argmax(D::Minus1)?;
-        correct += pred.eq(&b.labels)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize;
+        correct += pred
+            .eq(&b.labels)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
     }
     Ok(correct as f64 / data.len() as f64)
 }

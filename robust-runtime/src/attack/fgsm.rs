@@ -23,7 +23,11 @@ pub struct FgsmConfig {
 
 impl Default for FgsmConfig {
     fn default() -> Self {
-        FgsmConfig { eps: 0.1, norm: Norm::Linf, loss: Loss::CrossEntropy }
+        FgsmConfig {
+            eps: 0.1,
+            norm: Norm::Linf,
+            loss: Loss::CrossEntropy,
+        }
     }
 }
 
@@ -47,11 +51,19 @@ impl Attack for Fgsm {
     }
 
     fn describe(&self) -> String {
-        format!("FGSM-{} (ε = {}, {} loss)", self.cfg.norm.symbol(), self.cfg.eps, self.cfg.loss.name().to_uppercase())
+        format!(
+            "FGSM-{} (ε = {}, {} loss)",
+            self.cfg.norm.symbol(),
+            self.cfg.eps,
+            self.cfg.loss.name().to_uppercase()
+        )
     }
 
     fn threat(&self) -> ThreatModel {
-        ThreatModel { norm: self.cfg.norm, eps: self.cfg.eps }
+        ThreatModel {
+            norm: self.cfg.norm,
+            eps: self.cfg.eps,
+        }
     }
 
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, _rng: &mut Rng) -> Result<Tensor> {

@@ -23,7 +23,11 @@ const DIV_EPS: f64 = 1e-10;
 /// Only the input is a variable: the weights of a loaded model are plain tensors, so the
 /// backward pass computes no weight gradients. A model that does not depend on its input gets
 /// a zero gradient, not an error (the masking diagnostics are the place to flag that).
-pub(crate) fn objective_and_grad(model: &Model, x: &Tensor, objective: &Objective) -> Result<(Tensor, Tensor)> {
+pub(crate) fn objective_and_grad(
+    model: &Model,
+    x: &Tensor,
+    objective: &Objective,
+) -> Result<(Tensor, Tensor)> {
     let var = Var::from_tensor(&x.detach())?;
     let logits = model.logits(var.as_tensor())?;
     let per_sample = objective.per_sample(&logits)?;
@@ -39,13 +43,20 @@ pub(crate) fn objective_and_grad(model: &Model, x: &Tensor, objective: &Objectiv
 pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Result<Tensor> {
     let step = match norm {
         Norm::Linf => grad.sign()?,
-        Norm::L2 => grad.broadcast_div(&(per_sample_l2(grad)? + DIV_EPS)?.reshape(batch_shape(grad))?)?,
+        Norm::L2 => {
+            grad.broadcast_div(&(per_sample_l2(grad)? + DIV_EPS)?.reshape(batch_shape(grad))?)?
+        }
     };
     Ok((x + (step * alpha)?)?)
 }
 
 /// `x_adv` moved back into the threat model around `x`, then into the domain.
-pub(crate) fn project(x_adv: &Tensor, x: &Tensor, threat: &ThreatModel, domain: InputDomain) -> Result<Tensor> {
+pub(crate) fn project(
+    x_adv: &Tensor,
+    x: &Tensor,
+    threat: &ThreatModel,
+    domain: InputDomain,
+) -> Result<Tensor> {
     let delta = (x_adv - x)?;
     let delta = match threat.norm {
         Norm::Linf => delta.clamp(-threat.eps, threat.eps)?,
@@ -62,14 +73,24 @@ pub(crate) fn project(x_adv: &Tensor, x: &Tensor, threat: &ThreatModel, domain: 
 /// A uniformly random starting point: uniform in the L∞ box, or for L2 a uniformly random
 /// direction scaled by ε·u with u uniform in [0, 1] (torchattacks' PGDL2), then clamped into
 /// the domain. Random numbers come from `rng`, never from candle.
-pub(crate) fn random_start(x: &Tensor, threat: &ThreatModel, domain: InputDomain, rng: &mut Rng) -> Result<Tensor> {
+pub(crate) fn random_start(
+    x: &Tensor,
+    threat: &ThreatModel,
+    domain: InputDomain,
+    rng: &mut Rng,
+) -> Result<Tensor> {
     let n = x.elem_count();
     let delta = match threat.norm {
-        Norm::Linf => Tensor::from_vec(rng.uniform_vec(n, -threat.eps, threat.eps), x.shape(), x.device())?,
+        Norm::Linf => Tensor::from_vec(
+            rng.uniform_vec(n, -threat.eps, threat.eps),
+            x.shape(),
+            x.device(),
+        )?,
         Norm::L2 => {
             let batch = x.dim(0)?;
             let dir = Tensor::from_vec(rng.normal_vec(n), x.shape(), x.device())?;
-            let radius = Tensor::from_vec(rng.uniform_vec(batch, 0.0, threat.eps), batch, x.device())?;
+            let radius =
+                Tensor::from_vec(rng.uniform_vec(batch, 0.0, threat.eps), batch, x.device())?;
             let scale = (radius / (per_sample_l2(&dir)? + DIV_EPS)?)?;
             dir.broadcast_mul(&scale.reshape(batch_shape(x))?)?
         }
@@ -89,7 +110,10 @@ pub(crate) fn per_sample_linf(t: &Tensor) -> Result<Tensor> {
 
 /// `x_new` where `take` (u8, shape `N`) is set, `x_old` elsewhere, per sample.
 pub(crate) fn select_samples(take: &Tensor, x_new: &Tensor, x_old: &Tensor) -> Result<Tensor> {
-    let mask = take.to_dtype(DType::U8)?.reshape(batch_shape(x_new))?.broadcast_as(x_new.shape())?;
+    let mask = take
+        .to_dtype(DType::U8)?
+        .reshape(batch_shape(x_new))?
+        .broadcast_as(x_new.shape())?;
     Ok(mask.where_cond(x_new, x_old)?)
 }
 

@@ -59,11 +59,24 @@ pub(crate) struct Objective {
 
 impl Objective {
     /// `classes` is `N` u32 labels (untargeted) or targets (targeted); `num_classes` is `C`.
-    pub(crate) fn new(loss: Loss, classes: &Tensor, num_classes: usize, targeted: bool) -> Result<Self> {
+    pub(crate) fn new(
+        loss: Loss,
+        classes: &Tensor,
+        num_classes: usize,
+        targeted: bool,
+    ) -> Result<Self> {
         let all = Tensor::arange(0u32, num_classes as u32, classes.device())?;
-        let class_mask = classes.to_dtype(DType::U32)?.unsqueeze(1)?.broadcast_eq(&all.unsqueeze(0)?)?;
+        let class_mask = classes
+            .to_dtype(DType::U32)?
+            .unsqueeze(1)?
+            .broadcast_eq(&all.unsqueeze(0)?)?;
         let onehot = class_mask.to_dtype(DType::F32)?;
-        Ok(Objective { loss, class_mask, onehot, targeted })
+        Ok(Objective {
+            loss,
+            class_mask,
+            onehot,
+            targeted,
+        })
     }
 
     /// The per-sample objective, shape `N`, differentiable in `logits`.
@@ -81,7 +94,10 @@ impl Objective {
             }
             Loss::CwMargin => {
                 let neg_inf = Tensor::full(f32::NEG_INFINITY, logits.shape(), logits.device())?;
-                let other = self.class_mask.where_cond(&neg_inf, &logits)?.max(D::Minus1)?;
+                let other = self
+                    .class_mask
+                    .where_cond(&neg_inf, &logits)?
+                    .max(D::Minus1)?;
                 if self.targeted {
                     (own - other)?
                 } else {
@@ -112,24 +128,36 @@ mod should {
     #[test]
     fn compute_cross_entropy_as_pytorch_does() -> Result<()> {
         let y = Tensor::new(&[0u32, 1], &Device::Cpu)?;
-        let v = Objective::new(Loss::CrossEntropy, &y, 3, false)?.per_sample(&logits())?.to_vec1::<f32>()?;
+        let v = Objective::new(Loss::CrossEntropy, &y, 3, false)?
+            .per_sample(&logits())?
+            .to_vec1::<f32>()?;
         // torch.nn.functional.cross_entropy(z, y, reduction='none') = [0.4076, 5.0134]
-        assert!((v[0] - 0.407_606).abs() < 1e-5 && (v[1] - 5.013_431).abs() < 1e-5, "{v:?}");
+        assert!(
+            (v[0] - 0.407_606).abs() < 1e-5 && (v[1] - 5.013_431).abs() < 1e-5,
+            "{v:?}"
+        );
         Ok(())
     }
 
     #[test]
     fn compute_the_margin_to_the_best_other_class() -> Result<()> {
         let y = Tensor::new(&[0u32, 1], &Device::Cpu)?;
-        let v = Objective::new(Loss::CwMargin, &y, 3, false)?.per_sample(&logits())?.to_vec1::<f32>()?;
+        let v = Objective::new(Loss::CwMargin, &y, 3, false)?
+            .per_sample(&logits())?
+            .to_vec1::<f32>()?;
         assert_eq!(v, vec![-1.0, 5.0]);
-        let t = Objective::new(Loss::CwMargin, &y, 3, true)?.per_sample(&logits())?.to_vec1::<f32>()?;
+        let t = Objective::new(Loss::CwMargin, &y, 3, true)?
+            .per_sample(&logits())?
+            .to_vec1::<f32>()?;
         assert_eq!(t, vec![1.0, -5.0]);
         Ok(())
     }
 
     #[test]
     fn reject_unknown_loss_names() {
-        assert_eq!(Loss::from_name("mse").unwrap_err().to_string(), "unknown loss `mse`; expected one of: ce, cw");
+        assert_eq!(
+            Loss::from_name("mse").unwrap_err().to_string(),
+            "unknown loss `mse`; expected one of: ce, cw"
+        );
     }
 }

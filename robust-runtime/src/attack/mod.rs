@@ -124,7 +124,12 @@ impl Targeting {
     }
 
     /// Target classes for a batch given its labels and clean logits (`None` when untargeted).
-    pub fn choose(&self, labels: &[u32], clean_logits: &[Vec<f32>], rng: &mut Rng) -> Option<Vec<u32>> {
+    pub fn choose(
+        &self,
+        labels: &[u32],
+        clean_logits: &[Vec<f32>],
+        rng: &mut Rng,
+    ) -> Option<Vec<u32>> {
         let classes = clean_logits.first().map_or(0, Vec::len);
         match self {
             Targeting::Untargeted => None,
@@ -143,7 +148,10 @@ impl Targeting {
                     .collect(),
             ),
             Targeting::LeastLikely => Some(
-                clean_logits.iter().map(|row| argmax(&row.iter().map(|v| -v).collect::<Vec<_>>())).collect(),
+                clean_logits
+                    .iter()
+                    .map(|row| argmax(&row.iter().map(|v| -v).collect::<Vec<_>>()))
+                    .collect(),
             ),
         }
     }
@@ -165,7 +173,12 @@ pub struct AttackBatch<'a> {
 impl<'a> AttackBatch<'a> {
     /// An untargeted batch.
     pub fn untargeted(inputs: &'a Tensor, labels: &'a Tensor, num_classes: usize) -> Self {
-        AttackBatch { inputs, labels, targets: None, num_classes }
+        AttackBatch {
+            inputs,
+            labels,
+            targets: None,
+            num_classes,
+        }
     }
 
     /// The classes the objective refers to (targets if targeted, labels otherwise).
@@ -179,8 +192,19 @@ impl<'a> AttackBatch<'a> {
     /// Per sample, whether `pred` is a success: a target hit, or a label missed.
     fn successes(&self, pred: &[u32]) -> Result<Vec<bool>> {
         Ok(match self.targets {
-            Some(t) => t.to_vec1::<u32>()?.iter().zip(pred).map(|(t, p)| t == p).collect(),
-            None => self.labels.to_vec1::<u32>()?.iter().zip(pred).map(|(y, p)| y != p).collect(),
+            Some(t) => t
+                .to_vec1::<u32>()?
+                .iter()
+                .zip(pred)
+                .map(|(t, p)| t == p)
+                .collect(),
+            None => self
+                .labels
+                .to_vec1::<u32>()?
+                .iter()
+                .zip(pred)
+                .map(|(y, p)| y != p)
+                .collect(),
         })
     }
 }
@@ -221,7 +245,11 @@ pub struct AttackParams {
 /// The attack called `name` at radius `eps`.
 pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Attack>> {
     match name {
-        "fgsm" => Ok(Box::new(Fgsm::new(FgsmConfig { eps, norm: params.norm, loss: params.loss })?)),
+        "fgsm" => Ok(Box::new(Fgsm::new(FgsmConfig {
+            eps,
+            norm: params.norm,
+            loss: params.loss,
+        })?)),
         "pgd" => {
             let d = PgdConfig::default();
             Ok(Box::new(Pgd::new(PgdConfig {
@@ -262,14 +290,20 @@ mod should {
     fn reject_non_finite_eps() {
         for eps in [0.0, -0.1, f64::NAN, f64::INFINITY] {
             let err = ThreatModel::new(Norm::Linf, eps).unwrap_err();
-            assert!(err.to_string().contains("expected a finite number > 0"), "{err}");
+            assert!(
+                err.to_string().contains("expected a finite number > 0"),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn reject_unknown_attacks_with_the_known_list() {
         let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
-        assert_eq!(err.to_string(), "unknown attack `pgdd`; expected one of: fgsm, pgd");
+        assert_eq!(
+            err.to_string(),
+            "unknown attack `pgdd`; expected one of: fgsm, pgd"
+        );
     }
 
     #[test]
@@ -277,7 +311,9 @@ mod should {
         let mut rng = Rng::seed_from_u64(0);
         let labels: Vec<u32> = (0..1000).map(|i| i % 10).collect();
         let logits = vec![vec![0.0; 10]; 1000];
-        let targets = Targeting::Random.choose(&labels, &logits, &mut rng).unwrap();
+        let targets = Targeting::Random
+            .choose(&labels, &logits, &mut rng)
+            .unwrap();
         assert!(targets.iter().zip(&labels).all(|(t, y)| t != y && *t < 10));
         let mut counts = [0; 10];
         targets.iter().for_each(|&t| counts[t as usize] += 1);

@@ -6,7 +6,9 @@
 
 use candle_core::Tensor;
 
-use super::{check_at_least_one, check_positive, kernel, Attack, AttackBatch, Loss, Norm, ThreatModel};
+use super::{
+    check_at_least_one, check_positive, kernel, Attack, AttackBatch, Loss, Norm, ThreatModel,
+};
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::Result;
@@ -33,7 +35,15 @@ pub struct PgdConfig {
 
 impl Default for PgdConfig {
     fn default() -> Self {
-        PgdConfig { eps: 0.1, norm: Norm::Linf, loss: Loss::CrossEntropy, steps: 40, step_size: None, restarts: 1, random_start: true }
+        PgdConfig {
+            eps: 0.1,
+            norm: Norm::Linf,
+            loss: Loss::CrossEntropy,
+            steps: 40,
+            step_size: None,
+            restarts: 1,
+            random_start: true,
+        }
     }
 }
 
@@ -61,7 +71,13 @@ impl Pgd {
     }
 
     /// One run of `steps` iterations from `start`.
-    fn run(&self, model: &Model, batch: &AttackBatch<'_>, objective: &super::loss::Objective, start: Tensor) -> Result<Tensor> {
+    fn run(
+        &self,
+        model: &Model,
+        batch: &AttackBatch<'_>,
+        objective: &super::loss::Objective,
+        start: Tensor,
+    ) -> Result<Tensor> {
         let threat = self.threat();
         let mut adv = start;
         for _ in 0..self.cfg.steps {
@@ -86,7 +102,11 @@ impl Attack for Pgd {
             c.eps,
             c.steps,
             self.alpha,
-            if c.random_start { "random start" } else { "no random start" },
+            if c.random_start {
+                "random start"
+            } else {
+                "no random start"
+            },
             c.restarts,
             if c.restarts == 1 { "" } else { "s" },
             c.loss.name().to_uppercase()
@@ -94,7 +114,10 @@ impl Attack for Pgd {
     }
 
     fn threat(&self) -> ThreatModel {
-        ThreatModel { norm: self.cfg.norm, eps: self.cfg.eps }
+        ThreatModel {
+            norm: self.cfg.norm,
+            eps: self.cfg.eps,
+        }
     }
 
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, rng: &mut Rng) -> Result<Tensor> {
@@ -124,16 +147,25 @@ impl Attack for Pgd {
                         .collect();
                     let take_t = Tensor::from_slice(&take, take.len(), adv.device())?;
                     let merged = kernel::select_samples(&take_t, &adv, &old)?;
-                    (merged, pick(&take, &success, &old_success), pick(&take, &value, &old_value))
+                    (
+                        merged,
+                        pick(&take, &success, &old_success),
+                        pick(&take, &value, &old_value),
+                    )
                 }
             });
         }
         // restarts ≥ 1 is checked in `new`, so at least one run happened.
-        Ok(best.map(|(adv, _, _)| adv).unwrap_or_else(|| batch.inputs.clone()))
+        Ok(best
+            .map(|(adv, _, _)| adv)
+            .unwrap_or_else(|| batch.inputs.clone()))
     }
 }
 
 /// Per sample, `new[i]` where `take[i]` is set, else `old[i]`.
 fn pick<T: Copy>(take: &[u8], new: &[T], old: &[T]) -> Vec<T> {
-    take.iter().zip(new.iter().zip(old)).map(|(&t, (&n, &o))| if t == 1 { n } else { o }).collect()
+    take.iter()
+        .zip(new.iter().zip(old))
+        .map(|(&t, (&n, &o))| if t == 1 { n } else { o })
+        .collect()
 }

@@ -37,7 +37,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         )));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!("value type 0x{:02x}; expected 0x08 (uint8)", bytes[2])));
+        return Err(bad(format!(
+            "value type 0x{:02x}; expected 0x08 (uint8)",
+            bytes[2]
+        )));
     }
     let rank = bytes[3] as usize;
     if rank == 0 {
@@ -45,13 +48,19 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     }
     let header = 4 + 4 * rank;
     if bytes.len() < header {
-        return Err(bad(format!("{} bytes; the header of a rank-{rank} array needs {header}", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes; the header of a rank-{rank} array needs {header}",
+            bytes.len()
+        )));
     }
     let dims: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let count = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
     let body = &bytes[header..];
     if body.len() != count {
         return Err(bad(format!(
@@ -59,7 +68,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
             body.len()
         )));
     }
-    Ok(IdxArray { dims, data: body.to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -90,7 +102,10 @@ mod should {
     #[test]
     fn reject_a_truncated_body() {
         let err = parse_idx(&idx(&[2, 3], &[1, 2, 3]), Path::new("x.idx")).unwrap_err();
-        assert_eq!(err.to_string(), "malformed IDX file x.idx: 3 bytes of data; dimensions [2, 3] need exactly 6");
+        assert_eq!(
+            err.to_string(),
+            "malformed IDX file x.idx: 3 bytes of data; dimensions [2, 3] need exactly 6"
+        );
     }
 
     #[test]
@@ -103,7 +118,10 @@ mod should {
     fn reject_non_uint8_values() {
         let mut bytes = idx(&[1], &[0, 0, 0, 0]);
         bytes[2] = 0x0d;
-        assert!(parse_idx(&bytes, Path::new("x")).unwrap_err().to_string().contains("expected 0x08"));
+        assert!(parse_idx(&bytes, Path::new("x"))
+            .unwrap_err()
+            .to_string()
+            .contains("expected 0x08"));
     }
 
     #[test]

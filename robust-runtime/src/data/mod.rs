@@ -83,7 +83,11 @@ impl Dataset {
     pub fn new(inputs: Tensor, labels: Vec<u32>) -> Result<Self> {
         let n = match inputs.dims().first() {
             Some(&n) => n,
-            None => return Err(Error::Data("inputs is a scalar; expected a tensor N × …".into())),
+            None => {
+                return Err(Error::Data(
+                    "inputs is a scalar; expected a tensor N × …".into(),
+                ))
+            }
         };
         if n != labels.len() {
             return Err(Error::Data(format!(
@@ -92,7 +96,9 @@ impl Dataset {
             )));
         }
         if n == 0 {
-            return Err(Error::Data("the data set is empty; expected at least one sample".into()));
+            return Err(Error::Data(
+                "the data set is empty; expected at least one sample".into(),
+            ));
         }
         let inputs = inputs.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let values = inputs.flatten_all()?.to_vec1::<f32>()?;
@@ -108,7 +114,8 @@ impl Dataset {
     /// The embedded MNIST sample (5,000 digits, 500 per class), shuffled with
     /// [`MNIST_SAMPLE_SEED`] and split into 4,000 training and 1,000 test digits.
     pub fn mnist_sample() -> Result<TrainTest> {
-        let all = Dataset::from_idx_bytes(MNIST_IMAGES, MNIST_LABELS)?.shuffled(MNIST_SAMPLE_SEED)?;
+        let all =
+            Dataset::from_idx_bytes(MNIST_IMAGES, MNIST_LABELS)?.shuffled(MNIST_SAMPLE_SEED)?;
         let (train, test) = all.split_at(MNIST_SAMPLE_TRAIN)?;
         Ok(TrainTest { train, test })
     }
@@ -143,9 +150,14 @@ impl Dataset {
             )));
         }
         if labels.dims.len() != 1 {
-            return Err(Error::Data(format!("IDX labels have shape {:?}; expected N", labels.dims)));
+            return Err(Error::Data(format!(
+                "IDX labels have shape {:?}; expected N",
+                labels.dims
+            )));
         }
-        let inputs = Tensor::from_vec(images.data, dims, &Device::Cpu)?.to_dtype(DType::F32)?.affine(1.0 / 255.0, 0.0)?;
+        let inputs = Tensor::from_vec(images.data, dims, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .affine(1.0 / 255.0, 0.0)?;
         Dataset::new(inputs, labels.data.into_iter().map(u32::from).collect())
     }
 
@@ -153,14 +165,19 @@ impl Dataset {
     /// `uint8` inputs are scaled to `[0, 1]`; labels may be `uint8`, `uint32` or `int64`.
     pub fn from_safetensors(path: impl AsRef<Path>, inputs: &str, labels: &str) -> Result<Self> {
         let path = path.as_ref();
-        let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| match e {
-            candle_core::Error::Io(io) => Error::io(path, io),
-            other => Error::format("safetensors", path, other.to_string()),
-        })?;
+        let mut tensors =
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| match e {
+                candle_core::Error::Io(io) => Error::io(path, io),
+                other => Error::format("safetensors", path, other.to_string()),
+            })?;
         let mut take = |name: &str| take_tensor(&mut tensors, path, name);
         let x = take(inputs)?;
         let y = take(labels)?;
-        let x = if x.dtype() == DType::U8 { x.to_dtype(DType::F32)?.affine(1.0 / 255.0, 0.0)? } else { x };
+        let x = if x.dtype() == DType::U8 {
+            x.to_dtype(DType::F32)?.affine(1.0 / 255.0, 0.0)?
+        } else {
+            x
+        };
         let labels = labels_from_tensor(&y, path)?;
         Dataset::new(x, labels)
     }
@@ -173,7 +190,8 @@ impl Dataset {
         let x = parse_npy(&read(ip)?, ip)?;
         let y = parse_npy(&read(lp)?, lp)?;
         let scale = if x.is_u8 { 1.0 / 255.0 } else { 1.0 };
-        let inputs = Tensor::from_vec(x.to_f32(), x.shape.clone(), &Device::Cpu)?.affine(scale, 0.0)?;
+        let inputs =
+            Tensor::from_vec(x.to_f32(), x.shape.clone(), &Device::Cpu)?.affine(scale, 0.0)?;
         let labels = y.to_labels(lp)?;
         Dataset::new(inputs, labels)
     }
@@ -206,7 +224,10 @@ impl Dataset {
     /// The samples at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Result<Dataset> {
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(Error::Data(format!("index {bad} is out of range for a data set of {} samples", self.len())));
+            return Err(Error::Data(format!(
+                "index {bad} is out of range for a data set of {} samples",
+                self.len()
+            )));
         }
         let idx: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
         let idx = Tensor::from_vec(idx, indices.len(), &Device::Cpu)?;
@@ -231,8 +252,14 @@ impl Dataset {
                 self.len()
             )));
         }
-        let head = Dataset { inputs: self.inputs.narrow(0, 0, n)?, labels: self.labels[..n].to_vec() };
-        let tail = Dataset { inputs: self.inputs.narrow(0, n, self.len() - n)?, labels: self.labels[n..].to_vec() };
+        let head = Dataset {
+            inputs: self.inputs.narrow(0, 0, n)?,
+            labels: self.labels[..n].to_vec(),
+        };
+        let tail = Dataset {
+            inputs: self.inputs.narrow(0, n, self.len() - n)?,
+            labels: self.labels[n..].to_vec(),
+        };
         Ok((head, tail))
     }
 
@@ -245,17 +272,31 @@ impl Dataset {
                 self.len()
             )));
         }
-        Ok(Dataset { inputs: self.inputs.narrow(0, 0, n)?, labels: self.labels[..n].to_vec() })
+        Ok(Dataset {
+            inputs: self.inputs.narrow(0, 0, n)?,
+            labels: self.labels[..n].to_vec(),
+        })
     }
 
     /// Consecutive batches of at most `batch_size` samples, moved to `device`.
-    pub fn batches<'a>(&'a self, batch_size: usize, device: &'a Device) -> impl Iterator<Item = Result<Batch>> + 'a {
+    pub fn batches<'a>(
+        &'a self,
+        batch_size: usize,
+        device: &'a Device,
+    ) -> impl Iterator<Item = Result<Batch>> + 'a {
         let size = batch_size.max(1);
         (0..self.len()).step_by(size).map(move |start| {
             let end = (start + size).min(self.len());
-            let inputs = self.inputs.narrow(0, start, end - start)?.to_device(device)?;
+            let inputs = self
+                .inputs
+                .narrow(0, start, end - start)?
+                .to_device(device)?;
             let labels = Tensor::from_slice(&self.labels[start..end], end - start, device)?;
-            Ok(Batch { inputs, labels, range: start..end })
+            Ok(Batch {
+                inputs,
+                labels,
+                range: start..end,
+            })
         })
     }
 
@@ -274,13 +315,21 @@ fn take_tensor(tensors: &mut HashMap<String, Tensor>, path: &Path, name: &str) -
     tensors.remove(name).ok_or_else(|| {
         let mut found: Vec<&str> = tensors.keys().map(String::as_str).collect();
         found.sort_unstable();
-        Error::MissingTensor { path: path.into(), name: name.into(), found: found.join(", ") }
+        Error::MissingTensor {
+            path: path.into(),
+            name: name.into(),
+            found: found.join(", "),
+        }
     })
 }
 
 fn labels_from_tensor(y: &Tensor, path: &Path) -> Result<Vec<u32>> {
     if y.rank() != 1 {
-        return Err(Error::format("safetensors", path, format!("labels have shape {:?}; expected N", y.dims())));
+        return Err(Error::format(
+            "safetensors",
+            path,
+            format!("labels have shape {:?}; expected N", y.dims()),
+        ));
     }
     match y.dtype() {
         DType::U8 | DType::U32 => Ok(y.to_dtype(DType::U32)?.to_vec1::<u32>()?),
@@ -289,7 +338,11 @@ fn labels_from_tensor(y: &Tensor, path: &Path) -> Result<Vec<u32>> {
             .into_iter()
             .map(|v| {
                 u32::try_from(v).map_err(|_| {
-                    Error::format("safetensors", path, format!("label {v}; expected a non-negative class index"))
+                    Error::format(
+                        "safetensors",
+                        path,
+                        format!("label {v}; expected a non-negative class index"),
+                    )
                 })
             })
             .collect(),
@@ -315,7 +368,10 @@ mod should {
         // 100 per class on average; a shuffle that did nothing would give only 9s.
         assert!(counts.iter().all(|&c| (70..130).contains(&c)), "{counts:?}");
         let max = test.inputs().max_all()?.to_scalar::<f32>()?;
-        assert!((max - 1.0).abs() < 1e-6, "pixels scaled to [0, 1], max {max}");
+        assert!(
+            (max - 1.0).abs() < 1e-6,
+            "pixels scaled to [0, 1], max {max}"
+        );
         Ok(())
     }
 
@@ -331,26 +387,37 @@ mod should {
     fn reject_labels_of_another_length() {
         let x = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
         let err = Dataset::new(x, vec![0, 1]).unwrap_err();
-        assert_eq!(err.to_string(), "invalid dataset: labels has 2 rows but inputs has 3; expected one label per input");
+        assert_eq!(
+            err.to_string(),
+            "invalid dataset: labels has 2 rows but inputs has 3; expected one label per input"
+        );
     }
 
     #[test]
     fn reject_an_empty_data_set() {
         let x = Tensor::zeros((0, 2), DType::F32, &Device::Cpu).unwrap();
-        assert!(Dataset::new(x, vec![]).unwrap_err().to_string().contains("empty"));
+        assert!(Dataset::new(x, vec![])
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]
     fn reject_non_finite_inputs() {
         let x = Tensor::new(&[[0.0f32, f32::NAN]], &Device::Cpu).unwrap();
-        assert!(Dataset::new(x, vec![0]).unwrap_err().to_string().contains("not finite"));
+        assert!(Dataset::new(x, vec![0])
+            .unwrap_err()
+            .to_string()
+            .contains("not finite"));
     }
 
     #[test]
     fn batch_every_sample_once() -> Result<()> {
         let test = Dataset::mnist_sample()?.test_split().take(10)?;
-        let sizes: Vec<usize> =
-            test.batches(4, &Device::Cpu).map(|b| b.map(|b| b.range.len())).collect::<Result<_>>()?;
+        let sizes: Vec<usize> = test
+            .batches(4, &Device::Cpu)
+            .map(|b| b.map(|b| b.range.len()))
+            .collect::<Result<_>>()?;
         assert_eq!(sizes, vec![4, 4, 2]);
         Ok(())
     }

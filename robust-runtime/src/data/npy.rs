@@ -30,10 +30,15 @@ impl NpyArray {
     pub fn to_labels(&self, path: &Path) -> Result<Vec<u32>> {
         let bad = |reason: String| Error::format("npy", path, reason);
         if self.shape.len() != 1 {
-            return Err(bad(format!("labels have shape {:?}; expected N", self.shape)));
+            return Err(bad(format!(
+                "labels have shape {:?}; expected N",
+                self.shape
+            )));
         }
         if !self.is_integer {
-            return Err(bad("labels have a floating-point type; expected integer class indices".into()));
+            return Err(bad(
+                "labels have a floating-point type; expected integer class indices".into(),
+            ));
         }
         self.values
             .iter()
@@ -41,7 +46,9 @@ impl NpyArray {
                 if (0.0..=u32::MAX as f64).contains(&v) {
                     Ok(v as u32)
                 } else {
-                    Err(bad(format!("label {v}; expected a non-negative class index")))
+                    Err(bad(format!(
+                        "label {v}; expected a non-negative class index"
+                    )))
                 }
             })
             .collect()
@@ -56,28 +63,41 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(bad(format!("format version {v}; expected 1, 2 or 3"))),
     };
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or_else(|| bad(format!("header of {header_len} bytes runs past the end of the file")))?;
+    let header = bytes.get(start..start + header_len).ok_or_else(|| {
+        bad(format!(
+            "header of {header_len} bytes runs past the end of the file"
+        ))
+    })?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
 
-    let descr = dict_value(header, "descr").ok_or_else(|| bad(format!("header {header:?} has no 'descr'")))?;
+    let descr = dict_value(header, "descr")
+        .ok_or_else(|| bad(format!("header {header:?} has no 'descr'")))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let fortran = dict_value(header, "fortran_order").ok_or_else(|| bad("header has no 'fortran_order'".into()))?;
+    let fortran = dict_value(header, "fortran_order")
+        .ok_or_else(|| bad("header has no 'fortran_order'".into()))?;
     if fortran != "False" {
-        return Err(bad("array is in Fortran order; expected C order (np.ascontiguousarray)".into()));
+        return Err(bad(
+            "array is in Fortran order; expected C order (np.ascontiguousarray)".into(),
+        ));
     }
-    let shape_text = dict_value(header, "shape").ok_or_else(|| bad("header has no 'shape'".into()))?;
+    let shape_text =
+        dict_value(header, "shape").ok_or_else(|| bad("header has no 'shape'".into()))?;
     let shape = shape_text
         .trim_start_matches('(')
         .trim_end_matches(')')
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(format!("shape {shape_text}; expected a tuple of integers"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(format!("shape {shape_text}; expected a tuple of integers")))
+        })
         .collect::<Result<Vec<_>>>()?;
 
     let (size, is_integer): (usize, bool) = match descr {
@@ -117,7 +137,12 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
             _ => f64::from_le_bytes(c.try_into().unwrap_or_default()),
         })
         .collect();
-    Ok(NpyArray { shape, values, is_u8: matches!(descr, "|u1" | "<u1"), is_integer })
+    Ok(NpyArray {
+        shape,
+        values,
+        is_u8: matches!(descr, "|u1" | "<u1"),
+        is_integer,
+    })
 }
 
 /// The text of `key`'s value in a Python dict literal (up to the next top-level comma).
@@ -146,7 +171,8 @@ mod should {
     use super::*;
 
     fn npy(descr: &str, shape: &str, body: &[u8]) -> Vec<u8> {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -160,7 +186,10 @@ mod should {
 
     #[test]
     fn read_float32_matrices() {
-        let body: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let body: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let a = parse_npy(&npy("<f4", "(2, 3)", &body), Path::new("x.npy")).unwrap();
         assert_eq!(a.shape, vec![2, 3]);
         assert_eq!(a.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -178,7 +207,11 @@ mod should {
         let body: Vec<u8> = [-1i32].iter().flat_map(|v| v.to_le_bytes()).collect();
         let a = parse_npy(&npy("<i4", "(1,)", &body), Path::new("y.npy")).unwrap();
         let err = a.to_labels(Path::new("y.npy")).unwrap_err();
-        assert!(err.to_string().contains("label -1; expected a non-negative class index"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("label -1; expected a non-negative class index"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -190,7 +223,11 @@ mod should {
     #[test]
     fn reject_a_short_body() {
         let err = parse_npy(&npy("<f4", "(2,)", &[0; 4]), Path::new("x.npy")).unwrap_err();
-        assert!(err.to_string().contains("4 bytes of data; shape [2] of '<f4' needs exactly 8"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("4 bytes of data; shape [2] of '<f4' needs exactly 8"),
+            "{err}"
+        );
     }
 
     #[test]

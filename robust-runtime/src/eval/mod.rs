@@ -42,7 +42,10 @@ pub struct RobustnessCase {
 impl RobustnessCase {
     /// A case from any candle module returning logits (input domain `[0, 1]`, no normalisation).
     pub fn new(model: impl Module + 'static, data: Dataset) -> Self {
-        RobustnessCase { model: Model::new(model), data }
+        RobustnessCase {
+            model: Model::new(model),
+            data,
+        }
     }
 
     /// A case from a configured [`Model`].
@@ -111,11 +114,19 @@ impl Default for RunConfig {
 
 /// Attacks the case's data batch by batch and measures the outcome. The report has no checks
 /// yet: see [`RobustnessReport::check`].
-pub fn evaluate(case: &RobustnessCase, attack: &dyn Attack, cfg: &RunConfig) -> Result<RobustnessReport> {
+pub fn evaluate(
+    case: &RobustnessCase,
+    attack: &dyn Attack,
+    cfg: &RunConfig,
+) -> Result<RobustnessReport> {
     crate::attack::check_at_least_one("batch_size", cfg.batch_size)?;
     let data = match cfg.samples {
         Some(n) if n == 0 || n > case.data.len() => {
-            return Err(Error::param("samples", n, format!("1..={} (the size of the data set)", case.data.len())))
+            return Err(Error::param(
+                "samples",
+                n,
+                format!("1..={} (the size of the data set)", case.data.len()),
+            ))
         }
         Some(n) => case.data.take(n)?,
         None => case.data.clone(),
@@ -132,18 +143,32 @@ pub fn evaluate(case: &RobustnessCase, attack: &dyn Attack, cfg: &RunConfig) -> 
         let num_classes = clean_logits[0].len();
         match classes {
             Some(c) if c != num_classes => {
-                return Err(Error::LogitsShape { found: vec![clean_logits.len(), num_classes], batch: clean_logits.len() })
+                return Err(Error::LogitsShape {
+                    found: vec![clean_logits.len(), num_classes],
+                    batch: clean_logits.len(),
+                })
             }
             _ => classes = Some(num_classes),
         }
         let labels = &data.labels()[batch.range.clone()];
         if let Some(i) = labels.iter().position(|&l| l as usize >= num_classes) {
-            return Err(Error::LabelOutOfRange { label: labels[i], index: batch.range.start + i, classes: num_classes });
+            return Err(Error::LabelOutOfRange {
+                label: labels[i],
+                index: batch.range.start + i,
+                classes: num_classes,
+            });
         }
         let targets = cfg.targeting.choose(labels, &clean_logits, &mut rng);
-        let targets_t = targets.as_ref().map(|t| Tensor::from_slice(t, t.len(), &cfg.device)).transpose()?;
-        let attack_batch =
-            AttackBatch { inputs: &batch.inputs, labels: &batch.labels, targets: targets_t.as_ref(), num_classes };
+        let targets_t = targets
+            .as_ref()
+            .map(|t| Tensor::from_slice(t, t.len(), &cfg.device))
+            .transpose()?;
+        let attack_batch = AttackBatch {
+            inputs: &batch.inputs,
+            labels: &batch.labels,
+            targets: targets_t.as_ref(),
+            num_classes,
+        };
         let mut batch_rng = rng.fork();
         let adv = attack.perturb(model, &attack_batch, &mut batch_rng)?;
         let adv_pred = model.predict(&adv)?;
@@ -163,7 +188,9 @@ pub fn evaluate(case: &RobustnessCase, attack: &dyn Attack, cfg: &RunConfig) -> 
     }
 
     Ok(RobustnessReport::from_outcomes(
-        cfg.test_name.clone().unwrap_or_else(|| model.name().to_string()),
+        cfg.test_name
+            .clone()
+            .unwrap_or_else(|| model.name().to_string()),
         model.name().to_string(),
         attack,
         cfg,

@@ -186,7 +186,11 @@ impl RobustnessReport {
                 measured,
                 threshold: max,
                 passed: measured <= max,
-                description: format!("clean − robust accuracy {} ≤ max_drop {}", pp(measured), pp(max)),
+                description: format!(
+                    "clean − robust accuracy {} ≤ max_drop {}",
+                    pp(measured),
+                    pp(max)
+                ),
             });
         }
         self
@@ -199,8 +203,17 @@ impl RobustnessReport {
 
     /// The message of a failed robustness test: what failed, then the whole table.
     pub fn failure_message(&self) -> String {
-        let failed: Vec<&str> = self.checks.iter().filter(|c| !c.passed).map(|c| c.description.as_str()).collect();
-        format!("robustness test `{}` failed: {} does not hold\n\n{self}", self.test, failed.join("; "))
+        let failed: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.description.as_str())
+            .collect();
+        format!(
+            "robustness test `{}` failed: {} does not hold\n\n{self}",
+            self.test,
+            failed.join("; ")
+        )
     }
 }
 
@@ -215,11 +228,31 @@ fn pp(v: f64) -> String {
 impl fmt::Display for RobustnessReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.perturbation;
-        writeln!(f, "{} under {}{}", self.model, self.attack_description, if self.targeted { ", targeted" } else { "" })?;
+        writeln!(
+            f,
+            "{} under {}{}",
+            self.model,
+            self.attack_description,
+            if self.targeted { ", targeted" } else { "" }
+        )?;
         writeln!(f, "  {:<18} {}", "test", self.test)?;
         writeln!(f, "  {:<18} {}", "samples", self.samples)?;
-        writeln!(f, "  {:<18} {:>8}  ({}/{})", "clean accuracy", pct(self.clean_accuracy), self.clean_correct, self.samples)?;
-        writeln!(f, "  {:<18} {:>8}  ({}/{})", "robust accuracy", pct(self.robust_accuracy), self.robust_correct, self.samples)?;
+        writeln!(
+            f,
+            "  {:<18} {:>8}  ({}/{})",
+            "clean accuracy",
+            pct(self.clean_accuracy),
+            self.clean_correct,
+            self.samples
+        )?;
+        writeln!(
+            f,
+            "  {:<18} {:>8}  ({}/{})",
+            "robust accuracy",
+            pct(self.robust_accuracy),
+            self.robust_correct,
+            self.samples
+        )?;
         writeln!(
             f,
             "  {:<18} {:>8}  ({}/{} correctly classified samples {})",
@@ -227,15 +260,36 @@ impl fmt::Display for RobustnessReport {
             pct(self.success_rate),
             self.successes,
             self.clean_correct,
-            if self.targeted { "sent to their target" } else { "misclassified" }
+            if self.targeted {
+                "sent to their target"
+            } else {
+                "misclassified"
+            }
         )?;
-        writeln!(f, "  {:<18} mean {:.4}  max {:.4}", "perturbation L∞", p.mean_linf, p.max_linf)?;
-        writeln!(f, "  {:<18} mean {:.4}  max {:.4}", "perturbation L2", p.mean_l2, p.max_l2)?;
-        write!(f, "  {:<18} {:.2} s on {}, seed {}", "time", self.seconds, self.device, self.seed)?;
+        writeln!(
+            f,
+            "  {:<18} mean {:.4}  max {:.4}",
+            "perturbation L∞", p.mean_linf, p.max_linf
+        )?;
+        writeln!(
+            f,
+            "  {:<18} mean {:.4}  max {:.4}",
+            "perturbation L2", p.mean_l2, p.max_l2
+        )?;
+        write!(
+            f,
+            "  {:<18} {:.2} s on {}, seed {}",
+            "time", self.seconds, self.device, self.seed
+        )?;
         if !self.checks.is_empty() {
             write!(f, "\n  assertions")?;
             for c in &self.checks {
-                write!(f, "\n    {} {}", if c.passed { "✓" } else { "✗" }, c.description)?;
+                write!(
+                    f,
+                    "\n    {} {}",
+                    if c.passed { "✓" } else { "✗" },
+                    c.description
+                )?;
             }
         }
         Ok(())

@@ -103,7 +103,9 @@ impl TestSpec {
 
     fn check_fraction(key: &'static str, value: Option<f64>) -> Result<()> {
         match value {
-            Some(v) if !(0.0..=1.0).contains(&v) => Err(Error::param(key, v, "a fraction in [0, 1]")),
+            Some(v) if !(0.0..=1.0).contains(&v) => {
+                Err(Error::param(key, v, "a fraction in [0, 1]"))
+            }
             _ => Ok(()),
         }
     }
@@ -112,8 +114,16 @@ impl TestSpec {
     /// `Err(Error::NotRobust)` when a threshold does not hold.
     pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<RobustnessReport> {
         let params = AttackParams {
-            norm: self.norm.map(Norm::from_name).transpose()?.unwrap_or_default(),
-            loss: self.loss.map(Loss::from_name).transpose()?.unwrap_or_default(),
+            norm: self
+                .norm
+                .map(Norm::from_name)
+                .transpose()?
+                .unwrap_or_default(),
+            loss: self
+                .loss
+                .map(Loss::from_name)
+                .transpose()?
+                .unwrap_or_default(),
             steps: self.steps,
             step_size: self.step_size,
             restarts: self.restarts,
@@ -123,12 +133,19 @@ impl TestSpec {
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;
         Self::check_fraction("max_drop", self.thresholds.max_drop)?;
         if self.thresholds.min_acc.is_none() && self.thresholds.max_drop.is_none() {
-            return Err(Error::param("min_acc", "none", "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)"));
+            return Err(Error::param(
+                "min_acc",
+                "none",
+                "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)",
+            ));
         }
         let seed = match self.seed {
             Some(s) => s,
             None => match std::env::var(SEED_VAR) {
-                Ok(v) => v.trim().parse().map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer"))?,
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer"))?,
                 Err(_) => 0,
             },
         };
@@ -139,7 +156,11 @@ impl TestSpec {
             samples: self.samples,
             batch_size: self.batch_size.unwrap_or(RunConfig::default().batch_size),
             seed,
-            targeting: if self.targeted { Targeting::Random } else { Targeting::Untargeted },
+            targeting: if self.targeted {
+                Targeting::Random
+            } else {
+                Targeting::Untargeted
+            },
             device,
             test_name: Some(self.name.to_string()),
         };
