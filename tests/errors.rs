@@ -1,0 +1,279 @@
+//! Bad input gets a typed error that says what was found and what was expected — never a panic.
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use robust_runtime::attack::{self, AttackParams, Pgd, PgdConfig};
+use robust_runtime::eval::{evaluate, RunConfig, TestSpec};
+use robust_runtime::prelude::*;
+use robust_runtime::Error;
+
+fn attack_with(
+    model: Model,
+    data: Dataset,
+) -> robust_runtime::Result<robust_runtime::RobustnessReport> {
+    let pgd = Pgd::new(PgdConfig {
+        steps: 2,
+        ..PgdConfig::default()
+    })?;
+    evaluate(
+        &RobustnessCase::from_model(model, data),
+        &pgd,
+        &RunConfig::default(),
+    )
+}
+
+fn zeros(shape: &[usize]) -> Tensor {
+    Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn a_model_that_does_not_return_n_by_classes_logits() {
+    let model = Model::new(|x: &Tensor| x.flatten_from(1)?.unsqueeze(2));
+    let err = attack_with(model, Dataset::new(zeros(&[4, 3]), vec![0; 4]).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, Error::LogitsShape { ref found, batch: 4 } if found == &[4, 3, 1]),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "model output has shape [4, 3, 1], expected [4, classes] logits for a batch of 4 inputs"
+    );
+}
+
+#[test]
+fn data_of_another_shape_than_the_model_takes() {
+    // CIFAR-shaped inputs for the MNIST MLP.
+    let err = attack_with(
+        common::mlp().unwrap(),
+        Dataset::new(zeros(&[2, 3, 32, 32]), vec![0, 1]).unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::ModelInput { ref input, .. } if input == &[2, 3, 32, 32]),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("model rejected inputs of shape [2, 3, 32, 32]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn labels_beyond_the_models_classes() {
+    let data = common::test_digits(5).unwrap();
+    let mut labels = data.labels().to_vec();
+    labels[3] = 12;
+    let err = attack_with(
+        common::mlp().unwrap(),
+        Dataset::new(data.inputs().clone(), labels).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "label 12 at index 3 is out of range for a model with 10 classes (expected 0..10)"
+    );
+}
+
+#[test]
+fn nan_and_infinite_logits() {
+    let model = Model::new(|x: &Tensor| x.flatten_from(1)? * f64::NAN);
+    let err = attack_with(model, Dataset::new(zeros(&[3, 2]), vec![0; 3]).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFiniteLogits { count: 6, batch: 3 }),
+        "{err}"
+    );
+    let model = Model::new(|x: &Tensor| x.flatten_from(1)?.log());
+    let err = attack_with(model, Dataset::new(zeros(&[3, 2]), vec![0; 3]).unwrap()).unwrap_err();
+    assert!(matches!(err, Error::NonFiniteLogits { .. }), "{err}");
+}
+
+#[test]
+fn empty_data_and_mismatched_labels() {
+    let err = Dataset::new(zeros(&[0, 784]), vec![]).unwrap_err();
+    assert!(
+        matches!(err, Error::Data(_)) && err.to_string().contains("empty"),
+        "{err}"
+    );
+    let err = Dataset::new(zeros(&[500, 784]), vec![0; 499]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid dataset: labels has 499 rows but inputs has 500; expected one label per input"
+    );
+}
+
+#[test]
+fn bad_hyper_parameters_are_rejected_before_any_tensor_work() {
+    let bad = [
+        (f64::NAN, AttackParams::default(), "eps"),
+        (f64::INFINITY, AttackParams::default(), "eps"),
+        (-0.1, AttackParams::default(), "eps"),
+        (
+            0.1,
+            AttackParams {
+                steps: Some(0),
+                ..AttackParams::default()
+            },
+            "steps",
+        ),
+        (
+            0.1,
+            AttackParams {
+                restarts: Some(0),
+                ..AttackParams::default()
+            },
+            "restarts",
+        ),
+        (
+            0.1,
+            AttackParams {
+                step_size: Some(0.0),
+                ..AttackParams::default()
+            },
+            "step_size",
+        ),
+        (
+            0.1,
+            AttackParams {
+                step_size: Some(f64::NAN),
+                ..AttackParams::default()
+            },
+            "step_size",
+        ),
+    ];
+    for (eps, params, key) in bad {
+        let err = attack::build("pgd", eps, &params).err().expect("rejected");
+        assert!(
+            matches!(err, Error::InvalidParameter { name, .. } if name == key),
+            "{key}: {err}"
+        );
+    }
+    let err = attack::build("fgsm", 0.0, &AttackParams::default())
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "invalid value for `eps`: 0; expected a finite number > 0"
+    );
+}
+
+#[test]
+fn unknown_names_list_what_is_known() {
+    let err = attack::build("deepfool2", 0.1, &AttackParams::default())
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        "unknown attack `deepfool2`; expected one of: fgsm, pgd"
+    );
+    let spec = TestSpec::new("t", "pgd", 0.1).norm("l3").min_acc(0.5);
+    let err = spec
+        .run(|| unreachable!("the spec is checked before the case is built"))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unknown norm `l3`; expected one of: linf, l2"
+    );
+}
+
+#[test]
+fn more_samples_than_the_data_has() {
+    let spec = TestSpec::new("t", "fgsm", 0.1).min_acc(0.5).samples(5000);
+    let err = spec
+        .run(|| {
+            Ok(RobustnessCase::from_model(
+                common::mlp()?,
+                common::test_digits(10)?,
+            ))
+        })
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid value for `samples`: 5000; expected 1..=10 (the size of the data set)"
+    );
+}
+
+#[test]
+fn thresholds_outside_zero_one_and_specs_without_one() {
+    let err = TestSpec::new("t", "fgsm", 0.1)
+        .min_acc(1.5)
+        .run(|| unreachable!())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`min_acc`: 1.5; expected a fraction in [0, 1]"),
+        "{err}"
+    );
+    let err = TestSpec::new("t", "fgsm", 0.1)
+        .run(|| unreachable!())
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a test that asserts nothing cannot fail"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_and_missing_files() {
+    let dir = std::env::temp_dir().join(format!("robust-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"this is not a data file").unwrap();
+
+    let err = Dataset::from_idx(&junk, &junk).unwrap_err();
+    assert!(matches!(err, Error::Format { format: "IDX", .. }), "{err}");
+    let err = Dataset::from_npy(&junk, &junk).unwrap_err();
+    assert!(matches!(err, Error::Format { format: "npy", .. }), "{err}");
+    let err = Dataset::from_safetensors(&junk, "images", "labels").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Format {
+                format: "safetensors",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Dataset::from_idx(dir.join("missing"), &junk).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+
+    let reference = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/reference/mnist_test.safetensors"
+    );
+    let err = Dataset::from_safetensors(reference, "inputs", "labels").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{reference} has no tensor named `inputs` (found: images, labels)")
+    );
+
+    let err = zoo::MnistCnn::load(common::MLP, &Device::Cpu).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Weights {
+                model: "MnistCnn",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_cuda_device_without_the_cuda_feature() {
+    if candle_core::utils::cuda_is_available() {
+        return; // a CUDA build: the device exists
+    }
+    let spec = TestSpec::new("t", "fgsm", 0.1).min_acc(0.5).device("cuda");
+    let err = spec.run(|| unreachable!()).unwrap_err();
+    assert!(matches!(err, Error::DeviceUnavailable { .. }), "{err}");
+    assert!(
+        err.to_string().contains("--features robust-runtime/cuda"),
+        "{err}"
+    );
+}
