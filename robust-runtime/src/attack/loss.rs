@@ -131,9 +131,9 @@ mod should {
         let v = Objective::new(Loss::CrossEntropy, &y, 3, false)?
             .per_sample(&logits())?
             .to_vec1::<f32>()?;
-        // torch.nn.functional.cross_entropy(z, y, reduction='none') = [0.4076, 5.0134]
+        // torch.nn.functional.cross_entropy(z, y, reduction="none") = [0.4076059, 5.0133862] (torch 2.15)
         assert!(
-            (v[0] - 0.407_606).abs() < 1e-5 && (v[1] - 5.013_431).abs() < 1e-5,
+            (v[0] - 0.407_606).abs() < 1e-5 && (v[1] - 5.013_386).abs() < 1e-5,
             "{v:?}"
         );
         Ok(())
