@@ -412,6 +412,31 @@ mod should {
     }
 
     #[test]
+    fn load_npy_files_scaling_uint8_images() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("robust-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let (x, y) = (dir.join("x.npy"), dir.join("y.npy"));
+        let write =
+            |p: &Path, bytes: Vec<u8>| std::fs::write(p, bytes).map_err(|e| Error::io(p, e));
+        write(&x, npy::should::npy("|u1", "(2, 1, 2)", &[0, 255, 51, 102]))?;
+        let labels: Vec<u8> = [7i64, 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write(&y, npy::should::npy("<i8", "(2,)", &labels))?;
+        let data = Dataset::from_npy(&x, &y)?;
+        assert_eq!(data.labels(), &[7, 2]);
+        assert_eq!(data.sample_shape(), &[1, 2]);
+        let pixels = data.inputs().flatten_all()?.to_vec1::<f32>()?;
+        assert!(
+            pixels
+                .iter()
+                .zip([0.0, 1.0, 0.2, 0.4])
+                .all(|(a, b)| (a - b).abs() < 1e-6),
+            "{pixels:?}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    }
+
+    #[test]
     fn batch_every_sample_once() -> Result<()> {
         let test = Dataset::mnist_sample()?.test_split().take(10)?;
         let sizes: Vec<usize> = test

@@ -167,10 +167,11 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod should {
+pub(crate) mod should {
     use super::*;
 
-    fn npy(descr: &str, shape: &str, body: &[u8]) -> Vec<u8> {
+    /// A `.npy` file's bytes (version 1, header padded to 64 bytes as NumPy writes it).
+    pub(crate) fn npy(descr: &str, shape: &str, body: &[u8]) -> Vec<u8> {
         let mut header =
             format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
