@@ -115,11 +115,11 @@ mod should {
             quote!(attack = "pgd", eps = 0.1, min_acc = 0.6),
             quote! {
                 /// Builds the case.
-                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { todo!() }
+                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
             },
             quote! {
                 /// Builds the case.
-                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { todo!() }
+                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
 
                 pub mod mnist_mlp {
                     #[::core::prelude::v1::test]
@@ -184,11 +184,11 @@ mod should {
             ),
             quote!(
                 fn mnist_cnn() -> Result<RobustnessCase> {
-                    todo!()
+                    unreachable!()
                 }
             ),
             quote! {
-                fn mnist_cnn() -> Result<RobustnessCase> { todo!() }
+                fn mnist_cnn() -> Result<RobustnessCase> { unreachable!() }
                 mod mnist_cnn { #(#tests)* }
             },
         );
@@ -205,11 +205,11 @@ mod should {
             ),
             quote!(
                 fn case() -> rt::Result<RobustnessCase> {
-                    todo!()
+                    unreachable!()
                 }
             ),
             quote! {
-                fn case() -> rt::Result<RobustnessCase> { todo!() }
+                fn case() -> rt::Result<RobustnessCase> { unreachable!() }
                 mod case {
                     #[::core::prelude::v1::test]
                     fn fgsm_eps_0_1() {
@@ -258,12 +258,12 @@ mod should {
                 #[allow(dead_code)]
                 #[ignore]
                 #[cfg(not(miri))]
-                pub(crate) fn fragile() -> Result<RobustnessCase> { todo!() }
+                pub(crate) fn fragile() -> Result<RobustnessCase> { unreachable!() }
             },
             quote! {
                 #[allow(dead_code)]
                 #[cfg(not(miri))]
-                pub(crate) fn fragile() -> Result<RobustnessCase> { todo!() }
+                pub(crate) fn fragile() -> Result<RobustnessCase> { unreachable!() }
                 #[cfg(not(miri))]
                 pub(crate) mod fragile { #first #second }
             },
@@ -276,7 +276,7 @@ mod should {
             quote!(attack = "pgd", eps = 0.1, min_acc = 0.5),
             quote!(
                 fn r#type() -> Result<RobustnessCase> {
-                    todo!()
+                    unreachable!()
                 }
             ),
         )
@@ -290,7 +290,7 @@ mod should {
         let item = quote!(
             #[should_panic]
             fn case(x: u8) -> Result<RobustnessCase> {
-                todo!()
+                unreachable!()
             }
         );
         let tokens = robustness_test(quote!(attack = "pgdd", eps = 0.1), item.clone());
