@@ -17,10 +17,10 @@ use crate::errors::Errors;
 
 /// The attacks the runtime implements. Adding one here (and to the runtime) is all it takes for
 /// `attack = "..."` to accept it.
-pub(crate) const KNOWN_ATTACKS: &[&str] = &["fgsm", "pgd"];
+pub(crate) const KNOWN_ATTACKS: &[&str] = &["fgsm", "pgd", "apgd", "apgd-t", "autoattack"];
 
 const NORMS: &[&str] = &["linf", "l2"];
-const LOSSES: &[&str] = &["ce", "cw"];
+const LOSSES: &[&str] = &["ce", "cw", "dlr"];
 const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 
 /// The keys that shape the expansion instead of becoming a builder call.
@@ -140,8 +140,11 @@ options! {
     random_start: bool = boolean();
     /// `targeted = true`: aim for a chosen wrong class instead of any wrong class.
     targeted: bool = boolean();
-    /// `loss = "ce"` or `loss = "cw"`: cross-entropy or Carlini–Wagner margin.
+    /// `loss = "ce"`, `"cw"` or `"dlr"`: cross-entropy, Carlini–Wagner margin or difference of
+    /// logits ratio (APGD).
     loss: &'static str = one_of("loss", LOSSES);
+    /// `target_classes = 9` (≥ 1): how many of the most likely wrong classes APGD-T targets.
+    target_classes: usize = integer(1);
     /// `min_acc = 0.6` (in [0, 1]): the lowest acceptable robust accuracy.
     min_acc: f64 = fraction();
     /// `max_drop = 0.2` (in [0, 1]): the largest acceptable fall from clean to robust accuracy.
@@ -770,6 +773,7 @@ mod should {
             random_start = true,
             targeted = false,
             loss = "cw",
+            target_classes = 9,
             min_acc = 1,
             max_drop = 0.0,
             samples = 500usize,
@@ -785,6 +789,7 @@ mod should {
         assert_eq!(o.random_start, Some(true));
         assert_eq!(o.targeted, Some(false));
         assert_eq!(o.loss, Some("cw"));
+        assert_eq!(o.target_classes, Some(9));
         assert_eq!(o.min_acc, Some(1.0));
         assert_eq!(o.max_drop, Some(0.0));
         assert_eq!(o.samples, Some(500));
@@ -992,7 +997,7 @@ mod should {
         assert_eq!(
             error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, budget = 1)),
             "unknown key `budget`; expected one of `attack`, `eps`, `crate`, `norm`, `steps`, \
-             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `min_acc`, \
+             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `min_acc`, \
              `max_drop`, `samples`, `batch_size`, `seed`, `device`"
         );
     }
@@ -1013,7 +1018,7 @@ mod should {
     fn list_the_attacks_when_none_is_close() {
         assert_eq!(
             error(quote!(attack = "deepfool", eps = 0.1, min_acc = 0.5)),
-            "unknown attack `deepfool`; expected one of `fgsm`, `pgd`"
+            "unknown attack `deepfool`; expected one of `fgsm`, `pgd`, `apgd`, `apgd-t`, `autoattack`"
         );
     }
 
@@ -1025,12 +1030,12 @@ mod should {
                 eps = 0.1,
                 min_acc = 0.5,
                 norm = "linfty",
-                loss = "dlr",
+                loss = "mse",
                 device = "metal",
             )),
             [
                 "unknown norm `linfty`; did you mean `linf`?",
-                "unknown loss `dlr`; expected one of `ce`, `cw`",
+                "unknown loss `mse`; expected one of `ce`, `cw`, `dlr`",
                 "unknown device `metal`; expected one of `cpu`, `cuda`, `auto`",
             ]
         );
@@ -1175,7 +1180,7 @@ mod should {
                 "expected `true` or `false` for `targeted`, found `1`",
                 "unknown key `colour`; expected one of `attack`, `eps`, `crate`, `norm`, \
                  `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, \
-                 `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`",
+                 `target_classes`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`",
                 "missing `min_acc` or `max_drop`: a robustness test needs something to assert, \
                  the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest \
                  acceptable drop from clean accuracy (`max_drop = 0.2`)",

@@ -28,6 +28,16 @@ pub(crate) fn objective_and_grad(
     x: &Tensor,
     objective: &Objective,
 ) -> Result<(Tensor, Tensor)> {
+    let (value, grad, _) = objective_grad_logits(model, x, objective)?;
+    Ok((value, grad))
+}
+
+/// [`objective_and_grad`] that also returns the logits of the same forward pass.
+pub(crate) fn objective_grad_logits(
+    model: &Model,
+    x: &Tensor,
+    objective: &Objective,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let var = Var::from_tensor(&x.detach())?;
     let logits = model.logits(var.as_tensor())?;
     let per_sample = objective.per_sample(&logits)?;
@@ -36,7 +46,7 @@ pub(crate) fn objective_and_grad(
         Some(g) => g.clone(),
         None => x.zeros_like()?,
     };
-    Ok((per_sample.detach(), grad))
+    Ok((per_sample.detach(), grad, logits.detach()))
 }
 
 /// One ascent step of size `alpha` along `grad` in the geometry of `norm`.
@@ -48,6 +58,27 @@ pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Resul
         }
     };
     Ok((x + (step * alpha)?)?)
+}
+
+/// [`ascend`] with a per-sample step size `alpha` (shape `N`).
+pub(crate) fn ascend_scaled(
+    x: &Tensor,
+    grad: &Tensor,
+    norm: Norm,
+    alpha: &Tensor,
+) -> Result<Tensor> {
+    let direction = match norm {
+        Norm::Linf => grad.sign()?,
+        Norm::L2 => {
+            grad.broadcast_div(&(per_sample_l2(grad)? + DIV_EPS)?.reshape(batch_shape(grad))?)?
+        }
+    };
+    Ok((x + scale_samples(&direction, alpha)?)?)
+}
+
+/// Each sample of `t` multiplied by its own factor (`factor` has shape `N`).
+pub(crate) fn scale_samples(t: &Tensor, factor: &Tensor) -> Result<Tensor> {
+    Ok(t.broadcast_mul(&factor.to_dtype(t.dtype())?.reshape(batch_shape(t))?)?)
 }
 
 /// `x_adv` moved back into the threat model around `x`, then into the domain.

@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | [`Fgsm`] | `fgsm.rs` | Goodfellow, Shlens & Szegedy 2015 |
 //! | [`Pgd`] | `pgd.rs` | Madry et al. 2018 |
+//! | [`Apgd`] (`apgd`, `apgd-t`) | `apgd.rs` | Croce & Hein 2020 |
+//! | [`Ensemble`] (`autoattack`) | `ensemble.rs` | Croce & Hein 2020 (the cascade) |
 //!
 //! The forward pass, input gradient and projection that they share live in `kernel.rs`.
 //!
@@ -28,6 +30,8 @@
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
 
+mod apgd;
+mod ensemble;
 mod fgsm;
 pub(crate) mod kernel;
 mod loss;
@@ -35,6 +39,8 @@ mod pgd;
 
 use candle_core::Tensor;
 
+pub use apgd::{Apgd, ApgdConfig};
+pub use ensemble::{CascadeOutcome, Ensemble};
 pub use fgsm::{Fgsm, FgsmConfig};
 pub use loss::Loss;
 pub use pgd::{Pgd, PgdConfig};
@@ -44,7 +50,7 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// The attacks that [`build`] knows, by the names the macro accepts.
-pub const ATTACKS: &[&str] = &["fgsm", "pgd"];
+pub const ATTACKS: &[&str] = &["fgsm", "pgd", "apgd", "apgd-t", "autoattack"];
 
 /// The norm of a threat model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -181,12 +187,9 @@ impl<'a> AttackBatch<'a> {
         }
     }
 
-    /// The classes the objective refers to (targets if targeted, labels otherwise).
+    /// The loss bound to this batch's labels (and targets, if targeted).
     fn objective(&self, loss: Loss) -> Result<loss::Objective> {
-        match self.targets {
-            Some(t) => loss::Objective::new(loss, t, self.num_classes, true),
-            None => loss::Objective::new(loss, self.labels, self.num_classes, false),
-        }
+        loss::Objective::new(loss, self.labels, self.targets, self.num_classes)
     }
 
     /// Per sample, whether `pred` is a success: a target hit, or a label missed.
@@ -222,6 +225,11 @@ pub trait Attack {
 
     /// Adversarial versions of `batch.inputs`, inside the threat model and the model's domain.
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, rng: &mut Rng) -> Result<Tensor>;
+
+    /// The cascade behind an ensemble, so evaluation can report each stage.
+    fn as_ensemble(&self) -> Option<&Ensemble> {
+        None
+    }
 }
 
 /// Hyper-parameters for [`build`]: the union of what the attacks take. `None` means the
@@ -240,6 +248,8 @@ pub struct AttackParams {
     pub restarts: Option<usize>,
     /// Start from a random point in the ball (PGD, default true).
     pub random_start: Option<bool>,
+    /// Target classes of APGD-T (default 9).
+    pub target_classes: Option<usize>,
 }
 
 /// The attack called `name` at radius `eps`.
@@ -262,6 +272,23 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
                 random_start: params.random_start.unwrap_or(d.random_start),
             })?))
         }
+        "apgd" | "apgd-t" => {
+            let d = ApgdConfig::default();
+            let cfg = ApgdConfig {
+                eps,
+                norm: params.norm,
+                loss: params.loss,
+                steps: params.steps.unwrap_or(d.steps),
+                restarts: params.restarts.unwrap_or(d.restarts),
+                ..d
+            };
+            Ok(Box::new(if name == "apgd" {
+                Apgd::new(cfg)?
+            } else {
+                Apgd::targeted(cfg, params.target_classes.unwrap_or(9))?
+            }))
+        }
+        "autoattack" => Ok(Box::new(Ensemble::autoattack(eps, params)?)),
         other => Err(Error::unknown("attack", other, ATTACKS)),
     }
 }

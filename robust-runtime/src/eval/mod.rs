@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
 
-pub use report::{Check, PerturbationStats, RobustnessReport, SampleOutcome, Thresholds};
+pub use report::{Check, PerturbationStats, RobustnessReport, SampleOutcome, Stage, Thresholds};
 pub use spec::TestSpec;
 
 use crate::attack::kernel::{per_sample_l2, per_sample_linf};
@@ -136,6 +136,8 @@ pub fn evaluate(
     let mut rng = Rng::seed_from_u64(cfg.seed);
     let mut outcomes = Vec::with_capacity(data.len());
     let mut classes: Option<usize> = None;
+    // Robust samples after each member of an ensemble.
+    let mut stage_robust: Vec<usize> = Vec::new();
 
     for batch in data.batches(cfg.batch_size, &cfg.device) {
         let batch = batch?;
@@ -170,7 +172,17 @@ pub fn evaluate(
             num_classes,
         };
         let mut batch_rng = rng.fork();
-        let adv = attack.perturb(model, &attack_batch, &mut batch_rng)?;
+        let adv = match attack.as_ensemble() {
+            Some(ensemble) => {
+                let outcome = ensemble.cascade(model, &attack_batch, &mut batch_rng)?;
+                stage_robust.resize(outcome.robust_after.len(), 0);
+                for (count, robust) in stage_robust.iter_mut().zip(&outcome.robust_after) {
+                    *count += robust.iter().filter(|&&r| r).count();
+                }
+                outcome.adversarial
+            }
+            None => attack.perturb(model, &attack_batch, &mut batch_rng)?,
+        };
         let adv_pred = model.predict(&adv)?;
         let delta = (&adv - &batch.inputs)?;
         let linf = per_sample_linf(&delta)?.to_vec1::<f32>()?;
@@ -187,7 +199,7 @@ pub fn evaluate(
         }
     }
 
-    Ok(RobustnessReport::from_outcomes(
+    let mut report = RobustnessReport::from_outcomes(
         cfg.test_name
             .clone()
             .unwrap_or_else(|| model.name().to_string()),
@@ -196,5 +208,18 @@ pub fn evaluate(
         cfg,
         outcomes,
         started.elapsed().as_secs_f64(),
-    ))
+    );
+    if let Some(ensemble) = attack.as_ensemble() {
+        report.stages = ensemble
+            .members()
+            .iter()
+            .zip(&stage_robust)
+            .map(|(member, &robust_correct)| Stage {
+                attack: member.describe(),
+                robust_correct,
+                robust_accuracy: robust_correct as f64 / data.len() as f64,
+            })
+            .collect();
+    }
+    Ok(report)
 }

@@ -49,6 +49,17 @@ pub struct PerturbationStats {
     pub max_l2: f64,
 }
 
+/// Robust accuracy after one member of an ensemble's cascade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The member attack with its hyper-parameters.
+    pub attack: String,
+    /// Samples still robust after this member and every one before it.
+    pub robust_correct: usize,
+    /// `robust_correct / samples`.
+    pub robust_accuracy: f64,
+}
+
 /// Thresholds a robustness test asserts.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Thresholds {
@@ -110,6 +121,9 @@ pub struct RobustnessReport {
     pub perturbation: PerturbationStats,
     /// Wall time of the run in seconds (the only field that differs between identical runs).
     pub seconds: f64,
+    /// For ensembles: robust accuracy after each member of the cascade.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<Stage>,
     /// Assertions, filled by [`RobustnessReport::check`].
     pub checks: Vec<Check>,
     /// Per-sample outcomes, in data order.
@@ -162,6 +176,7 @@ impl RobustnessReport {
             success_rate: ratio(successes, clean_correct),
             perturbation,
             seconds,
+            stages: Vec::new(),
             checks: Vec::new(),
             per_sample,
         }

@@ -23,6 +23,7 @@ pub struct TestSpec {
     step_size: Option<f64>,
     restarts: Option<usize>,
     random_start: Option<bool>,
+    target_classes: Option<usize>,
     targeted: bool,
     thresholds: Thresholds,
     samples: Option<usize>,
@@ -54,6 +55,7 @@ impl TestSpec {
             step_size: None,
             restarts: None,
             random_start: None,
+            target_classes: None,
             targeted: false,
             thresholds: Thresholds::default(),
             samples: None,
@@ -76,6 +78,8 @@ impl TestSpec {
         restarts: usize => restarts;
         /// `random_start = true`: PGD starts from a random point of the ball.
         random_start: bool => random_start;
+        /// `target_classes = 9`: APGD-T's number of target classes.
+        target_classes: usize => target_classes;
         /// `min_acc = 0.8`: robust accuracy must be at least this.
         min_acc: f64 => thresholds.min_acc;
         /// `max_drop = 0.1`: clean minus robust accuracy must be at most this.
@@ -128,6 +132,7 @@ impl TestSpec {
             step_size: self.step_size,
             restarts: self.restarts,
             random_start: self.random_start,
+            target_classes: self.target_classes,
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;

@@ -1,0 +1,204 @@
+//! APGD, APGD-T and the AutoAttack-style cascade on the committed MNIST fixtures.
+
+mod common;
+
+use candle_core::Tensor;
+use robust_runtime::attack::{
+    Apgd, ApgdConfig, Attack, AttackParams, Ensemble, Fgsm, FgsmConfig, Loss, Norm,
+};
+use robust_runtime::eval::{evaluate, RobustnessReport, RunConfig};
+use robust_runtime::prelude::*;
+use robust_runtime::Error;
+
+type R<T = ()> = robust_runtime::Result<T>;
+
+fn run(attack: &dyn Attack, samples: usize) -> R<RobustnessReport> {
+    let case = RobustnessCase::from_model(common::mlp()?, Dataset::mnist_sample()?.test_split());
+    evaluate(
+        &case,
+        attack,
+        &RunConfig {
+            samples: Some(samples),
+            ..RunConfig::default()
+        },
+    )
+}
+
+fn apgd(loss: Loss) -> ApgdConfig {
+    ApgdConfig {
+        eps: 0.05,
+        loss,
+        steps: 30,
+        ..ApgdConfig::default()
+    }
+}
+
+#[test]
+fn apgd_is_at_least_as_strong_as_fgsm_and_stays_in_the_ball() -> R {
+    let fgsm = run(
+        &Fgsm::new(FgsmConfig {
+            eps: 0.05,
+            ..FgsmConfig::default()
+        })?,
+        200,
+    )?;
+    for attack in [
+        Apgd::new(apgd(Loss::CrossEntropy))?,
+        Apgd::new(apgd(Loss::Dlr))?,
+        Apgd::targeted(apgd(Loss::Dlr), 3)?,
+        Apgd::new(ApgdConfig {
+            eps: 1.0,
+            norm: Norm::L2,
+            ..apgd(Loss::CrossEntropy)
+        })?,
+    ] {
+        let report = run(&attack, 200)?;
+        println!(
+            "{}: robust {:.1} % (FGSM {:.1} %)",
+            attack.describe(),
+            100.0 * report.robust_accuracy,
+            100.0 * fgsm.robust_accuracy
+        );
+        let eps = attack.threat().eps;
+        let worst = match attack.threat().norm {
+            Norm::Linf => report.perturbation.max_linf,
+            _ => report.perturbation.max_l2,
+        };
+        assert!(
+            worst <= eps * (1.0 + 1e-5) + 1e-6,
+            "{}: perturbation {worst} > ε",
+            attack.describe()
+        );
+        if attack.threat().norm == Norm::Linf {
+            assert!(
+                report.robust_accuracy <= fgsm.robust_accuracy,
+                "{} weaker than FGSM",
+                attack.describe()
+            );
+        }
+        // Samples the attack did not break come back unchanged (the clean input), as in AutoAttack.
+        for s in report.per_sample.iter().filter(|s| s.adv_pred == s.label) {
+            assert_eq!(
+                s.linf,
+                0.0,
+                "{}: an unbroken sample was perturbed",
+                attack.describe()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_cascade_reports_each_stage_and_beats_each_member() -> R {
+    let params = AttackParams {
+        steps: Some(30),
+        target_classes: Some(3),
+        ..AttackParams::default()
+    };
+    let ensemble = Ensemble::autoattack(0.05, &params)?;
+    let report = run(&ensemble, 200)?;
+    println!("{report}");
+    assert_eq!(report.stages.len(), 2);
+    assert!(report.stages[0].robust_correct >= report.stages[1].robust_correct);
+    assert_eq!(report.stages[1].robust_correct, report.robust_correct);
+    assert!(report.stages[0].robust_correct <= report.clean_correct);
+    for member in ensemble.members() {
+        let alone = run(member.as_ref(), 200)?;
+        assert!(
+            report.robust_correct <= alone.robust_correct,
+            "cascade {} > {} alone ({})",
+            report.robust_correct,
+            member.describe(),
+            alone.robust_correct
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn apgd_t_on_fewer_than_four_classes_is_a_clear_error() {
+    // A 3-class linear model: targeted DLR needs the 4th-largest logit.
+    let w = Tensor::new(&[[1.0f32, -1.0, 0.5], [-1.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+    let model = Model::new(move |x: &Tensor| x.matmul(&w));
+    let data = Dataset::new(
+        Tensor::new(&[[0.6f32, 0.4], [0.2, 0.9]], &Device::Cpu).unwrap(),
+        vec![0, 1],
+    )
+    .unwrap();
+    let case = RobustnessCase::from_model(model, data);
+    let autoattack = Ensemble::autoattack(
+        0.1,
+        &AttackParams {
+            target_classes: Some(2),
+            ..AttackParams::default()
+        },
+    )
+    .unwrap();
+    let err = evaluate(&case, &autoattack, &RunConfig::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidParameter { name: "loss", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at least 4 classes"), "{err}");
+}
+
+#[test]
+fn too_many_target_classes_is_a_clear_error() {
+    let attack = Apgd::targeted(apgd(Loss::Dlr), 10).unwrap();
+    let err = run(&attack, 10).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("at most 9 (the model's classes minus one)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn apgd_rejects_bad_hyper_parameters() {
+    for (cfg, key) in [
+        (
+            ApgdConfig {
+                steps: 0,
+                ..ApgdConfig::default()
+            },
+            "steps",
+        ),
+        (
+            ApgdConfig {
+                rho: 0.0,
+                ..ApgdConfig::default()
+            },
+            "rho",
+        ),
+        (
+            ApgdConfig {
+                eps: f64::NAN,
+                ..ApgdConfig::default()
+            },
+            "eps",
+        ),
+        (
+            ApgdConfig {
+                loss: Loss::CwMargin,
+                ..ApgdConfig::default()
+            },
+            "loss",
+        ),
+    ] {
+        let err = Apgd::new(cfg).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidParameter { name, .. } if name == key),
+            "{key}: {err}"
+        );
+    }
+}
+
+/// The macro runs the cascade like any other attack.
+#[robustness_test(attack = ["apgd", "autoattack"], eps = 0.02, min_acc = 0.6, samples = 100, steps = 20, target_classes = 3)]
+fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::from_model(
+        common::mlp()?,
+        Dataset::mnist_sample()?.test_split(),
+    ))
+}
