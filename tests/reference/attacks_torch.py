@@ -39,8 +39,9 @@ How to run (from the repository root)
         && /tmp/ref/bin/python tests/reference/attacks_torch.py
 
 Options (``--help``): ``--fixtures DIR``, ``--data PATH``, ``--out PATH``, ``--mlp-samples N``,
-``--cnn-samples N``, ``--batch-size N``, ``--only NAME[,NAME..]`` (debugging: run a subset of
-the attacks; the committed JSON has all of them). The committed JSON uses the defaults.
+``--cnn-samples N``, ``--batch-size N``, ``--only NAME[,NAME..]`` and ``--models NAME[,NAME..]``
+(run a subset of the attacks / models), ``--merge JSON..`` (merge the cases of earlier runs,
+with identical versions and data, into the output; ``--only ''`` runs nothing and just merges).
 
 Versions used for the committed JSON (also recorded in it): Python 3.11.7, torch 2.15.0
 (``2.15.0+cu132`` wheel, run on the CPU), torchattacks 3.5.1, safetensors 0.8.0, numpy 2.4.6.
@@ -76,6 +77,7 @@ A JSON object with ``generator``, ``python``, ``torch``, ``torchattacks``, ``saf
 
 import argparse
 import inspect
+import json
 import platform
 import sys
 import time
@@ -213,8 +215,14 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--only", default=",".join(ATTACKS),
                    help="comma-separated subset of: " + ", ".join(ATTACKS))
+    p.add_argument("--models", default=",".join(m for m, _ in MODELS),
+                   help="comma-separated subset of: " + ", ".join(m for m, _ in MODELS))
+    p.add_argument("--merge", type=Path, nargs="*", default=[],
+                   help="JSON files from earlier runs (same versions and data) whose cases are "
+                        "merged into the output; cases run now take precedence")
     args = p.parse_args(argv)
     only = [a for a in args.only.split(",") if a]
+    models = [m for m in args.models.split(",") if m]
     for a in only:
         if a not in ATTACKS:
             raise SystemExit(f"unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
@@ -232,6 +240,8 @@ def main(argv=None):
     print(f"{'model':<10} {'attack':<9} {'eps':>5} {'N':>5} {'clean':>7} {'robust':>7} "
           f"{'mean_l2':>8} {'mean_linf':>9} {'time_s':>7}", flush=True)
     for model_name, build in MODELS:
+        if model_name not in models or not only:
+            continue
         wpath = args.fixtures / f"{model_name}.safetensors"
         model = load_model(wpath, build)
         wsha = sha256_file(wpath)
@@ -269,6 +279,16 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "l2_budgets": L2_BUDGETS,
     }
+    for path in args.merge:
+        other = json.loads(path.read_text())
+        for k, v in header.items():
+            if other.get(k) != v:
+                raise SystemExit(f"--merge {path}: {k} is {other.get(k)!r}, this run has {v!r}")
+        have = {(c["model"], c["attack"]) for c in cases}
+        cases += [c for c in other["cases"] if (c["model"], c["attack"]) not in have]
+    model_order = [m for m, _ in MODELS]
+    attack_order = list(ATTACKS)
+    cases.sort(key=lambda c: (model_order.index(c["model"]), attack_order.index(c["attack"])))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, header, cases)
     print(f"wrote {args.out} ({len(cases)} cases) in {time.perf_counter() - t0:.1f} s", flush=True)

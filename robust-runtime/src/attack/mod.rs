@@ -329,7 +329,7 @@ mod should {
         let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown attack `pgdd`; expected one of: fgsm, pgd"
+            "unknown attack `pgdd`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack"
         );
     }
 
