@@ -22,6 +22,7 @@ pub(crate) const KNOWN_ATTACKS: &[&str] = &["fgsm", "pgd", "apgd", "apgd-t", "au
 const NORMS: &[&str] = &["linf", "l2"];
 const LOSSES: &[&str] = &["ce", "cw", "dlr"];
 const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
+const MASKING: &[&str] = &["fail", "warn", "off"];
 
 /// The keys that shape the expansion instead of becoming a builder call.
 const STRUCTURAL_KEYS: &[&str] = &["attack", "eps", "crate"];
@@ -157,6 +158,8 @@ options! {
     seed: u64 = integer(0);
     /// `device = "cpu"`, `"cuda"` or `"auto"`
     device: &'static str = one_of("device", DEVICES);
+    /// `masking_checks = "fail"`, `"warn"` or `"off"`: what gradient-masking symptoms do.
+    masking_checks: &'static str = one_of("masking_checks", MASKING);
 }
 
 /// Parses the attribute's arguments, reporting every mistake at once.
@@ -780,6 +783,7 @@ mod should {
             batch_size = 64,
             seed = 18446744073709551615,
             device = "auto",
+            masking_checks = "warn",
         ));
         let o = &spec.options;
         assert_eq!(o.norm, Some("l2"));
@@ -796,6 +800,7 @@ mod should {
         assert_eq!(o.batch_size, Some(64));
         assert_eq!(o.seed, Some(u64::MAX));
         assert_eq!(o.device, Some("auto"));
+        assert_eq!(o.masking_checks, Some("warn"));
         // Every declared option was written above, so every one must come back as a builder call.
         let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();
         assert_eq!(written, Options::KEYS);
@@ -998,7 +1003,7 @@ mod should {
             error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, budget = 1)),
             "unknown key `budget`; expected one of `attack`, `eps`, `crate`, `norm`, `steps`, \
              `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `min_acc`, \
-             `max_drop`, `samples`, `batch_size`, `seed`, `device`"
+             `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`"
         );
     }
 
@@ -1180,7 +1185,7 @@ mod should {
                 "expected `true` or `false` for `targeted`, found `1`",
                 "unknown key `colour`; expected one of `attack`, `eps`, `crate`, `norm`, \
                  `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, \
-                 `target_classes`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`",
+                 `target_classes`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`",
                 "missing `min_acc` or `max_drop`: a robustness test needs something to assert, \
                  the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest \
                  acceptable drop from clean accuracy (`max_drop = 0.2`)",

@@ -132,6 +132,10 @@ pub enum Error {
     /// The robustness assertion failed: the report says by how much.
     #[error("{}", .0.failure_message())]
     NotRobust(Box<RobustnessReport>),
+    /// The diagnostics found signs of gradient masking, so the measured robustness cannot be
+    /// trusted (`masking_checks = "fail"`).
+    #[error("{}", .0.masking_message())]
+    GradientMasking(Box<RobustnessReport>),
 
     // ---- candle ----------------------------------------------------------------------------
     /// An error inside candle that none of the checks above anticipated.

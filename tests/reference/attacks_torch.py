@@ -61,8 +61,10 @@ A JSON object with ``generator``, ``python``, ``torch``, ``torchattacks``, ``saf
   ``batch_size``, ``wall_s`` (seconds for the case, attack plus predictions);
 * ``clean_acc`` (fraction correct on clean inputs), ``robust_acc`` (fraction correct on clean
   inputs AND under attack; for CW / DeepFool this is at unbounded L2);
-* ``clean_pred``, ``adv_pred`` (per-sample argmax), ``l2``, ``linf`` (per-sample norms of
-  ``adv - x`` in float64, rounded to 6 decimals);
+* ``clean_pred``, ``adv_pred`` (per-sample argmax), ``adv_margin`` (per-sample logit margin
+  ``z_y - max_{j != y} z_j`` on the adversarial input, negative = misclassified; flags samples
+  sitting on the decision boundary, where any float difference can flip ``adv_pred``),
+  ``l2``, ``linf`` (per-sample norms of ``adv - x`` in float64); all rounded to 6 decimals;
 * ``mean_l2_all`` / ``mean_linf_all`` (mean over all samples), ``mean_l2`` / ``mean_linf``
   (mean over the samples with ``adv_pred != label``, i.e. all misclassified adversarial
   examples, as torchattacks' own ``Attack.save`` reports it), ``mean_l2_flipped`` (mean over
@@ -130,6 +132,15 @@ def mean_or_none(t):
     return t.mean().item() if t.numel() else None
 
 
+@torch.no_grad()
+def pred_and_margin(model, x, y):
+    """argmax and the margin z_y - max_{j != y} z_j (negative = misclassified), batched."""
+    z = model(x)
+    zy = z.gather(1, y[:, None]).squeeze(1)
+    others = z.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return z.argmax(dim=1), (zy - others).double()
+
+
 def run_case(model, x, y, batch_size, name, eps):
     cls, kind, kwargs = ATTACKS[name]
     kwargs = dict(kwargs)
@@ -147,7 +158,7 @@ def run_case(model, x, y, batch_size, name, eps):
             return nq, adv
         atk.attack_single_run = recording
 
-    clean_pred, adv_pred, linf, l2, queries = [], [], [], [], []
+    clean_pred, adv_pred, adv_margin, linf, l2, queries = [], [], [], [], [], []
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         square_queries.clear()
@@ -155,7 +166,9 @@ def run_case(model, x, y, batch_size, name, eps):
         delta = (adv - xb).flatten(1).double()
         cp = predict(model, xb)
         clean_pred.append(cp)
-        adv_pred.append(predict(model, adv))
+        ap, am = pred_and_margin(model, adv, yb)
+        adv_pred.append(ap)
+        adv_margin.append(am)
         linf.append(delta.abs().amax(dim=1))
         l2.append(delta.norm(p=2, dim=1))
         if name == "square":
@@ -195,6 +208,7 @@ def run_case(model, x, y, batch_size, name, eps):
     out.update({
         "clean_pred": clean_pred.tolist(),
         "adv_pred": adv_pred.tolist(),
+        "adv_margin": r6(torch.cat(adv_margin)),
         "l2": r6(l2),
         "linf": r6(linf),
     })

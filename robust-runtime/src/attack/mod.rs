@@ -188,7 +188,7 @@ impl<'a> AttackBatch<'a> {
     }
 
     /// The loss bound to this batch's labels (and targets, if targeted).
-    fn objective(&self, loss: Loss) -> Result<loss::Objective> {
+    pub(crate) fn objective(&self, loss: Loss) -> Result<loss::Objective> {
         loss::Objective::new(loss, self.labels, self.targets, self.num_classes)
     }
 

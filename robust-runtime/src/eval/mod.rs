@@ -15,6 +15,7 @@
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
 
+pub mod masking;
 mod report;
 mod spec;
 

@@ -124,6 +124,9 @@ pub struct RobustnessReport {
     /// For ensembles: robust accuracy after each member of the cascade.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<Stage>,
+    /// Signs of gradient masking found by [`super::masking::diagnose`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masking: Vec<super::masking::MaskingSymptom>,
     /// Assertions, filled by [`RobustnessReport::check`].
     pub checks: Vec<Check>,
     /// Per-sample outcomes, in data order.
@@ -177,6 +180,7 @@ impl RobustnessReport {
             perturbation,
             seconds,
             stages: Vec::new(),
+            masking: Vec::new(),
             checks: Vec::new(),
             per_sample,
         }
@@ -214,6 +218,17 @@ impl RobustnessReport {
     /// Whether every check held.
     pub fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
+    }
+
+    /// The message of a test failed by gradient-masking diagnostics.
+    pub fn masking_message(&self) -> String {
+        format!(
+            "robustness test `{}` is not trustworthy: its gradients look masked, so the robust accuracy it measured \
+             ({:.2} %) may be an illusion (set masking_checks = \"warn\" to report without failing)\n{}\n\n{self}",
+            self.test,
+            100.0 * self.robust_accuracy,
+            super::masking::describe(&self.masking)
+        )
     }
 
     /// The message of a failed robustness test: what failed, then the whole table.
@@ -296,6 +311,12 @@ impl fmt::Display for RobustnessReport {
             "  {:<18} {:.2} s on {}, seed {}",
             "time", self.seconds, self.device, self.seed
         )?;
+        if !self.masking.is_empty() {
+            write!(f, "\n  gradient masking")?;
+            for m in &self.masking {
+                write!(f, "\n    ! {}: {}", m.check, m.found)?;
+            }
+        }
         if !self.checks.is_empty() {
             write!(f, "\n  assertions")?;
             for c in &self.checks {

@@ -2,6 +2,7 @@
 //! optional but the first two, validated here before any tensor work (the macro has already
 //! checked them at compile time; this is the same check for callers who build specs by hand).
 
+use super::masking::{self, MaskingPolicy};
 use super::{evaluate, RobustnessCase, RobustnessReport, RunConfig, Thresholds};
 use crate::attack::{self, AttackParams, Loss, Norm, Targeting};
 use crate::device::{self, DeviceChoice};
@@ -30,6 +31,7 @@ pub struct TestSpec {
     batch_size: Option<usize>,
     seed: Option<u64>,
     device: Option<&'static str>,
+    masking_checks: Option<&'static str>,
 }
 
 macro_rules! setters {
@@ -62,6 +64,7 @@ impl TestSpec {
             batch_size: None,
             seed: None,
             device: None,
+            masking_checks: None,
         }
     }
 
@@ -92,6 +95,8 @@ impl TestSpec {
         seed: u64 => seed;
         /// `device = "cpu" | "cuda" | "auto"` (default "auto"; `ROBUST_DEVICE` overrides).
         device: &'static str => device;
+        /// `masking_checks = "fail" | "warn" | "off"` (default "fail"): gradient-masking diagnostics.
+        masking_checks: &'static str => masking_checks;
     }
 
     /// `targeted = true`: aim at a random other class per sample.
@@ -135,6 +140,7 @@ impl TestSpec {
             target_classes: self.target_classes,
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
+        MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;
         Self::check_fraction("max_drop", self.thresholds.max_drop)?;
         if self.thresholds.min_acc.is_none() && self.thresholds.max_drop.is_none() {
@@ -169,11 +175,18 @@ impl TestSpec {
             device,
             test_name: Some(self.name.to_string()),
         };
-        let report = evaluate(&case, attack.as_ref(), &cfg)?.check(&self.thresholds);
-        if report.passed() {
-            Ok(report)
-        } else {
+        let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
+        let mut report = evaluate(&case, attack.as_ref(), &cfg)?.check(&self.thresholds);
+        if policy != MaskingPolicy::Off {
+            report.masking = masking::diagnose(&case, attack.threat(), &cfg)?;
+        }
+        if !report.passed() {
             Err(Error::NotRobust(Box::new(report)))
+        } else if policy == MaskingPolicy::Fail && !report.masking.is_empty() {
+            // The thresholds hold, but on gradients that cannot be trusted.
+            Err(Error::GradientMasking(Box::new(report)))
+        } else {
+            Ok(report)
         }
     }
 }

@@ -1,0 +1,198 @@
+//! Gradient-masking diagnostics (Athalye, Carlini & Wagner, "Obfuscated Gradients Give a False
+//! Sense of Security", ICML 2018; the sanity checks of AutoAttack, Croce & Hein 2020).
+//!
+//! A model can look robust only because its gradients are useless: quantisation or other
+//! non-differentiable steps (zero gradients), saturated softmax on huge logits (zero or
+//! non-finite gradients), randomness in the forward pass, or a loss surface the attack cannot
+//! climb. Each check here names one such symptom; a robustness test with
+//! `masking_checks = "fail"` (the default) fails on any of them instead of reporting a robustness
+//! that is not there.
+//!
+//! | symptom | check |
+//! |---|---|
+//! | dead gradients | share of samples whose input gradient is all zero or not finite, on the first batch |
+//! | non-deterministic forward | the same batch through the model twice gives different logits |
+//! | unbounded ε does not break the model | PGD-10 with ε covering the whole domain leaves > 10 % of 50 samples robust |
+//! | robust accuracy does not fall as ε grows | PGD-10 at 4ε breaks no more of 50 samples than at ε |
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{evaluate, RobustnessCase, RunConfig};
+use crate::attack::{kernel, AttackBatch, Loss, Norm, Pgd, PgdConfig, ThreatModel};
+use crate::{Error, Result};
+
+/// What a robustness test does when a diagnostic fires (`masking_checks = "…"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MaskingPolicy {
+    /// The test fails, naming the symptom (default).
+    #[default]
+    Fail,
+    /// The symptoms are printed with the report; the test passes or fails on its thresholds.
+    Warn,
+    /// The diagnostics are not run.
+    Off,
+}
+
+impl MaskingPolicy {
+    /// Names accepted by [`MaskingPolicy::from_name`].
+    pub const NAMES: &'static [&'static str] = &["fail", "warn", "off"];
+
+    /// `"fail"`, `"warn"` or `"off"`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "fail" => Ok(MaskingPolicy::Fail),
+            "warn" => Ok(MaskingPolicy::Warn),
+            "off" => Ok(MaskingPolicy::Off),
+            other => Err(Error::unknown("masking_checks", other, Self::NAMES)),
+        }
+    }
+}
+
+/// One sign of gradient masking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskingSymptom {
+    /// Short name of the check.
+    pub check: String,
+    /// What was measured.
+    pub found: String,
+    /// What to do about it.
+    pub advice: String,
+}
+
+/// Share of samples with an all-zero or non-finite gradient above which gradients are "dead".
+const DEAD_GRADIENT_SHARE: f64 = 0.10;
+/// Robust accuracy an attack with an unbounded ε may leave.
+const UNBOUNDED_MAX_ACCURACY: f64 = 0.10;
+/// PGD iterations of the probes (the unbounded one needs only a few to cross the domain).
+const PROBE_STEPS: usize = 10;
+/// Samples the PGD-based checks use.
+const PROBE_SAMPLES: usize = 50;
+
+/// Runs every diagnostic on the first samples of the case, for a test at `threat`.
+pub fn diagnose(
+    case: &RobustnessCase,
+    threat: ThreatModel,
+    cfg: &RunConfig,
+) -> Result<Vec<MaskingSymptom>> {
+    let n = case
+        .data()
+        .len()
+        .min(PROBE_SAMPLES)
+        .min(cfg.batch_size.max(1));
+    let batch = case
+        .data()
+        .take(n)?
+        .batches(n, &cfg.device)
+        .next()
+        .ok_or_else(|| Error::Data("no samples to diagnose".into()))??;
+    let model = case.model();
+    let mut symptoms = Vec::new();
+
+    // Dead gradients: cross-entropy gradient at the clean inputs.
+    let num_classes = model.checked_logits(&batch.inputs)?[0].len();
+    let objective = AttackBatch::untargeted(&batch.inputs, &batch.labels, num_classes)
+        .objective(Loss::CrossEntropy)?;
+    let (_, grad) = kernel::objective_and_grad(model, &batch.inputs, &objective)?;
+    let (zero, non_finite) = dead_gradients(&grad)?;
+    let dead = (zero + non_finite) as f64 / n as f64;
+    if dead > DEAD_GRADIENT_SHARE {
+        symptoms.push(MaskingSymptom {
+            check: "dead gradients".into(),
+            found: format!(
+                "{zero} of {n} samples have an all-zero input gradient and {non_finite} a non-finite one"
+            ),
+            advice: "the model is not differentiable where it matters or its softmax saturates: make sure it returns \
+                     logits (not probabilities or huge scaled logits), and attack non-differentiable preprocessing \
+                     with BPDA (straight-through gradients)"
+                .into(),
+        });
+    }
+
+    // Non-deterministic forward pass.
+    let first = model.checked_logits(&batch.inputs)?;
+    let second = model.checked_logits(&batch.inputs)?;
+    if first != second {
+        let differing = first.iter().zip(&second).filter(|(a, b)| a != b).count();
+        symptoms.push(MaskingSymptom {
+            check: "non-deterministic forward pass".into(),
+            found: format!("{differing} of {n} samples got different logits from two identical forward passes"),
+            advice: "put the model in evaluation mode (dropout, batch-norm statistics); randomised defences need EOT \
+                     (averaging gradients over the randomness) to be evaluated"
+                .into(),
+        });
+    }
+
+    // PGD with an unbounded budget, and PGD at 4ε against PGD at ε.
+    let probe = RunConfig {
+        samples: Some(n),
+        test_name: None,
+        ..cfg.clone()
+    };
+    let domain = model.domain();
+    let width = (domain.hi() - domain.lo()) as f64;
+    let unbounded = match threat.norm {
+        Norm::Linf => width,
+        Norm::L2 => width * (case.data().sample_shape().iter().product::<usize>() as f64).sqrt(),
+    };
+    let pgd = |eps: f64| {
+        Pgd::new(PgdConfig {
+            eps,
+            norm: threat.norm,
+            steps: PROBE_STEPS,
+            ..PgdConfig::default()
+        })
+    };
+    let at_unbounded = evaluate(case, &pgd(unbounded)?, &probe)?;
+    if at_unbounded.robust_accuracy > UNBOUNDED_MAX_ACCURACY {
+        symptoms.push(MaskingSymptom {
+            check: "unbounded ε does not break the model".into(),
+            found: format!(
+                "PGD-{PROBE_STEPS} with ε = {unbounded} (the whole input domain) leaves {:.1} % of {n} samples robust; expected ~0 %",
+                100.0 * at_unbounded.robust_accuracy
+            ),
+            advice: "the attack cannot follow the gradient: look for non-differentiable steps (BPDA), randomness (EOT) \
+                     or saturated outputs"
+                .into(),
+        });
+    }
+    let at_eps = evaluate(case, &pgd(threat.eps)?, &probe)?;
+    let at_4eps = evaluate(case, &pgd((4.0 * threat.eps).min(unbounded))?, &probe)?;
+    if at_eps.robust_correct > 0 && at_4eps.robust_correct >= at_eps.robust_correct {
+        symptoms.push(MaskingSymptom {
+            check: "robust accuracy does not fall as ε grows".into(),
+            found: format!(
+                "PGD-{PROBE_STEPS} leaves {} of {n} samples robust at ε = {} and {} at ε = {}",
+                at_eps.robust_correct,
+                threat.eps,
+                at_4eps.robust_correct,
+                4.0 * threat.eps
+            ),
+            advice: "a larger budget must break at least as many samples: the gradients are masked (check for \
+                     quantisation, clipping of logits, or non-differentiable layers)"
+                .into(),
+        });
+    }
+    Ok(symptoms)
+}
+
+/// Samples whose gradient is all zero, and samples with a non-finite entry.
+fn dead_gradients(grad: &Tensor) -> Result<(usize, usize)> {
+    let rows = grad.flatten_from(1)?.to_vec2::<f32>()?;
+    let non_finite = rows
+        .iter()
+        .filter(|r| r.iter().any(|v| !v.is_finite()))
+        .count();
+    let zero = rows.iter().filter(|r| r.iter().all(|&v| v == 0.0)).count();
+    Ok((zero, non_finite))
+}
+
+/// Builds the failure message for symptoms under [`MaskingPolicy::Fail`].
+pub(crate) fn describe(symptoms: &[MaskingSymptom]) -> String {
+    symptoms
+        .iter()
+        .map(|s| format!("{}: {}. What to do: {}.", s.check, s.found, s.advice))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
