@@ -61,6 +61,12 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
         })
         .collect();
 
+    // With several ε, every test gets the whole list, so minimal-perturbation attacks can run
+    // once for the sweep and each test reads its ε off that run.
+    let sweep = (spec.eps.len() > 1).then(|| {
+        let all = spec.eps.iter().map(|e| e.value.into_token_stream());
+        quote!(.sweep(&[#(#all),*]))
+    });
     let tests = spec.cases().map(|case| {
         let test = format_ident!("{}", case.name);
         // The runtime reports and files results under the test's full path, as libtest shows it.
@@ -78,7 +84,8 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                         #attack,
                         #eps,
                     )
-                    #(#options)*,
+                    #(#options)*
+                    #sweep,
                 );
             }
         }
@@ -159,7 +166,8 @@ mod should {
                         .random_start(true)
                         .min_acc(0.6f64)
                         .samples(500usize)
-                        .seed(7u64),
+                        .seed(7u64)
+                        .sweep(&[0.05f64, 1f64]),
                     );
                 }
             }
@@ -245,7 +253,8 @@ mod should {
                             "pgd",
                             #eps,
                         )
-                        .min_acc(0.99f64),
+                        .min_acc(0.99f64)
+                        .sweep(&[0.3f64, 0.5f64]),
                     );
                 }
             }

@@ -230,6 +230,21 @@ pub trait Attack {
     fn as_ensemble(&self) -> Option<&Ensemble> {
         None
     }
+
+    /// For minimal-perturbation attacks: the adversarial inputs found with no ε bound (the whole
+    /// ε-sweep can be read off one run). `None` for attacks bounded by ε.
+    ///
+    /// A sample the attack could not break comes back as its clean input, so every returned
+    /// input that differs from the clean one is adversarial.
+    fn minimal_perturbation(
+        &self,
+        model: &Model,
+        batch: &AttackBatch<'_>,
+        rng: &mut Rng,
+    ) -> Result<Option<Tensor>> {
+        let _ = (model, batch, rng);
+        Ok(None)
+    }
 }
 
 /// Hyper-parameters for [`build`]: the union of what the attacks take. `None` means the

@@ -23,10 +23,14 @@ use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
 
-pub use report::{Check, PerturbationStats, RobustnessReport, SampleOutcome, Stage, Thresholds};
+use report::within;
+pub use report::{
+    Check, CurvePoint, Minimal, PerturbationStats, RobustnessReport, SampleOutcome, Stage,
+    Thresholds,
+};
 pub use spec::TestSpec;
 
-use crate::attack::kernel::{per_sample_l2, per_sample_linf};
+use crate::attack::kernel::{self, per_sample_l2, per_sample_linf};
 use crate::attack::{Attack, AttackBatch, Targeting};
 use crate::data::Dataset;
 use crate::model::{argmax, InputDomain, Model, Normalize};
@@ -98,6 +102,9 @@ pub struct RunConfig {
     pub device: Device,
     /// Name of the test in reports (default: the model's name).
     pub test_name: Option<String>,
+    /// Further radii for the robustness curve of minimal-perturbation attacks, which is read
+    /// off the same run (default none; the run's own ε is always on it).
+    pub sweep: Vec<f64>,
 }
 
 impl Default for RunConfig {
@@ -109,6 +116,7 @@ impl Default for RunConfig {
             targeting: Targeting::Untargeted,
             device: Device::Cpu,
             test_name: None,
+            sweep: Vec::new(),
         }
     }
 }
@@ -173,8 +181,36 @@ pub fn evaluate(
             num_classes,
         };
         let mut batch_rng = rng.fork();
-        let adv = match attack.as_ensemble() {
-            Some(ensemble) => {
+        let minimal = match attack.as_ensemble() {
+            Some(_) => None,
+            None => attack.minimal_perturbation(model, &attack_batch, &mut batch_rng)?,
+        };
+        let mut minimal_found: Option<Vec<Minimal>> = None;
+        let adv = match (minimal, attack.as_ensemble()) {
+            (Some(found), _) => {
+                // One unbounded run: keep each sample's minimal example if it fits in ε.
+                let pred = model.predict(&found)?;
+                let delta = (&found - &batch.inputs)?;
+                let linf = per_sample_linf(&delta)?.to_vec1::<f32>()?;
+                let l2 = per_sample_l2(&delta)?.to_vec1::<f32>()?;
+                let m: Vec<Minimal> = (0..labels.len())
+                    .map(|i| Minimal {
+                        pred: pred[i],
+                        linf: linf[i],
+                        l2: l2[i],
+                    })
+                    .collect();
+                let threat = attack.threat();
+                let take: Vec<u8> = m
+                    .iter()
+                    .zip(labels)
+                    .map(|(m, &y)| u8::from(m.pred != y && within(m.norm(threat.norm), threat.eps)))
+                    .collect();
+                minimal_found = Some(m);
+                let take = Tensor::from_slice(&take, take.len(), &cfg.device)?;
+                kernel::select_samples(&take, &found, &batch.inputs)?
+            }
+            (None, Some(ensemble)) => {
                 let outcome = ensemble.cascade(model, &attack_batch, &mut batch_rng)?;
                 stage_robust.resize(outcome.robust_after.len(), 0);
                 for (count, robust) in stage_robust.iter_mut().zip(&outcome.robust_after) {
@@ -182,7 +218,7 @@ pub fn evaluate(
                 }
                 outcome.adversarial
             }
-            None => attack.perturb(model, &attack_batch, &mut batch_rng)?,
+            (None, None) => attack.perturb(model, &attack_batch, &mut batch_rng)?,
         };
         let adv_pred = model.predict(&adv)?;
         let delta = (&adv - &batch.inputs)?;
@@ -196,6 +232,7 @@ pub fn evaluate(
                 target: targets.as_ref().map(|t| t[i]),
                 linf: linf[i],
                 l2: l2[i],
+                minimal: minimal_found.as_ref().map(|m| m[i]),
             });
         }
     }
@@ -210,6 +247,11 @@ pub fn evaluate(
         outcomes,
         started.elapsed().as_secs_f64(),
     );
+    if report.per_sample.iter().any(|s| s.minimal.is_some()) {
+        let mut sweep = cfg.sweep.clone();
+        sweep.push(attack.threat().eps);
+        report.curve = report::curve(&report.per_sample, attack.threat().norm, &sweep);
+    }
     if let Some(ensemble) = attack.as_ensemble() {
         report.stages = ensemble
             .members()

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::RunConfig;
-use crate::attack::{Attack, ThreatModel};
+use crate::attack::{Attack, Norm, ThreatModel};
 
 /// What happened to one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,9 +22,57 @@ pub struct SampleOutcome {
     pub linf: f32,
     /// L2 norm of the perturbation.
     pub l2: f32,
+    /// For minimal-perturbation attacks: what the unbounded run found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimal: Option<Minimal>,
+}
+
+/// The smallest adversarial example a minimal-perturbation attack found for a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Minimal {
+    /// Prediction on it (the label when the attack failed).
+    pub pred: u32,
+    /// Its L∞ norm.
+    pub linf: f32,
+    /// Its L2 norm.
+    pub l2: f32,
+}
+
+impl Minimal {
+    /// Its norm in `norm`.
+    pub fn norm(&self, norm: Norm) -> f32 {
+        match norm {
+            Norm::Linf => self.linf,
+            _ => self.l2,
+        }
+    }
+}
+
+/// Robust accuracy at one ε of a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// The radius.
+    pub eps: f64,
+    /// Samples robust at this radius.
+    pub robust_correct: usize,
+    /// `robust_correct / samples`.
+    pub robust_accuracy: f64,
 }
 
 impl SampleOutcome {
+    /// The outcome at radius `eps`, read off the minimal perturbation: adversarial if the attack
+    /// broke the sample with a perturbation of norm ≤ ε, otherwise the clean input.
+    /// `None` for outcomes of ε-bounded attacks.
+    pub fn at_eps(&self, norm: Norm, eps: f64) -> Option<SampleOutcome> {
+        let m = self.minimal?;
+        let broken = m.pred != self.label && within(m.norm(norm), eps);
+        Some(SampleOutcome {
+            adv_pred: if broken { m.pred } else { self.clean_pred },
+            linf: if broken { m.linf } else { 0.0 },
+            l2: if broken { m.l2 } else { 0.0 },
+            ..self.clone()
+        })
+    }
     /// Correct clean and under attack.
     pub fn is_robust(&self) -> bool {
         self.clean_pred == self.label && self.adv_pred == self.label
@@ -121,6 +169,9 @@ pub struct RobustnessReport {
     pub perturbation: PerturbationStats,
     /// Wall time of the run in seconds (the only field that differs between identical runs).
     pub seconds: f64,
+    /// Robust accuracy over the ε-sweep, for minimal-perturbation attacks (read off one run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<CurvePoint>,
     /// For ensembles: robust accuracy after each member of the cascade.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<Stage>,
@@ -179,6 +230,7 @@ impl RobustnessReport {
             success_rate: ratio(successes, clean_correct),
             perturbation,
             seconds,
+            curve: Vec::new(),
             stages: Vec::new(),
             masking: Vec::new(),
             checks: Vec::new(),
@@ -245,6 +297,32 @@ impl RobustnessReport {
             failed.join("; ")
         )
     }
+}
+
+/// `norm ≤ eps` up to float rounding of the norm.
+pub(crate) fn within(norm: f32, eps: f64) -> bool {
+    norm as f64 <= eps * (1.0 + 1e-6) + 1e-7
+}
+
+/// Robust accuracy at each ε, from outcomes that carry their minimal perturbation.
+pub(crate) fn curve(per_sample: &[SampleOutcome], norm: Norm, sweep: &[f64]) -> Vec<CurvePoint> {
+    let mut eps: Vec<f64> = sweep.to_vec();
+    eps.sort_by(f64::total_cmp);
+    eps.dedup();
+    eps.iter()
+        .map(|&e| {
+            let robust_correct = per_sample
+                .iter()
+                .filter_map(|s| s.at_eps(norm, e))
+                .filter(SampleOutcome::is_robust)
+                .count();
+            CurvePoint {
+                eps: e,
+                robust_correct,
+                robust_accuracy: robust_correct as f64 / per_sample.len().max(1) as f64,
+            }
+        })
+        .collect()
 }
 
 fn pct(v: f64) -> String {

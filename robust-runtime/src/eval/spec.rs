@@ -2,8 +2,12 @@
 //! optional but the first two, validated here before any tensor work (the macro has already
 //! checked them at compile time; this is the same check for callers who build specs by hand).
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use super::masking::{self, MaskingPolicy};
 use super::{evaluate, RobustnessCase, RobustnessReport, RunConfig, Thresholds};
+use crate::attack::Attack;
 use crate::attack::{self, AttackParams, Loss, Norm, Targeting};
 use crate::device::{self, DeviceChoice};
 use crate::{Error, Result};
@@ -32,6 +36,7 @@ pub struct TestSpec {
     seed: Option<u64>,
     device: Option<&'static str>,
     masking_checks: Option<&'static str>,
+    sweep: &'static [f64],
 }
 
 macro_rules! setters {
@@ -65,6 +70,7 @@ impl TestSpec {
             seed: None,
             device: None,
             masking_checks: None,
+            sweep: &[],
         }
     }
 
@@ -97,6 +103,13 @@ impl TestSpec {
         device: &'static str => device;
         /// `masking_checks = "fail" | "warn" | "off"` (default "fail"): gradient-masking diagnostics.
         masking_checks: &'static str => masking_checks;
+    }
+
+    /// Every ε of the attribute: minimal-perturbation attacks (C&W, DeepFool) run once for the
+    /// whole list and each test reads its ε off that run.
+    pub fn sweep(mut self, eps: &'static [f64]) -> Self {
+        self.sweep = eps;
+        self
     }
 
     /// `targeted = true`: aim at a random other class per sample.
@@ -174,9 +187,22 @@ impl TestSpec {
             },
             device,
             test_name: Some(self.name.to_string()),
+            sweep: self.sweep.to_vec(),
         };
         let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
-        let mut report = evaluate(&case, attack.as_ref(), &cfg)?.check(&self.thresholds);
+        let key = format!(
+            "{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
+            self.name.rsplit_once("::").map_or("", |(group, _)| group),
+            self.attack,
+            params,
+            self.sweep,
+            seed,
+            self.samples,
+            cfg.batch_size,
+            self.targeted
+        );
+        let mut report =
+            shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&self.thresholds);
         if policy != MaskingPolicy::Off {
             report.masking = masking::diagnose(&case, attack.threat(), &cfg)?;
         }
@@ -186,6 +212,63 @@ impl TestSpec {
             // The thresholds hold, but on gradients that cannot be trusted.
             Err(Error::GradientMasking(Box::new(report)))
         } else {
+            Ok(report)
+        }
+    }
+}
+
+/// The first run of a group of tests that differ only in ε: a minimal-perturbation run (reused by
+/// the others at their ε), or `None` when the attack is ε-bounded and each test runs its own.
+type SharedRun = Arc<Mutex<Option<Option<RobustnessReport>>>>;
+
+static SHARED_RUNS: LazyLock<Mutex<HashMap<String, SharedRun>>> = LazyLock::new(Default::default);
+
+/// `evaluate`, sharing one unbounded run among the tests of one ε-sweep when the attack is a
+/// minimal-perturbation attack: the tests of `eps = [a, b, c]` all read their ε off it.
+fn shared_minimal_run(
+    key: &str,
+    case: &RobustnessCase,
+    attack: &dyn Attack,
+    cfg: &RunConfig,
+) -> Result<RobustnessReport> {
+    if cfg.sweep.len() < 2 {
+        return evaluate(case, attack, cfg);
+    }
+    let slot = {
+        let mut runs = SHARED_RUNS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(runs.entry(key.to_string()).or_default())
+    };
+    // Held while the first test runs, so the others wait for its result instead of recomputing.
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match &*slot {
+        None => {
+            let report = evaluate(case, attack, cfg)?;
+            let minimal = report.per_sample.iter().any(|s| s.minimal.is_some());
+            *slot = Some(minimal.then(|| report.clone()));
+            Ok(report)
+        }
+        Some(None) => {
+            drop(slot);
+            evaluate(case, attack, cfg)
+        }
+        Some(Some(shared)) => {
+            let threat = attack.threat();
+            let outcomes = shared
+                .per_sample
+                .iter()
+                .filter_map(|s| s.at_eps(threat.norm, threat.eps))
+                .collect();
+            let mut report = RobustnessReport::from_outcomes(
+                cfg.test_name.clone().unwrap_or_default(),
+                shared.model.clone(),
+                attack,
+                cfg,
+                outcomes,
+                0.0,
+            );
+            report.curve = shared.curve.clone();
             Ok(report)
         }
     }

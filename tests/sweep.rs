@@ -1,0 +1,106 @@
+//! ε-sweeps read off one run of a minimal-perturbation attack, checked against an exact answer.
+
+use candle_core::Tensor;
+use robust_runtime::attack::{Attack, AttackBatch, Norm, ThreatModel};
+use robust_runtime::eval::{evaluate, RunConfig};
+use robust_runtime::prelude::*;
+
+/// The exact minimal L∞ attack on the two-class model z = (x₀ − x₁, x₁ − x₀): a sample with
+/// margin m = |x₀ − x₁| flips once both coordinates move by m/2, so (m/2 + 0.001) suffices.
+struct ExactLinf {
+    eps: f64,
+    calls: std::cell::Cell<usize>,
+}
+
+impl Attack for ExactLinf {
+    fn id(&self) -> &'static str {
+        "exact"
+    }
+    fn describe(&self) -> String {
+        format!("exact minimal L∞ (ε = {})", self.eps)
+    }
+    fn threat(&self) -> ThreatModel {
+        ThreatModel::new(Norm::Linf, self.eps).unwrap()
+    }
+    fn perturb(
+        &self,
+        _: &Model,
+        _: &AttackBatch<'_>,
+        _: &mut Rng,
+    ) -> robust_runtime::Result<Tensor> {
+        panic!("evaluation must use the minimal perturbation, not perturb")
+    }
+    fn minimal_perturbation(
+        &self,
+        _: &Model,
+        batch: &AttackBatch<'_>,
+        _: &mut Rng,
+    ) -> robust_runtime::Result<Option<Tensor>> {
+        self.calls.set(self.calls.get() + 1);
+        let x = batch.inputs.to_vec2::<f32>()?;
+        let moved: Vec<Vec<f32>> = x
+            .iter()
+            .map(|r| {
+                let step = (r[0] - r[1]).abs() / 2.0 + 0.001;
+                let sign = if r[0] > r[1] { 1.0 } else { -1.0 };
+                vec![r[0] - sign * step, r[1] + sign * step]
+            })
+            .collect();
+        Ok(Some(Tensor::new(moved, batch.inputs.device())?))
+    }
+}
+
+#[test]
+fn the_curve_comes_from_one_run_and_matches_the_exact_minimal_norms() -> robust_runtime::Result<()>
+{
+    let w = Tensor::new(&[[1.0f32, -1.0], [-1.0, 1.0]], &Device::Cpu)?;
+    let model = Model::new(move |x: &Tensor| x.matmul(&w));
+    // Margins 0.1, 0.2, 0.3, 0.4, all of class 0; minimal L∞ norms 0.051, 0.101, 0.151, 0.201.
+    let x = Tensor::new(
+        &[[0.55f32, 0.45], [0.6, 0.4], [0.65, 0.35], [0.7, 0.3]],
+        &Device::Cpu,
+    )?;
+    let case = RobustnessCase::from_model(model, Dataset::new(x, vec![0; 4])?);
+    let attack = ExactLinf {
+        eps: 0.12,
+        calls: Default::default(),
+    };
+    let cfg = RunConfig {
+        sweep: vec![0.05, 0.1, 0.15, 0.2, 0.25],
+        ..RunConfig::default()
+    };
+    let report = evaluate(&case, &attack, &cfg)?;
+    assert_eq!(attack.calls.get(), 1, "one run for the whole sweep");
+    let curve: Vec<(f64, usize)> = report
+        .curve
+        .iter()
+        .map(|p| (p.eps, p.robust_correct))
+        .collect();
+    assert_eq!(
+        curve,
+        vec![
+            (0.05, 4),
+            (0.1, 3),
+            (0.12, 2),
+            (0.15, 2),
+            (0.2, 1),
+            (0.25, 0)
+        ]
+    );
+    // At the run's own ε (0.12) the two samples with minimal norm ≤ 0.12 are broken, inside the ball.
+    assert_eq!(report.robust_correct, 2);
+    assert!(report.perturbation.max_linf <= 0.12);
+    let broken: Vec<f32> = report
+        .per_sample
+        .iter()
+        .filter(|s| !s.is_robust())
+        .map(|s| s.linf)
+        .collect();
+    assert!(
+        broken
+            .iter()
+            .all(|&n| (n - 0.051).abs() < 1e-4 || (n - 0.101).abs() < 1e-4),
+        "{broken:?}"
+    );
+    Ok(())
+}
