@@ -76,11 +76,19 @@ pub fn diagnose(
     threat: ThreatModel,
     cfg: &RunConfig,
 ) -> Result<Vec<MaskingSymptom>> {
-    let n = case
-        .data()
-        .len()
-        .min(PROBE_SAMPLES)
-        .min(cfg.batch_size.max(1));
+    let mut symptoms = diagnose_model(case, threat.norm, cfg)?;
+    symptoms.extend(diagnose_eps(case, threat, cfg)?);
+    Ok(symptoms)
+}
+
+/// The checks that do not depend on ε (dead gradients, non-determinism, unbounded ε): the tests
+/// of one attribute share them.
+pub fn diagnose_model(
+    case: &RobustnessCase,
+    norm: Norm,
+    cfg: &RunConfig,
+) -> Result<Vec<MaskingSymptom>> {
+    let n = probe_size(case, cfg);
     let batch = case
         .data()
         .take(n)?
@@ -96,13 +104,10 @@ pub fn diagnose(
         .objective(Loss::CrossEntropy)?;
     let (_, grad) = kernel::objective_and_grad(model, &batch.inputs, &objective)?;
     let (zero, non_finite) = dead_gradients(&grad)?;
-    let dead = (zero + non_finite) as f64 / n as f64;
-    if dead > DEAD_GRADIENT_SHARE {
+    if (zero + non_finite) as f64 / n as f64 > DEAD_GRADIENT_SHARE {
         symptoms.push(MaskingSymptom {
             check: "dead gradients".into(),
-            found: format!(
-                "{zero} of {n} samples have an all-zero input gradient and {non_finite} a non-finite one"
-            ),
+            found: format!("{zero} of {n} samples have an all-zero input gradient and {non_finite} a non-finite one"),
             advice: "the model is not differentiable where it matters or its softmax saturates: make sure it returns \
                      logits (not probabilities or huge scaled logits), and attack non-differentiable preprocessing \
                      with BPDA (straight-through gradients)"
@@ -124,27 +129,9 @@ pub fn diagnose(
         });
     }
 
-    // PGD with an unbounded budget, and PGD at 4ε against PGD at ε.
-    let probe = RunConfig {
-        samples: Some(n),
-        test_name: None,
-        ..cfg.clone()
-    };
-    let domain = model.domain();
-    let width = (domain.hi() - domain.lo()) as f64;
-    let unbounded = match threat.norm {
-        Norm::Linf => width,
-        Norm::L2 => width * (case.data().sample_shape().iter().product::<usize>() as f64).sqrt(),
-    };
-    let pgd = |eps: f64| {
-        Pgd::new(PgdConfig {
-            eps,
-            norm: threat.norm,
-            steps: PROBE_STEPS,
-            ..PgdConfig::default()
-        })
-    };
-    let at_unbounded = evaluate(case, &pgd(unbounded)?, &probe)?;
+    // PGD with a budget covering the whole domain must break (nearly) everything.
+    let unbounded = unbounded_eps(case, norm);
+    let at_unbounded = evaluate(case, &probe_pgd(unbounded, norm)?, &probe_config(n, cfg))?;
     if at_unbounded.robust_accuracy > UNBOUNDED_MAX_ACCURACY {
         symptoms.push(MaskingSymptom {
             check: "unbounded ε does not break the model".into(),
@@ -157,24 +144,71 @@ pub fn diagnose(
                 .into(),
         });
     }
-    let at_eps = evaluate(case, &pgd(threat.eps)?, &probe)?;
-    let at_4eps = evaluate(case, &pgd((4.0 * threat.eps).min(unbounded))?, &probe)?;
-    if at_eps.robust_correct > 0 && at_4eps.robust_correct >= at_eps.robust_correct {
-        symptoms.push(MaskingSymptom {
-            check: "robust accuracy does not fall as ε grows".into(),
-            found: format!(
-                "PGD-{PROBE_STEPS} leaves {} of {n} samples robust at ε = {} and {} at ε = {}",
-                at_eps.robust_correct,
-                threat.eps,
-                at_4eps.robust_correct,
-                4.0 * threat.eps
-            ),
-            advice: "a larger budget must break at least as many samples: the gradients are masked (check for \
-                     quantisation, clipping of logits, or non-differentiable layers)"
-                .into(),
-        });
-    }
     Ok(symptoms)
+}
+
+/// The check at the test's ε: PGD at 4ε must break more samples than at ε.
+pub fn diagnose_eps(
+    case: &RobustnessCase,
+    threat: ThreatModel,
+    cfg: &RunConfig,
+) -> Result<Vec<MaskingSymptom>> {
+    let n = probe_size(case, cfg);
+    let probe = probe_config(n, cfg);
+    let larger = (4.0 * threat.eps).min(unbounded_eps(case, threat.norm));
+    let at_eps = evaluate(case, &probe_pgd(threat.eps, threat.norm)?, &probe)?;
+    if at_eps.robust_correct == 0 {
+        return Ok(Vec::new());
+    }
+    let at_larger = evaluate(case, &probe_pgd(larger, threat.norm)?, &probe)?;
+    if at_larger.robust_correct < at_eps.robust_correct {
+        return Ok(Vec::new());
+    }
+    Ok(vec![MaskingSymptom {
+        check: "robust accuracy does not fall as ε grows".into(),
+        found: format!(
+            "PGD-{PROBE_STEPS} leaves {} of {n} samples robust at ε = {} and {} at ε = {larger}",
+            at_eps.robust_correct, threat.eps, at_larger.robust_correct
+        ),
+        advice: "a larger budget must break more samples: the gradients are masked (check for quantisation, \
+                 clipping of logits, or non-differentiable layers)"
+            .into(),
+    }])
+}
+
+fn probe_pgd(eps: f64, norm: Norm) -> Result<Pgd> {
+    Pgd::new(PgdConfig {
+        eps,
+        norm,
+        steps: PROBE_STEPS,
+        ..PgdConfig::default()
+    })
+}
+
+fn probe_config(n: usize, cfg: &RunConfig) -> RunConfig {
+    RunConfig {
+        samples: Some(n),
+        test_name: None,
+        sweep: Vec::new(),
+        ..cfg.clone()
+    }
+}
+
+fn probe_size(case: &RobustnessCase, cfg: &RunConfig) -> usize {
+    case.data()
+        .len()
+        .min(PROBE_SAMPLES)
+        .min(cfg.batch_size.max(1))
+}
+
+/// An ε that lets the attack reach every point of the domain.
+fn unbounded_eps(case: &RobustnessCase, norm: Norm) -> f64 {
+    let domain = case.model().domain();
+    let width = (domain.hi() - domain.lo()) as f64;
+    match norm {
+        Norm::Linf => width,
+        Norm::L2 => width * (case.data().sample_shape().iter().product::<usize>() as f64).sqrt(),
+    }
 }
 
 /// Samples whose gradient is all zero, and samples with a non-finite entry.

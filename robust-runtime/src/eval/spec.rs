@@ -204,7 +204,29 @@ impl TestSpec {
         let mut report =
             shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&self.thresholds);
         if policy != MaskingPolicy::Off {
-            report.masking = masking::diagnose(&case, attack.threat(), &cfg)?;
+            let group = format!(
+                "{}|{:?}|{}|{:?}|{}",
+                key.split('|').next().unwrap_or(""),
+                params.norm,
+                seed,
+                self.samples,
+                cfg.batch_size
+            );
+            let slot = {
+                let mut all = SHARED_MASKING
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                Arc::clone(all.entry(group).or_default())
+            };
+            let mut shared = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if shared.is_none() {
+                *shared = Some(masking::diagnose_model(&case, params.norm, &cfg)?);
+            }
+            report.masking = shared.clone().unwrap_or_default();
+            drop(shared);
+            report
+                .masking
+                .extend(masking::diagnose_eps(&case, attack.threat(), &cfg)?);
         }
         if !report.passed() {
             Err(Error::NotRobust(Box::new(report)))
@@ -220,6 +242,11 @@ impl TestSpec {
 /// The first run of a group of tests that differ only in ε: a minimal-perturbation run (reused by
 /// the others at their ε), or `None` when the attack is ε-bounded and each test runs its own.
 type SharedRun = Arc<Mutex<Option<Option<RobustnessReport>>>>;
+
+/// The ε-independent masking diagnostics of a group of tests (one model, norm, seed and sample set).
+static SHARED_MASKING: LazyLock<
+    Mutex<HashMap<String, Arc<Mutex<Option<Vec<masking::MaskingSymptom>>>>>>,
+> = LazyLock::new(Default::default);
 
 static SHARED_RUNS: LazyLock<Mutex<HashMap<String, SharedRun>>> = LazyLock::new(Default::default);
 
