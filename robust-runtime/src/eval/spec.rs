@@ -128,6 +128,7 @@ impl TestSpec {
             step_size: self.step_size,
             restarts: self.restarts,
             random_start: self.random_start,
+            ..AttackParams::default()
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;
