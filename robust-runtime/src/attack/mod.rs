@@ -9,8 +9,16 @@
 //! |---|---|---|
 //! | [`Fgsm`] | `fgsm.rs` | Goodfellow, Shlens & Szegedy 2015 |
 //! | [`Pgd`] | `pgd.rs` | Madry et al. 2018 |
+//! | [`Square`] | `square.rs` | Andriushchenko, Croce, Flammarion & Hein 2020 |
+//! | [`CarliniWagner`] | `cw.rs` | Carlini & Wagner 2017 |
+//! | [`DeepFool`] | `deepfool.rs` | Moosavi-Dezfooli, Fawzi & Frossard 2016 |
 //!
 //! The forward pass, input gradient and projection that they share live in `kernel.rs`.
+//!
+//! C&W and DeepFool are *minimal-perturbation* attacks: they look for the smallest perturbation
+//! that changes the prediction, with no ε bound ([`Attack::minimal_perturbation`]). Their
+//! [`Attack::perturb`] keeps a sample's adversarial input only when its norm is within ε, so
+//! ε keeps meaning the budget, and one unbounded run gives the whole ε-sweep.
 //!
 //! ```
 //! use robust_runtime::prelude::*;
@@ -28,23 +36,29 @@
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
 
+mod cw;
+mod deepfool;
 mod fgsm;
 pub(crate) mod kernel;
 mod loss;
 mod pgd;
+mod square;
 
 use candle_core::Tensor;
 
+pub use cw::{CarliniWagner, CwConfig};
+pub use deepfool::{DeepFool, DeepFoolConfig};
 pub use fgsm::{Fgsm, FgsmConfig};
 pub use loss::Loss;
 pub use pgd::{Pgd, PgdConfig};
+pub use square::{Square, SquareConfig};
 
 use crate::model::{argmax, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// The attacks that [`build`] knows, by the names the macro accepts.
-pub const ATTACKS: &[&str] = &["fgsm", "pgd"];
+pub const ATTACKS: &[&str] = &["fgsm", "pgd", "square", "cw", "deepfool"];
 
 /// The norm of a threat model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -222,6 +236,33 @@ pub trait Attack {
 
     /// Adversarial versions of `batch.inputs`, inside the threat model and the model's domain.
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, rng: &mut Rng) -> Result<Tensor>;
+
+    /// For minimal-perturbation attacks: the adversarial inputs found with no ε bound (the whole
+    /// ε-sweep can be read off one run). `None` for attacks bounded by ε.
+    ///
+    /// A sample the attack could not break comes back as its clean input, so every returned
+    /// input that differs from the clean one is adversarial.
+    fn minimal_perturbation(
+        &self,
+        model: &Model,
+        batch: &AttackBatch<'_>,
+        rng: &mut Rng,
+    ) -> Result<Option<Tensor>> {
+        let _ = (model, batch, rng);
+        Ok(None)
+    }
+}
+
+/// Per sample, `adv` where its perturbation from `x` is at most `threat.eps` in `threat.norm`,
+/// else `x`: a minimal adversarial example outside the budget does not break the sample.
+pub(crate) fn within_budget(adv: &Tensor, x: &Tensor, threat: &ThreatModel) -> Result<Tensor> {
+    let delta = (adv - x)?;
+    let norms = match threat.norm {
+        Norm::Linf => kernel::per_sample_linf(&delta)?,
+        Norm::L2 => kernel::per_sample_l2(&delta)?,
+    };
+    let inside = norms.le(threat.eps)?;
+    kernel::select_samples(&inside, adv, x)
 }
 
 /// Hyper-parameters for [`build`]: the union of what the attacks take. `None` means the
@@ -232,7 +273,7 @@ pub struct AttackParams {
     pub norm: Norm,
     /// Loss to ascend (default cross-entropy).
     pub loss: Loss,
-    /// Iterations (PGD, default 40).
+    /// Iterations (PGD default 40; C&W default 100 per binary-search step; DeepFool default 50).
     pub steps: Option<usize>,
     /// Step size α (PGD, default 2.5·ε/steps).
     pub step_size: Option<f64>,
@@ -240,6 +281,20 @@ pub struct AttackParams {
     pub restarts: Option<usize>,
     /// Start from a random point in the ball (PGD, default true).
     pub random_start: Option<bool>,
+    /// Forward passes per sample (Square, default 5000).
+    pub queries: Option<usize>,
+    /// Initial fraction of the pixels a square covers (Square, default 0.8; in (0, 1]).
+    pub p_init: Option<f64>,
+    /// Logit margin κ the adversarial example must reach (C&W, default 0; ≥ 0).
+    pub confidence: Option<f64>,
+    /// Rounds of the binary search over the constant c (C&W, default 9).
+    pub binary_search_steps: Option<usize>,
+    /// The constant c of the first round (C&W, default 0.01).
+    pub initial_const: Option<f64>,
+    /// Adam's learning rate (C&W, default 0.01).
+    pub learning_rate: Option<f64>,
+    /// Factor by which the last step overshoots the boundary (DeepFool, default 0.02; ≥ 0).
+    pub overshoot: Option<f64>,
 }
 
 /// The attack called `name` at radius `eps`.
@@ -262,6 +317,42 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
                 random_start: params.random_start.unwrap_or(d.random_start),
             })?))
         }
+        "square" => {
+            let d = SquareConfig::default();
+            Ok(Box::new(Square::new(SquareConfig {
+                eps,
+                norm: params.norm,
+                queries: params.queries.unwrap_or(d.queries),
+                p_init: params.p_init.unwrap_or(d.p_init),
+            })?))
+        }
+        "cw" => {
+            if params.norm != Norm::L2 {
+                return Err(Error::param(
+                    "norm",
+                    params.norm.name(),
+                    "l2 (Carlini & Wagner's attack is an L2 attack)",
+                ));
+            }
+            let d = CwConfig::default();
+            Ok(Box::new(CarliniWagner::new(CwConfig {
+                eps,
+                steps: params.steps.unwrap_or(d.steps),
+                confidence: params.confidence.unwrap_or(d.confidence),
+                binary_search_steps: params.binary_search_steps.unwrap_or(d.binary_search_steps),
+                initial_const: params.initial_const.unwrap_or(d.initial_const),
+                learning_rate: params.learning_rate.unwrap_or(d.learning_rate),
+            })?))
+        }
+        "deepfool" => {
+            let d = DeepFoolConfig::default();
+            Ok(Box::new(DeepFool::new(DeepFoolConfig {
+                eps,
+                norm: params.norm,
+                steps: params.steps.unwrap_or(d.steps),
+                overshoot: params.overshoot.unwrap_or(d.overshoot),
+            })?))
+        }
         other => Err(Error::unknown("attack", other, ATTACKS)),
     }
 }
@@ -271,6 +362,14 @@ pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::param(name, value, "a finite number > 0"))
+    }
+}
+
+pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(name, value, "a finite number ≥ 0"))
     }
 }
 
@@ -302,7 +401,7 @@ mod should {
         let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown attack `pgdd`; expected one of: fgsm, pgd"
+            "unknown attack `pgdd`; expected one of: fgsm, pgd, square, cw, deepfool"
         );
     }
 
