@@ -19,9 +19,11 @@
 //! (torchattacks takes the maximum of `(1 − onehot)·z`, which is 0 when every other logit is
 //! negative), and c is a per-sample value.
 //!
-//! Inputs on the domain's bounds map to `w = ±∞`, where the gradient of `tanh` vanishes: they
-//! stay put, as in torchattacks (the authors' code shrinks by 0.999999 and so moves them by at
-//! most ~1e-5 in 100 Adam steps).
+//! As the authors' code, `w₀ = atanh(0.999999·u)` for the clean input `u` in `[−1, 1]`:
+//! torchattacks maps inputs on the domain's bounds (most MNIST pixels) to `w = ±∞`, where they
+//! can never move. With the shrink they start at `|w| ≈ 7.25` and Adam, whose steps are about
+//! `lr` long whatever the gradient's size, can free them: at `lr = 0.01` they move by < 1e-5 in
+//! 100 steps (torchattacks' numbers are unchanged), at `lr = 0.1` they take part.
 
 use candle_core::{DType, Tensor};
 
@@ -38,6 +40,8 @@ use crate::Result;
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
+/// `tanh(w₀)` is the clean input shrunk by this factor towards the centre of the domain.
+const SHRINK: f64 = 1.0 - 1e-6;
 /// An upper bound on c above this is "not found yet" (the authors' code).
 const NO_UPPER: f64 = 1e9;
 
@@ -57,7 +61,9 @@ pub struct CwConfig {
     /// c in the first round (default 0.01, as ART: the authors' 1e-3 costs one more ×10 round
     /// before most samples break; finite and > 0).
     pub initial_const: f64,
-    /// Adam's learning rate (default 0.01, as the paper and torchattacks; finite and > 0).
+    /// Adam's learning rate (default 0.01, as the paper and torchattacks; finite and > 0). The
+    /// paper runs 10,000 steps; with 100, 0.1 breaks every digit of the test MNIST MLP, with a
+    /// smaller mean L2 than DeepFool, where 0.01 breaks 74 %.
     pub learning_rate: f64,
 }
 
@@ -220,12 +226,25 @@ impl Attack for CarliniWagner {
             domain.lo() as f64,
             (domain.hi() as f64 - domain.lo() as f64) / 2.0,
         );
-        // w₀ = atanh(u) with u = (x − lo)/half − 1 clamped into [−1, 1]: ±∞ on the bounds.
-        let u = (((x - lo)? / half)? - 1.0)?.clamp(-1f32, 1f32)?;
+        // w₀ = atanh(u) with u = (x − lo)/half − 1 clamped into [−1, 1] and shrunk by SHRINK
+        // (the authors' code), so that inputs on the bounds get finite w and can move.
+        let u = ((((x - lo)? / half)? - 1.0)?.clamp(-1f32, 1f32)? * SHRINK)?;
         let w0 = ((((&u + 1.0)? / (u.neg()? + 1.0)?)?.log()?) * 0.5)?;
         let objective = batch.objective(Loss::CwMargin)?;
 
-        let mut best_l2 = vec![f32::INFINITY; n];
+        // Samples broken before the attack keep their clean input (distance 0): the shrunk
+        // starting point is 1e-6 away from it.
+        let clean = objective.per_sample(&model.logits(x)?)?.to_vec1::<f32>()?;
+        let mut best_l2: Vec<f32> = clean
+            .iter()
+            .map(|&m| {
+                if m > 0.0 && m as f64 >= self.cfg.confidence {
+                    0.0
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .collect();
         let mut best_adv = x.clone();
         let mut c = vec![self.cfg.initial_const; n];
         let mut lower = vec![0.0f64; n];
@@ -250,5 +269,117 @@ impl Attack for CarliniWagner {
             }
         }
         Ok(Some(best_adv.to_dtype(batch.inputs.dtype())?))
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+    use candle_core::Device;
+
+    fn rejects(cfg: CwConfig, message: &str) {
+        let err = CarliniWagner::new(cfg).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+
+    #[test]
+    fn reject_zero_steps() {
+        rejects(
+            CwConfig {
+                steps: 0,
+                ..CwConfig::default()
+            },
+            "invalid value for `steps`: 0; expected an integer ≥ 1",
+        );
+    }
+
+    #[test]
+    fn reject_a_negative_confidence() {
+        rejects(
+            CwConfig {
+                confidence: -1.0,
+                ..CwConfig::default()
+            },
+            "invalid value for `confidence`: -1; expected a finite number ≥ 0",
+        );
+    }
+
+    #[test]
+    fn reject_zero_binary_search_steps() {
+        rejects(
+            CwConfig {
+                binary_search_steps: 0,
+                ..CwConfig::default()
+            },
+            "invalid value for `binary_search_steps`: 0; expected an integer ≥ 1",
+        );
+    }
+
+    #[test]
+    fn reject_a_zero_initial_const() {
+        rejects(
+            CwConfig {
+                initial_const: 0.0,
+                ..CwConfig::default()
+            },
+            "invalid value for `initial_const`: 0; expected a finite number > 0",
+        );
+    }
+
+    #[test]
+    fn reject_a_non_positive_learning_rate() {
+        for lr in [0.0, -0.01] {
+            rejects(
+                CwConfig {
+                    learning_rate: lr,
+                    ..CwConfig::default()
+                },
+                &format!("invalid value for `learning_rate`: {lr}; expected a finite number > 0"),
+            );
+        }
+    }
+
+    #[test]
+    fn reject_a_non_finite_eps() {
+        rejects(
+            CwConfig {
+                eps: f64::INFINITY,
+                ..CwConfig::default()
+            },
+            "invalid value for `eps`: inf; expected a finite number > 0",
+        );
+    }
+
+    /// Two classes, logit difference `2x₀ − x₁`: the boundary is at L2 distance
+    /// `|2x₀ − x₁| / √5` from `x`. C&W must cross it, and not by much.
+    #[test]
+    fn land_just_past_the_boundary_of_a_linear_model() -> Result<()> {
+        let w = Tensor::new(&[[1.0f32, -1.0], [-0.5, 0.5]], &Device::Cpu)?;
+        let model = Model::new(move |x: &Tensor| x.matmul(&w));
+        let x = Tensor::new(&[[0.6f32, 0.5], [0.2, 0.6]], &Device::Cpu)?;
+        let y = Tensor::new(&[0u32, 0], &Device::Cpu)?;
+        let attack = CarliniWagner::new(CwConfig {
+            learning_rate: 0.05,
+            ..CwConfig::default()
+        })?;
+        let adv = attack
+            .minimal_perturbation(
+                &model,
+                &AttackBatch::untargeted(&x, &y, 2),
+                &mut Rng::seed_from_u64(0),
+            )?
+            .unwrap();
+        let found = kernel::per_sample_l2(&(&adv - &x)?)?.to_vec1::<f32>()?;
+        // z₀ − z₁ = 2x₀ − x₁: 0.7 for sample 0, at L2 distance 0.7/√5 from the boundary.
+        let expected = 0.7 / 5f64.sqrt();
+        assert!(
+            found[0] as f64 >= expected && (found[0] as f64) < expected * 1.05,
+            "found {}, expected just above {expected}",
+            found[0]
+        );
+        assert_eq!(model.predict(&adv)?, vec![1, 1]);
+        // Sample 1 is misclassified already: it comes back unchanged.
+        assert_eq!(found[1], 0.0);
+        Ok(())
     }
 }

@@ -207,3 +207,126 @@ impl Attack for DeepFool {
         Ok(Some(kernel::select_samples(&fooled, &current, x)?))
     }
 }
+
+#[cfg(test)]
+mod should {
+    use super::*;
+    use candle_core::Device;
+
+    fn rejects(cfg: DeepFoolConfig, message: &str) {
+        let err = DeepFool::new(cfg).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+
+    #[test]
+    fn reject_a_negative_overshoot() {
+        rejects(
+            DeepFoolConfig {
+                overshoot: -0.01,
+                ..DeepFoolConfig::default()
+            },
+            "invalid value for `overshoot`: -0.01; expected a finite number ≥ 0",
+        );
+    }
+
+    #[test]
+    fn reject_zero_steps() {
+        rejects(
+            DeepFoolConfig {
+                steps: 0,
+                ..DeepFoolConfig::default()
+            },
+            "invalid value for `steps`: 0; expected an integer ≥ 1",
+        );
+    }
+
+    #[test]
+    fn reject_a_zero_eps() {
+        rejects(
+            DeepFoolConfig {
+                eps: 0.0,
+                ..DeepFoolConfig::default()
+            },
+            "invalid value for `eps`: 0; expected a finite number > 0",
+        );
+    }
+
+    /// Three classes, logits `W·x`, in a domain wide enough never to clamp.
+    fn linear() -> Result<(Model, Tensor)> {
+        let w = Tensor::new(
+            &[[1.0f32, -2.0, 0.5], [0.0, 1.0, -1.0], [-1.0, 0.5, 2.0]],
+            &Device::Cpu,
+        )?;
+        let model = Model::new(move |x: &Tensor| x.matmul(&w))
+            .with_domain(crate::model::InputDomain::new(-10.0, 10.0)?);
+        Ok((model, Tensor::new(&[[1.0f32, 0.2, 0.1]], &Device::Cpu)?))
+    }
+
+    /// On a linear model the nearest boundary is known in closed form:
+    /// `min_k |z_k − z_y| / ‖w_k − w_y‖_q`. DeepFool reaches it in one step,
+    /// lengthened by 1e-4 and then by the overshoot.
+    #[test]
+    fn reach_the_closed_form_boundary_of_a_linear_model() -> Result<()> {
+        let (model, x) = linear()?;
+        let rows = [[1.0f64, -2.0, 0.5], [0.0, 1.0, -1.0], [-1.0, 0.5, 2.0]];
+        let xs = [1.0f64, 0.2, 0.1];
+        let z: Vec<f64> = (0..3)
+            .map(|k| (0..3).map(|i| xs[i] * rows[i][k]).sum())
+            .collect();
+        let y = (0..3).fold(0, |b, k| if z[k] > z[b] { k } else { b });
+        for (norm, dual) in [(Norm::L2, 2.0f64), (Norm::Linf, 1.0)] {
+            let dist = (0..3)
+                .filter(|&k| k != y)
+                .map(|k| {
+                    let w: Vec<f64> = (0..3).map(|i| rows[i][k] - rows[i][y]).collect();
+                    let q = if dual == 2.0 {
+                        w.iter().map(|v| v * v).sum::<f64>().sqrt()
+                    } else {
+                        w.iter().map(|v| v.abs()).sum()
+                    };
+                    (z[k] - z[y]).abs() / q
+                })
+                .fold(f64::INFINITY, f64::min);
+            let attack = DeepFool::new(DeepFoolConfig {
+                norm,
+                ..DeepFoolConfig::default()
+            })?;
+            let labels = Tensor::new(&[y as u32], &Device::Cpu)?;
+            let adv = attack
+                .minimal_perturbation(
+                    &model,
+                    &AttackBatch::untargeted(&x, &labels, 3),
+                    &mut Rng::seed_from_u64(0),
+                )?
+                .unwrap();
+            let delta = (&adv - &x)?;
+            let found = match norm {
+                Norm::L2 => kernel::per_sample_l2(&delta)?,
+                _ => kernel::per_sample_linf(&delta)?,
+            }
+            .to_vec1::<f32>()?[0] as f64;
+            let expected = 1.02 * (dist + CROSS);
+            assert!(
+                (found - expected).abs() < 1e-5,
+                "{norm:?}: found {found}, expected {expected}"
+            );
+            assert_ne!(model.predict(&adv)?[0], y as u32);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn refuse_targeted_batches() -> Result<()> {
+        let (model, x) = linear()?;
+        let labels = Tensor::new(&[0u32], &Device::Cpu)?;
+        let batch = AttackBatch {
+            targets: Some(&labels),
+            ..AttackBatch::untargeted(&x, &labels, 3)
+        };
+        let err = DeepFool::new(DeepFoolConfig::default())?
+            .perturb(&model, &batch, &mut Rng::seed_from_u64(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("untargeted"), "{err}");
+        Ok(())
+    }
+}

@@ -417,3 +417,107 @@ fn paint(
         }
     }
 }
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    fn rejects(cfg: SquareConfig, message: &str) {
+        let err = Square::new(cfg).unwrap_err();
+        assert_eq!(err.to_string(), message);
+    }
+
+    #[test]
+    fn reject_zero_queries() {
+        rejects(
+            SquareConfig {
+                queries: 0,
+                ..SquareConfig::default()
+            },
+            "invalid value for `queries`: 0; expected an integer ≥ 1",
+        );
+    }
+
+    #[test]
+    fn reject_p_init_outside_the_unit_interval() {
+        for p in [0.0, -0.5, 1.5, f64::NAN] {
+            rejects(
+                SquareConfig {
+                    p_init: p,
+                    ..SquareConfig::default()
+                },
+                &format!("invalid value for `p_init`: {p}; expected a fraction in (0, 1]"),
+            );
+        }
+        assert!(Square::new(SquareConfig {
+            p_init: 1.0,
+            ..SquareConfig::default()
+        })
+        .is_ok());
+    }
+
+    #[test]
+    fn reject_a_negative_eps() {
+        rejects(
+            SquareConfig {
+                eps: -0.1,
+                ..SquareConfig::default()
+            },
+            "invalid value for `eps`: -0.1; expected a finite number > 0",
+        );
+    }
+
+    #[test]
+    fn halve_p_on_autoattacks_schedule_rescaled_to_the_budget() -> Result<()> {
+        let at = |queries, it| {
+            Square::new(SquareConfig {
+                queries,
+                ..SquareConfig::default()
+            })
+            .map(|s| s.p_selection(it) / 0.8)
+        };
+        // 10,000 queries: the paper's iteration numbers.
+        assert_eq!(at(10_000, 10)?, 1.0);
+        assert_eq!(at(10_000, 11)?, 0.5);
+        assert_eq!(at(10_000, 200)?, 0.25);
+        assert_eq!(at(10_000, 201)?, 0.125);
+        assert_eq!(at(10_000, 8001)?, 1.0 / 512.0);
+        // 1,000 queries: ten times faster.
+        assert_eq!(at(1_000, 1)?, 1.0);
+        assert_eq!(at(1_000, 2)?, 0.5);
+        assert_eq!(at(1_000, 999)?, 1.0 / 512.0);
+        Ok(())
+    }
+
+    #[test]
+    fn draw_square_windows_at_their_corners() -> Result<()> {
+        let m = window_mask(&[(0, 0), (2, 3)], 2, 5, 6, &Device::Cpu)?;
+        let m = m.to_vec3::<f32>().ok();
+        assert!(m.is_none(), "the mask is N × 1 × H × W");
+        let m = window_mask(&[(0, 0), (2, 3)], 2, 5, 6, &Device::Cpu)?.squeeze(1)?;
+        let m = m.to_vec3::<f32>()?;
+        let ones = |img: &Vec<Vec<f32>>| -> Vec<(usize, usize)> {
+            (0..5)
+                .flat_map(|r| (0..6).map(move |c| (r, c)))
+                .filter(|&(r, c)| img[r][c] == 1.0)
+                .collect()
+        };
+        assert_eq!(ones(&m[0]), vec![(0, 0), (0, 1), (1, 0), (1, 1)]);
+        assert_eq!(ones(&m[1]), vec![(2, 3), (2, 4), (3, 3), (3, 4)]);
+        Ok(())
+    }
+
+    #[test]
+    fn build_pseudo_gaussian_patterns_of_unit_norm_and_opposite_halves() {
+        for s in [1, 3, 5, 25] {
+            let eta = pseudo_gaussian(s);
+            let norm: f32 = eta.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "s = {s}: norm {norm}");
+            let (top, bottom) = eta.split_at((s / 2) * s);
+            assert!(top.iter().all(|&v| v >= 0.0) && bottom.iter().all(|&v| v < 0.0));
+        }
+        // The nested rectangles peak in the centre: 1 + 1/4 + 1/9 there, 1/9 in the corner.
+        let r = rectangles(5, 5);
+        assert!((r[12] / r[0] - (1.0 + 0.25 + 1.0 / 9.0) * 9.0).abs() < 1e-4);
+    }
+}
