@@ -23,8 +23,8 @@
 use candle_core::{DType, Device, Tensor, D};
 
 use super::loss::Objective;
-use super::{check_at_least_one, check_positive, kernel, Attack, AttackBatch, Loss, Norm};
 use super::ThreatModel;
+use super::{check_at_least_one, check_positive, kernel, Attack, AttackBatch, Loss, Norm};
 use crate::model::{InputDomain, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -120,7 +120,8 @@ impl Square {
             }
             _ => {
                 let s = (h.min(w) / 5).max(1);
-                let (start_h, start_w) = ((h.saturating_sub(5 * s)) / 2, (w.saturating_sub(5 * s)) / 2);
+                let (start_h, start_w) =
+                    ((h.saturating_sub(5 * s)) / 2, (w.saturating_sub(5 * s)) / 2);
                 let mut delta = vec![0f32; n * c * h * w];
                 let eta = pseudo_gaussian(s);
                 for img in 0..n {
@@ -180,7 +181,10 @@ impl Square {
                 let both = window.maximum(&window2)?;
                 let delta = (best - x)?;
                 let hw_norm = |t: &Tensor| -> Result<Tensor> {
-                    Ok(t.sqr()?.sum_keepdim(D::Minus1)?.sum_keepdim(D::Minus2)?.sqrt()?)
+                    Ok(t.sqr()?
+                        .sum_keepdim(D::Minus1)?
+                        .sum_keepdim(D::Minus2)?
+                        .sqrt()?)
                 };
                 // Per channel: the mass already in window 1, and in windows 1 ∪ 2.
                 let in_window = delta.broadcast_mul(&window)?;
@@ -196,7 +200,15 @@ impl Square {
                     for ch in 0..c {
                         let sign = if rng.below(2) == 1 { 1.0 } else { -1.0 };
                         let base = (img * c + ch) * h * w;
-                        paint(&mut fresh[base..base + h * w], w, corner, s, &eta, transposed, sign);
+                        paint(
+                            &mut fresh[base..base + h * w],
+                            w,
+                            corner,
+                            s,
+                            &eta,
+                            transposed,
+                            sign,
+                        );
                     }
                 }
                 let fresh = Tensor::from_vec(fresh, (n, c, h, w), x.device())?;
@@ -374,8 +386,14 @@ fn rectangles(rows: usize, cols: usize) -> Vec<f32> {
     let (mut r0, mut c0) = (ch as i64 - 1, cw as i64 - 1);
     for k in 0..ch.max(cw) as i64 {
         let weight = 1.0 / ((k + 1) * (k + 1)) as f64;
-        let (r_lo, r_hi) = (r0.max(0) as usize, ((r0 + 2 * k + 1).max(0) as usize).min(rows));
-        let (c_lo, c_hi) = (c0.max(0) as usize, ((c0 + 2 * k + 1).max(0) as usize).min(cols));
+        let (r_lo, r_hi) = (
+            r0.max(0) as usize,
+            ((r0 + 2 * k + 1).max(0) as usize).min(rows),
+        );
+        let (c_lo, c_hi) = (
+            c0.max(0) as usize,
+            ((c0 + 2 * k + 1).max(0) as usize).min(cols),
+        );
         for r in r_lo..r_hi {
             for c in c_lo..c_hi {
                 out[r * cols + c] += weight;
@@ -393,8 +411,16 @@ fn rectangles(rows: usize, cols: usize) -> Vec<f32> {
 fn pseudo_gaussian(s: usize) -> Vec<f32> {
     let top = rectangles(s / 2, s);
     let bottom = rectangles(s - s / 2, s);
-    let mut eta: Vec<f32> = top.into_iter().chain(bottom.into_iter().map(|v| -v)).collect();
-    let norm = eta.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let mut eta: Vec<f32> = top
+        .into_iter()
+        .chain(bottom.into_iter().map(|v| -v))
+        .collect();
+    let norm = eta
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     eta.iter_mut().for_each(|v| *v /= norm);
     eta
 }
@@ -412,7 +438,11 @@ fn paint(
 ) {
     for i in 0..s {
         for j in 0..s {
-            let v = if transposed { eta[j * s + i] } else { eta[i * s + j] };
+            let v = if transposed {
+                eta[j * s + i]
+            } else {
+                eta[i * s + j]
+            };
             plane[(corner.0 + i) * w + corner.1 + j] = sign * v;
         }
     }
