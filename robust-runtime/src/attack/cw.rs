@@ -45,6 +45,13 @@ const SHRINK: f64 = 1.0 - 1e-6;
 /// An upper bound on c above this is "not found yet" (the authors' code).
 const NO_UPPER: f64 = 1e9;
 
+/// Whether a sample with logit margin `margin` (`max_{j≠y} z_j − z_y`, or `z_t − max_{j≠t} z_j`
+/// when targeted) is broken with confidence `kappa`: a strictly positive margin is a changed
+/// arg-max, and κ > 0 asks for more.
+fn broken(margin: f32, kappa: f64) -> bool {
+    margin > 0.0 && margin as f64 >= kappa
+}
+
 /// Hyper-parameters of [`CarliniWagner`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CwConfig {
@@ -148,8 +155,7 @@ impl CarliniWagner {
             let l2_v = l2.to_vec1::<f32>()?;
             let mut take = vec![0u8; n];
             for i in 0..n {
-                // A strictly positive margin is a changed arg-max; κ > 0 asks for more.
-                let success = margin_v[i] > 0.0 && margin_v[i] as f64 >= kappa;
+                let success = broken(margin_v[i], kappa);
                 succeeded[i] |= success;
                 if success && l2_v[i] < best_l2[i] {
                     best_l2[i] = l2_v[i];
@@ -238,7 +244,7 @@ impl Attack for CarliniWagner {
         let mut best_l2: Vec<f32> = clean
             .iter()
             .map(|&m| {
-                if m > 0.0 && m as f64 >= self.cfg.confidence {
+                if broken(m, self.cfg.confidence) {
                     0.0
                 } else {
                     f32::INFINITY

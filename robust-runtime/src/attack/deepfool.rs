@@ -70,8 +70,8 @@ impl DeepFool {
         Ok(DeepFool { cfg })
     }
 
-    /// One step for the samples at `idx` (currently at `x_cur`, clean labels `labels`): the
-    /// perturbation `r_i` to the nearest linearised boundary, `len(idx) × …`.
+    /// One step from the logits (`n × C`) and class gradients (`n × C × …`) of `n` samples with
+    /// true labels `labels`: the perturbation `r_i` to the nearest linearised boundary, `n × D`.
     fn step(&self, logits: &Tensor, jac: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let (n, classes) = logits.dims2()?;
         let all = Tensor::arange(0u32, classes as u32, logits.device())?;

@@ -297,7 +297,8 @@ pub struct AttackParams {
     pub overshoot: Option<f64>,
 }
 
-/// The attack called `name` at radius `eps`.
+/// The attack called `name` at radius `eps`. `"cw"` is an L2 attack: with `norm` L∞ it is an
+/// [`Error::InvalidParameter`].
 pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Attack>> {
     match name {
         "fgsm" => Ok(Box::new(Fgsm::new(FgsmConfig {
@@ -403,6 +404,118 @@ mod should {
             err.to_string(),
             "unknown attack `pgdd`; expected one of: fgsm, pgd, square, cw, deepfool"
         );
+    }
+
+    #[test]
+    fn build_every_known_attack_under_its_name() -> Result<()> {
+        let params = AttackParams {
+            norm: Norm::L2,
+            ..AttackParams::default()
+        };
+        for name in ATTACKS {
+            assert_eq!(build(name, 0.5, &params)?.id(), *name);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reject_cw_under_the_linf_norm() {
+        let err = build("cw", 0.5, &AttackParams::default()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `norm`: linf; expected l2 (Carlini & Wagner's attack is an L2 attack)"
+        );
+    }
+
+    #[test]
+    fn pass_the_new_parameters_through_to_the_configs() {
+        let l2 = AttackParams {
+            norm: Norm::L2,
+            ..AttackParams::default()
+        };
+        let cases = [
+            (
+                "square",
+                AttackParams {
+                    queries: Some(0),
+                    ..l2.clone()
+                },
+                "queries",
+            ),
+            (
+                "square",
+                AttackParams {
+                    p_init: Some(1.5),
+                    ..l2.clone()
+                },
+                "p_init",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    steps: Some(0),
+                    ..l2.clone()
+                },
+                "steps",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    confidence: Some(-1.0),
+                    ..l2.clone()
+                },
+                "confidence",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    binary_search_steps: Some(0),
+                    ..l2.clone()
+                },
+                "binary_search_steps",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    initial_const: Some(0.0),
+                    ..l2.clone()
+                },
+                "initial_const",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    learning_rate: Some(-0.1),
+                    ..l2.clone()
+                },
+                "learning_rate",
+            ),
+            (
+                "deepfool",
+                AttackParams {
+                    overshoot: Some(-0.1),
+                    ..l2.clone()
+                },
+                "overshoot",
+            ),
+            (
+                "deepfool",
+                AttackParams {
+                    steps: Some(0),
+                    ..l2.clone()
+                },
+                "steps",
+            ),
+        ];
+        for (name, params, key) in cases {
+            match build(name, 0.5, &params) {
+                Err(Error::InvalidParameter { name: found, .. }) => assert_eq!(found, key),
+                other => panic!(
+                    "{name} with a bad `{key}`: {:?}",
+                    other.map(|a| a.describe())
+                ),
+            }
+        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl Square {
         self.cfg.p_init / f64::from(1u32 << halvings)
     }
 
-    /// The side of the square for iteration `it` on `h × w` images with `c` channels.
+    /// The side of the square for iteration `it` on `h × w` images.
     fn side(&self, it: usize, h: usize, w: usize) -> usize {
         let s = (self.p_selection(it) * (h * w) as f64).sqrt().round() as usize;
         let s = match self.cfg.norm {
