@@ -17,7 +17,16 @@ use crate::errors::Errors;
 
 /// The attacks the runtime implements. Adding one here (and to the runtime) is all it takes for
 /// `attack = "..."` to accept it.
-pub(crate) const KNOWN_ATTACKS: &[&str] = &["fgsm", "pgd", "apgd", "apgd-t", "autoattack"];
+pub(crate) const KNOWN_ATTACKS: &[&str] = &[
+    "fgsm",
+    "pgd",
+    "apgd",
+    "apgd-t",
+    "autoattack",
+    "square",
+    "cw",
+    "deepfool",
+];
 
 const NORMS: &[&str] = &["linf", "l2"];
 const LOSSES: &[&str] = &["ce", "cw", "dlr"];
@@ -146,6 +155,20 @@ options! {
     loss: &'static str = one_of("loss", LOSSES);
     /// `target_classes = 9` (≥ 1): how many of the most likely wrong classes APGD-T targets.
     target_classes: usize = integer(1);
+    /// `queries = 5000` (≥ 1): Square's forward passes per sample.
+    queries: usize = integer(1);
+    /// `p_init = 0.8` (in (0, 1]): Square's initial square size, as a fraction of the pixels.
+    p_init: f64 = open_fraction();
+    /// `confidence = 0.0` (≥ 0): the logit margin C&W's examples must reach.
+    confidence: f64 = non_negative();
+    /// `binary_search_steps = 9` (≥ 1): C&W's rounds of binary search over c.
+    binary_search_steps: usize = integer(1);
+    /// `initial_const = 0.01` (> 0): C&W's first c.
+    initial_const: f64 = positive();
+    /// `learning_rate = 0.1` (> 0): C&W's Adam learning rate.
+    learning_rate: f64 = positive();
+    /// `overshoot = 0.02` (≥ 0): how far DeepFool steps past the boundary.
+    overshoot: f64 = non_negative();
     /// `min_acc = 0.6` (in [0, 1]): the lowest acceptable robust accuracy.
     min_acc: f64 = fraction();
     /// `max_drop = 0.2` (in [0, 1]): the largest acceptable fall from clean to robust accuracy.
@@ -444,6 +467,27 @@ impl Value<'_> {
     }
 
     // min_acc = 0.6
+    // confidence = 0.0 (finite and ≥ 0)
+    fn non_negative(&self) -> syn::Result<f64> {
+        let number = self.number()?;
+        if !number.value.is_finite() || number.value < 0.0 {
+            return Err(self.error(format!(
+                "`{}` must be a finite number ≥ 0, found `{}`",
+                self.key, number.text
+            )));
+        }
+        Ok(number.value)
+    }
+
+    // p_init = 0.8 (in (0, 1])
+    fn open_fraction(&self) -> syn::Result<f64> {
+        let value = self.positive()?;
+        if value > 1.0 {
+            return Err(self.error(format!("`{}` must be in (0, 1], found `{value}`", self.key)));
+        }
+        Ok(value)
+    }
+
     fn fraction(&self) -> syn::Result<f64> {
         let number = self.number()?;
         if !(0.0..=1.0).contains(&number.value) {
@@ -777,6 +821,13 @@ mod should {
             targeted = false,
             loss = "cw",
             target_classes = 9,
+            queries = 100,
+            p_init = 0.5,
+            confidence = 0.0,
+            binary_search_steps = 3,
+            initial_const = 0.1,
+            learning_rate = 0.05,
+            overshoot = 0.02,
             min_acc = 1,
             max_drop = 0.0,
             samples = 500usize,
@@ -794,6 +845,13 @@ mod should {
         assert_eq!(o.targeted, Some(false));
         assert_eq!(o.loss, Some("cw"));
         assert_eq!(o.target_classes, Some(9));
+        assert_eq!(o.queries, Some(100));
+        assert_eq!(o.p_init, Some(0.5));
+        assert_eq!(o.confidence, Some(0.0));
+        assert_eq!(o.binary_search_steps, Some(3));
+        assert_eq!(o.initial_const, Some(0.1));
+        assert_eq!(o.learning_rate, Some(0.05));
+        assert_eq!(o.overshoot, Some(0.02));
         assert_eq!(o.min_acc, Some(1.0));
         assert_eq!(o.max_drop, Some(0.0));
         assert_eq!(o.samples, Some(500));
@@ -1002,7 +1060,7 @@ mod should {
         assert_eq!(
             error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, budget = 1)),
             "unknown key `budget`; expected one of `attack`, `eps`, `crate`, `norm`, `steps`, \
-             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `min_acc`, \
+             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `min_acc`, \
              `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`"
         );
     }
@@ -1022,8 +1080,8 @@ mod should {
     #[test]
     fn list_the_attacks_when_none_is_close() {
         assert_eq!(
-            error(quote!(attack = "deepfool", eps = 0.1, min_acc = 0.5)),
-            "unknown attack `deepfool`; expected one of `fgsm`, `pgd`, `apgd`, `apgd-t`, `autoattack`"
+            error(quote!(attack = "boundary", eps = 0.1, min_acc = 0.5)),
+            "unknown attack `boundary`; expected one of `fgsm`, `pgd`, `apgd`, `apgd-t`, `autoattack`, `square`, `cw`, `deepfool`"
         );
     }
 
@@ -1185,7 +1243,7 @@ mod should {
                 "expected `true` or `false` for `targeted`, found `1`",
                 "unknown key `colour`; expected one of `attack`, `eps`, `crate`, `norm`, \
                  `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, \
-                 `target_classes`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`",
+                 `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`",
                 "missing `min_acc` or `max_drop`: a robustness test needs something to assert, \
                  the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest \
                  acceptable drop from clean accuracy (`max_drop = 0.2`)",

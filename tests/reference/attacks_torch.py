@@ -45,7 +45,7 @@ with identical versions and data, into the output; ``--only ''`` runs nothing an
 
 Versions used for the committed JSON (also recorded in it): Python 3.11.7, torch 2.15.0
 (``2.15.0+cu132`` wheel, run on the CPU), torchattacks 3.5.1, safetensors 0.8.0, numpy 2.4.6.
-Run with ``torch.use_deterministic_algorithms(True)``, ``torch.set_num_threads(2)`` and
+Run with ``torch.use_deterministic_algorithms(True)``, ``torch.set_num_threads(1)`` (``--threads``) and
 ``torch.manual_seed(0)`` before every case (APGD, APGD-T and Square also reseed themselves with
 ``seed`` at the start of every batch).
 
@@ -231,6 +231,9 @@ def main(argv=None):
                    help="comma-separated subset of: " + ", ".join(ATTACKS))
     p.add_argument("--models", default=",".join(m for m, _ in MODELS),
                    help="comma-separated subset of: " + ", ".join(m for m, _ in MODELS))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (1: on a shared, busy CPU, 2 OpenMP threads were "
+                        "3-4x slower; float results can depend on it, so it is recorded)")
     p.add_argument("--merge", type=Path, nargs="*", default=[],
                    help="JSON files from earlier runs (same versions and data) whose cases are "
                         "merged into the output; cases run now take precedence")
@@ -242,7 +245,7 @@ def main(argv=None):
             raise SystemExit(f"unknown attack {a!r}; choose from {', '.join(ATTACKS)}")
 
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     x_all, y_all = load_data(args.data)
@@ -291,6 +294,7 @@ def main(argv=None):
         "data": DATA_REL,
         "data_sha256": sha256_file(args.data),
         "batch_size": args.batch_size,
+        "torch_threads": args.threads,
         "l2_budgets": L2_BUDGETS,
     }
     for path in args.merge:

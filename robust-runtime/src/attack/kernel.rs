@@ -49,6 +49,27 @@ pub(crate) fn objective_grad_logits(
     Ok((per_sample.detach(), grad, logits.detach()))
 }
 
+/// The logits at `x` (`N × C`, f32) and the input gradient of every class logit, stacked as
+/// `N × C × …` (the Jacobian of each sample, for DeepFool).
+///
+/// One forward pass and `C` backward passes. The gradient of `Σ_n z_k(x_n)` with respect to the
+/// batch is, row by row, each sample's own `∇z_k`, because samples do not interact in the
+/// forward pass: `C` backward passes instead of `N·C`.
+pub(crate) fn logits_and_class_grads(model: &Model, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let var = Var::from_tensor(&x.detach())?;
+    let logits = model.logits(var.as_tensor())?.to_dtype(DType::F32)?;
+    let classes = logits.dim(1)?;
+    let mut grads = Vec::with_capacity(classes);
+    for k in 0..classes {
+        let g = logits.narrow(1, k, 1)?.sum_all()?.backward()?;
+        grads.push(match g.get(var.as_tensor()) {
+            Some(g) => g.to_dtype(DType::F32)?,
+            None => x.zeros_like()?.to_dtype(DType::F32)?,
+        });
+    }
+    Ok((logits.detach(), Tensor::stack(&grads, 1)?))
+}
+
 /// One ascent step of size `alpha` along `grad` in the geometry of `norm`.
 pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Result<Tensor> {
     let step = match norm {
@@ -149,7 +170,7 @@ pub(crate) fn select_samples(take: &Tensor, x_new: &Tensor, x_old: &Tensor) -> R
 }
 
 /// `[N, 1, 1, …]` for a batch tensor, to broadcast a per-sample value over it.
-fn batch_shape(t: &Tensor) -> Vec<usize> {
+pub(crate) fn batch_shape(t: &Tensor) -> Vec<usize> {
     let mut shape = vec![1; t.rank()];
     shape[0] = t.dims()[0];
     shape

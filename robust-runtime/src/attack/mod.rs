@@ -11,8 +11,16 @@
 //! | [`Pgd`] | `pgd.rs` | Madry et al. 2018 |
 //! | [`Apgd`] (`apgd`, `apgd-t`) | `apgd.rs` | Croce & Hein 2020 |
 //! | [`Ensemble`] (`autoattack`) | `ensemble.rs` | Croce & Hein 2020 (the cascade) |
+//! | [`Square`] | `square.rs` | Andriushchenko, Croce, Flammarion & Hein 2020 |
+//! | [`CarliniWagner`] | `cw.rs` | Carlini & Wagner 2017 |
+//! | [`DeepFool`] | `deepfool.rs` | Moosavi-Dezfooli, Fawzi & Frossard 2016 |
 //!
 //! The forward pass, input gradient and projection that they share live in `kernel.rs`.
+//!
+//! C&W and DeepFool are *minimal-perturbation* attacks: they look for the smallest perturbation
+//! that changes the prediction, with no ε bound ([`Attack::minimal_perturbation`]). Their
+//! [`Attack::perturb`] keeps a sample's adversarial input only when its norm is within ε, so
+//! ε keeps meaning the budget, and one unbounded run gives the whole ε-sweep.
 //!
 //! ```
 //! use robust_runtime::prelude::*;
@@ -31,26 +39,41 @@
 //! ```
 
 mod apgd;
+mod cw;
+mod deepfool;
 mod ensemble;
 mod fgsm;
 pub(crate) mod kernel;
 mod loss;
 mod pgd;
+mod square;
 
 use candle_core::Tensor;
 
 pub use apgd::{Apgd, ApgdConfig};
+pub use cw::{CarliniWagner, CwConfig};
+pub use deepfool::{DeepFool, DeepFoolConfig};
 pub use ensemble::{CascadeOutcome, Ensemble};
 pub use fgsm::{Fgsm, FgsmConfig};
 pub use loss::Loss;
 pub use pgd::{Pgd, PgdConfig};
+pub use square::{Square, SquareConfig};
 
 use crate::model::{argmax, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// The attacks that [`build`] knows, by the names the macro accepts.
-pub const ATTACKS: &[&str] = &["fgsm", "pgd", "apgd", "apgd-t", "autoattack"];
+pub const ATTACKS: &[&str] = &[
+    "fgsm",
+    "pgd",
+    "apgd",
+    "apgd-t",
+    "autoattack",
+    "square",
+    "cw",
+    "deepfool",
+];
 
 /// The norm of a threat model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -247,6 +270,18 @@ pub trait Attack {
     }
 }
 
+/// Per sample, `adv` where its perturbation from `x` is at most `threat.eps` in `threat.norm`,
+/// else `x`: a minimal adversarial example outside the budget does not break the sample.
+pub(crate) fn within_budget(adv: &Tensor, x: &Tensor, threat: &ThreatModel) -> Result<Tensor> {
+    let delta = (adv - x)?;
+    let norms = match threat.norm {
+        Norm::Linf => kernel::per_sample_linf(&delta)?,
+        Norm::L2 => kernel::per_sample_l2(&delta)?,
+    };
+    let inside = norms.le(threat.eps)?;
+    kernel::select_samples(&inside, adv, x)
+}
+
 /// Hyper-parameters for [`build`]: the union of what the attacks take. `None` means the
 /// attack's default; parameters an attack does not use are ignored.
 #[derive(Debug, Clone, Default)]
@@ -255,7 +290,7 @@ pub struct AttackParams {
     pub norm: Norm,
     /// Loss to ascend (default cross-entropy).
     pub loss: Loss,
-    /// Iterations (PGD, default 40).
+    /// Iterations (PGD default 40; C&W default 100 per binary-search step; DeepFool default 50).
     pub steps: Option<usize>,
     /// Step size α (PGD, default 2.5·ε/steps).
     pub step_size: Option<f64>,
@@ -265,9 +300,24 @@ pub struct AttackParams {
     pub random_start: Option<bool>,
     /// Target classes of APGD-T (default 9).
     pub target_classes: Option<usize>,
+    /// Forward passes per sample (Square, default 5000).
+    pub queries: Option<usize>,
+    /// Initial fraction of the pixels a square covers (Square, default 0.8; in (0, 1]).
+    pub p_init: Option<f64>,
+    /// Logit margin κ the adversarial example must reach (C&W, default 0; ≥ 0).
+    pub confidence: Option<f64>,
+    /// Rounds of the binary search over the constant c (C&W, default 9).
+    pub binary_search_steps: Option<usize>,
+    /// The constant c of the first round (C&W, default 0.01).
+    pub initial_const: Option<f64>,
+    /// Adam's learning rate (C&W, default 0.1).
+    pub learning_rate: Option<f64>,
+    /// Factor by which the last step overshoots the boundary (DeepFool, default 0.02; ≥ 0).
+    pub overshoot: Option<f64>,
 }
 
-/// The attack called `name` at radius `eps`.
+/// The attack called `name` at radius `eps`. `"cw"` is an L2 attack: with `norm` L∞ it is an
+/// [`Error::InvalidParameter`].
 pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Attack>> {
     match name {
         "fgsm" => Ok(Box::new(Fgsm::new(FgsmConfig {
@@ -304,6 +354,42 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
             }))
         }
         "autoattack" => Ok(Box::new(Ensemble::autoattack(eps, params)?)),
+        "square" => {
+            let d = SquareConfig::default();
+            Ok(Box::new(Square::new(SquareConfig {
+                eps,
+                norm: params.norm,
+                queries: params.queries.unwrap_or(d.queries),
+                p_init: params.p_init.unwrap_or(d.p_init),
+            })?))
+        }
+        "cw" => {
+            if params.norm != Norm::L2 {
+                return Err(Error::param(
+                    "norm",
+                    params.norm.name(),
+                    "l2 (Carlini & Wagner's attack is an L2 attack)",
+                ));
+            }
+            let d = CwConfig::default();
+            Ok(Box::new(CarliniWagner::new(CwConfig {
+                eps,
+                steps: params.steps.unwrap_or(d.steps),
+                confidence: params.confidence.unwrap_or(d.confidence),
+                binary_search_steps: params.binary_search_steps.unwrap_or(d.binary_search_steps),
+                initial_const: params.initial_const.unwrap_or(d.initial_const),
+                learning_rate: params.learning_rate.unwrap_or(d.learning_rate),
+            })?))
+        }
+        "deepfool" => {
+            let d = DeepFoolConfig::default();
+            Ok(Box::new(DeepFool::new(DeepFoolConfig {
+                eps,
+                norm: params.norm,
+                steps: params.steps.unwrap_or(d.steps),
+                overshoot: params.overshoot.unwrap_or(d.overshoot),
+            })?))
+        }
         other => Err(Error::unknown("attack", other, ATTACKS)),
     }
 }
@@ -313,6 +399,14 @@ pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
         Ok(())
     } else {
         Err(Error::param(name, value, "a finite number > 0"))
+    }
+}
+
+pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::param(name, value, "a finite number ≥ 0"))
     }
 }
 
@@ -344,8 +438,120 @@ mod should {
         let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown attack `pgdd`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack"
+            "unknown attack `pgdd`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack, square, cw, deepfool"
         );
+    }
+
+    #[test]
+    fn build_every_known_attack_under_its_name() -> Result<()> {
+        let params = AttackParams {
+            norm: Norm::L2,
+            ..AttackParams::default()
+        };
+        for name in ATTACKS {
+            assert_eq!(build(name, 0.5, &params)?.id(), *name);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reject_cw_under_the_linf_norm() {
+        let err = build("cw", 0.5, &AttackParams::default()).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `norm`: linf; expected l2 (Carlini & Wagner's attack is an L2 attack)"
+        );
+    }
+
+    #[test]
+    fn pass_the_new_parameters_through_to_the_configs() {
+        let l2 = AttackParams {
+            norm: Norm::L2,
+            ..AttackParams::default()
+        };
+        let cases = [
+            (
+                "square",
+                AttackParams {
+                    queries: Some(0),
+                    ..l2.clone()
+                },
+                "queries",
+            ),
+            (
+                "square",
+                AttackParams {
+                    p_init: Some(1.5),
+                    ..l2.clone()
+                },
+                "p_init",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    steps: Some(0),
+                    ..l2.clone()
+                },
+                "steps",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    confidence: Some(-1.0),
+                    ..l2.clone()
+                },
+                "confidence",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    binary_search_steps: Some(0),
+                    ..l2.clone()
+                },
+                "binary_search_steps",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    initial_const: Some(0.0),
+                    ..l2.clone()
+                },
+                "initial_const",
+            ),
+            (
+                "cw",
+                AttackParams {
+                    learning_rate: Some(-0.1),
+                    ..l2.clone()
+                },
+                "learning_rate",
+            ),
+            (
+                "deepfool",
+                AttackParams {
+                    overshoot: Some(-0.1),
+                    ..l2.clone()
+                },
+                "overshoot",
+            ),
+            (
+                "deepfool",
+                AttackParams {
+                    steps: Some(0),
+                    ..l2.clone()
+                },
+                "steps",
+            ),
+        ];
+        for (name, params, key) in cases {
+            match build(name, 0.5, &params) {
+                Err(Error::InvalidParameter { name: found, .. }) => assert_eq!(found, key),
+                other => panic!(
+                    "{name} with a bad `{key}`: {:?}",
+                    other.map(|a| a.describe())
+                ),
+            }
+        }
     }
 
     #[test]

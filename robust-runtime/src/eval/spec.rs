@@ -29,6 +29,13 @@ pub struct TestSpec {
     restarts: Option<usize>,
     random_start: Option<bool>,
     target_classes: Option<usize>,
+    queries: Option<usize>,
+    p_init: Option<f64>,
+    confidence: Option<f64>,
+    binary_search_steps: Option<usize>,
+    initial_const: Option<f64>,
+    learning_rate: Option<f64>,
+    overshoot: Option<f64>,
     targeted: bool,
     thresholds: Thresholds,
     samples: Option<usize>,
@@ -63,6 +70,13 @@ impl TestSpec {
             restarts: None,
             random_start: None,
             target_classes: None,
+            queries: None,
+            p_init: None,
+            confidence: None,
+            binary_search_steps: None,
+            initial_const: None,
+            learning_rate: None,
+            overshoot: None,
             targeted: false,
             thresholds: Thresholds::default(),
             samples: None,
@@ -89,6 +103,20 @@ impl TestSpec {
         random_start: bool => random_start;
         /// `target_classes = 9`: APGD-T's number of target classes.
         target_classes: usize => target_classes;
+        /// `queries = 5000`: Square's forward passes per sample.
+        queries: usize => queries;
+        /// `p_init = 0.8`: Square's initial square size (fraction of the pixels).
+        p_init: f64 => p_init;
+        /// `confidence = 0.0`: C&W's logit margin κ.
+        confidence: f64 => confidence;
+        /// `binary_search_steps = 9`: C&W's rounds of binary search over c.
+        binary_search_steps: usize => binary_search_steps;
+        /// `initial_const = 0.01`: C&W's first c.
+        initial_const: f64 => initial_const;
+        /// `learning_rate = 0.1`: C&W's Adam learning rate.
+        learning_rate: f64 => learning_rate;
+        /// `overshoot = 0.02`: DeepFool's overshoot.
+        overshoot: f64 => overshoot;
         /// `min_acc = 0.8`: robust accuracy must be at least this.
         min_acc: f64 => thresholds.min_acc;
         /// `max_drop = 0.1`: clean minus robust accuracy must be at most this.
@@ -151,6 +179,13 @@ impl TestSpec {
             restarts: self.restarts,
             random_start: self.random_start,
             target_classes: self.target_classes,
+            queries: self.queries,
+            p_init: self.p_init,
+            confidence: self.confidence,
+            binary_search_steps: self.binary_search_steps,
+            initial_const: self.initial_const,
+            learning_rate: self.learning_rate,
+            overshoot: self.overshoot,
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
