@@ -94,3 +94,45 @@ fn quantised_warned() -> robust_runtime::Result<RobustnessCase> {
         Dataset::mnist_sample()?.test_split(),
     ))
 }
+
+#[test]
+fn a_black_box_attack_beating_the_gradient_attacks_is_flagged() -> R {
+    // The quantised MLP: APGD gets zero gradients, Square only needs the outputs.
+    let spec =
+        robust_runtime::eval::TestSpec::new("masking::quantised::autoattack", "autoattack", 0.2)
+            .min_acc(0.0)
+            .samples(50)
+            .steps(10)
+            .target_classes(2)
+            .queries(300)
+            .masking_checks("warn");
+    let report = spec.run(|| {
+        Ok(RobustnessCase::from_model(
+            quantised_mlp()?,
+            Dataset::mnist_sample()?.test_split(),
+        ))
+    })?;
+    println!("{report}");
+    let found: Vec<&str> = report.masking.iter().map(|s| s.check.as_str()).collect();
+    assert!(
+        found.contains(&"black-box attack beats the white-box attacks"),
+        "{found:?}"
+    );
+    // The plain MLP under the same cascade: Square finds nothing the gradient attacks missed.
+    let spec =
+        robust_runtime::eval::TestSpec::new("masking::plain::autoattack", "autoattack", 0.05)
+            .min_acc(0.0)
+            .samples(50)
+            .steps(20)
+            .target_classes(2)
+            .queries(300)
+            .masking_checks("warn");
+    let report = spec.run(|| {
+        Ok(RobustnessCase::from_model(
+            common::mlp()?,
+            Dataset::mnist_sample()?.test_split(),
+        ))
+    })?;
+    assert!(report.masking.is_empty(), "{:?}", report.masking);
+    Ok(())
+}

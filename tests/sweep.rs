@@ -104,3 +104,68 @@ fn the_curve_comes_from_one_run_and_matches_the_exact_minimal_norms() -> robust_
     );
     Ok(())
 }
+
+/// DeepFool runs once for the three ε of this attribute; each generated test reads its ε off
+/// the shared run (checked below through `TestSpec`, which the macro expands to).
+#[robustness_test(attack = "deepfool", norm = "l2", eps = [0.5, 1.0, 1.5], max_drop = 1.0, samples = 60)]
+fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::from_model(
+        Model::new(zoo::MnistMlp::load(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/mnist_mlp.safetensors"
+            ),
+            &Device::Cpu,
+        )?),
+        Dataset::mnist_sample()?.test_split(),
+    ))
+}
+
+#[test]
+fn the_tests_of_one_attribute_share_one_minimal_run() -> robust_runtime::Result<()> {
+    use robust_runtime::eval::TestSpec;
+    const SWEEP: &[f64] = &[0.5, 1.0, 1.5];
+    let build = || {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/mnist_mlp.safetensors"
+        );
+        Ok(RobustnessCase::from_model(
+            Model::new(zoo::MnistMlp::load(path, &Device::Cpu)?),
+            Dataset::mnist_sample()?.test_split(),
+        ))
+    };
+    let spec = |name: &'static str, eps: f64| {
+        TestSpec::new(name, "deepfool", eps)
+            .norm("l2")
+            .max_drop(1.0)
+            .samples(60)
+            .sweep(SWEEP)
+            .masking_checks("off")
+    };
+    let first = spec("shared::group::deepfool_eps_1", 1.0).run(build)?;
+    let second = spec("shared::group::deepfool_eps_0_5", 0.5).run(build)?;
+    let third = spec("shared::group::deepfool_eps_1_5", 1.5).run(build)?;
+    assert!(first.seconds > 0.0);
+    assert_eq!(
+        (second.seconds, third.seconds),
+        (0.0, 0.0),
+        "the later tests must reuse the first run"
+    );
+    let points: Vec<(f64, usize)> = first
+        .curve
+        .iter()
+        .map(|p| (p.eps, p.robust_correct))
+        .collect();
+    assert_eq!(points.len(), 3);
+    assert_eq!(points[0], (0.5, second.robust_correct));
+    assert_eq!(points[1], (1.0, first.robust_correct));
+    assert_eq!(points[2], (1.5, third.robust_correct));
+    // More budget, fewer robust samples; DeepFool breaks nearly everything by L2 = 1.5.
+    assert!(
+        second.robust_correct > first.robust_correct && first.robust_correct > third.robust_correct,
+        "{points:?}"
+    );
+    assert!(second.perturbation.max_l2 <= 0.5 + 1e-5 && third.perturbation.max_l2 <= 1.5 + 1e-5);
+    Ok(())
+}

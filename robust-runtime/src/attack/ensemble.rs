@@ -1,12 +1,15 @@
 //! Ensembles run as a per-sample cascade, as AutoAttack does (Croce & Hein, ICML 2020): each
 //! member attacks only the samples that every earlier member failed to break, and the report
 //! gives the robust accuracy after each stage. `autoattack` is the standard version: APGD-CE,
-//! then APGD-T (9 target classes), then the black-box Square attack once it is available,
-//! all in the same threat model.
+//! then APGD-T (9 target classes), then the black-box Square attack (5,000 queries), all in the
+//! same threat model (AutoAttack's FAB-T is not included).
 
 use candle_core::Tensor;
 
-use super::{kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Loss, ThreatModel};
+use super::{
+    kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Loss, Square, SquareConfig,
+    ThreatModel,
+};
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -56,9 +59,9 @@ impl Ensemble {
         Ok(Ensemble { name, members })
     }
 
-    /// The standard AutoAttack cascade at `eps`: APGD-CE, APGD-T (DLR, 9 targets), with
-    /// `params.steps` / `params.restarts` / `params.target_classes` overriding the defaults
-    /// (100 steps, 1 restart, 9 targets). APGD-T's DLR loss needs a model with at least 4
+    /// The standard AutoAttack cascade at `eps`: APGD-CE, APGD-T (DLR, 9 targets), Square,
+    /// with `params.steps` / `params.restarts` / `params.target_classes` / `params.queries`
+    /// overriding the defaults (100 steps, 1 restart, 9 targets, 5,000 queries). APGD-T's DLR loss needs a model with at least 4
     /// classes: on fewer, the run stops with a typed error saying so.
     pub fn autoattack(eps: f64, params: &AttackParams) -> Result<Self> {
         let d = ApgdConfig::default();
@@ -75,6 +78,12 @@ impl Ensemble {
                 ..cfg
             })?),
             Box::new(Apgd::targeted(cfg, params.target_classes.unwrap_or(9))?),
+            Box::new(Square::new(SquareConfig {
+                eps,
+                norm: params.norm,
+                queries: params.queries.unwrap_or(SquareConfig::default().queries),
+                p_init: params.p_init.unwrap_or(SquareConfig::default().p_init),
+            })?),
         ];
         Ensemble::new("autoattack", members)
     }

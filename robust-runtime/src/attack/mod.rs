@@ -254,6 +254,12 @@ pub trait Attack {
         None
     }
 
+    /// Whether the attack uses only the model's outputs, never its gradients (Square). A
+    /// black-box attack that beats the gradient attacks is a sign of gradient masking.
+    fn is_black_box(&self) -> bool {
+        false
+    }
+
     /// For minimal-perturbation attacks: the adversarial inputs found with no ε bound (the whole
     /// ε-sweep can be read off one run). `None` for attacks bounded by ε.
     ///

@@ -227,6 +227,10 @@ impl Square {
 }
 
 impl Attack for Square {
+    fn is_black_box(&self) -> bool {
+        true
+    }
+
     fn id(&self) -> &'static str {
         "square"
     }

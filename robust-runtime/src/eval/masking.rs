@@ -211,6 +211,34 @@ fn unbounded_eps(case: &RobustnessCase, norm: Norm) -> f64 {
     }
 }
 
+/// From an ensemble's stages: a black-box member breaking more than 1 % of the samples that
+/// every gradient-based member before it failed on (AutoAttack's check on Square).
+pub fn black_box_beats_white_box(
+    report: &super::RobustnessReport,
+    black_box: &[bool],
+) -> Option<MaskingSymptom> {
+    let mut before = report.stages.first().map(|_| report.clean_correct)?;
+    let mut seen_white_box = false;
+    for (stage, &is_black_box) in report.stages.iter().zip(black_box) {
+        let broken = before.saturating_sub(stage.robust_correct);
+        if is_black_box && seen_white_box && broken as f64 > 0.01 * report.samples as f64 {
+            return Some(MaskingSymptom {
+                check: "black-box attack beats the white-box attacks".into(),
+                found: format!(
+                    "{} broke {broken} of {} samples that every gradient-based attack before it left robust",
+                    stage.attack, report.samples
+                ),
+                advice: "the gradients do not point where the loss increases: look for non-differentiable or \
+                         randomised parts (BPDA, EOT), and do not trust the gradient attacks' numbers"
+                    .into(),
+            });
+        }
+        seen_white_box |= !is_black_box;
+        before = stage.robust_correct;
+    }
+    None
+}
+
 /// Samples whose gradient is all zero, and samples with a non-finite entry.
 fn dead_gradients(grad: &Tensor) -> Result<(usize, usize)> {
     let rows = grad.flatten_from(1)?.to_vec2::<f32>()?;

@@ -384,6 +384,25 @@ impl fmt::Display for RobustnessReport {
             "  {:<18} mean {:.4}  max {:.4}",
             "perturbation L2", p.mean_l2, p.max_l2
         )?;
+        if !self.curve.is_empty() {
+            let points: Vec<String> = self
+                .curve
+                .iter()
+                .map(|p| format!("ε {}: {}", p.eps, pct(p.robust_accuracy)))
+                .collect();
+            writeln!(f, "  {:<18} {}", "robustness curve", points.join(", "))?;
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            writeln!(
+                f,
+                "  {:<18} {:>8}  ({}/{}) after {}",
+                if i == 0 { "cascade" } else { "" },
+                pct(stage.robust_accuracy),
+                stage.robust_correct,
+                self.samples,
+                stage.attack
+            )?;
+        }
         write!(
             f,
             "  {:<18} {:.2} s on {}, seed {}",

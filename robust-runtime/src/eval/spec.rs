@@ -262,6 +262,16 @@ impl TestSpec {
             report
                 .masking
                 .extend(masking::diagnose_eps(&case, attack.threat(), &cfg)?);
+            if let Some(ensemble) = attack.as_ensemble() {
+                let black_box: Vec<bool> = ensemble
+                    .members()
+                    .iter()
+                    .map(|m| m.is_black_box())
+                    .collect();
+                report
+                    .masking
+                    .extend(masking::black_box_beats_white_box(&report, &black_box));
+            }
         }
         if !report.passed() {
             Err(Error::NotRobust(Box::new(report)))
