@@ -1,20 +1,42 @@
 //! Layers whose gradients the attacks depend on.
 //!
-//! candle 0.11's own `max_pool2d` backward gives *every* tied maximum of a window the full
-//! gradient. Ties are not rare: on a blank background a convolution outputs its bias everywhere,
-//! so after ReLU each 2×2 window holds four equal positive values, and candle's input gradient
-//! there is four times too large and spread over pixels PyTorch leaves alone. That changes which
-//! pixels FGSM/PGD move (5 of 500 CNN predictions under FGSM at ε = 0.1 differed from
-//! torchattacks before this layer). [`max_pool2d`] sends the gradient to the first maximum of
-//! each window in row-major order, as PyTorch's CPU and CUDA kernels do.
+//! Two candle 0.11 behaviours are avoided here:
+//!
+//! - **Wrong gradients at tied maxima.** candle's own `max_pool2d` backward gives *every* tied
+//!   maximum of a window the full gradient. Ties are not rare: on a blank background a
+//!   convolution outputs its bias everywhere, so after ReLU each 2×2 window holds four equal
+//!   positive values, and candle's input gradient there is four times too large and spread over
+//!   pixels PyTorch leaves alone. That changes which pixels FGSM/PGD move (5 of 500 CNN
+//!   predictions under FGSM at ε = 0.1 differed from torchattacks before this layer).
+//!   [`max_pool2d`] sends the gradient to the first maximum of each window in row-major order,
+//!   as PyTorch's CPU and CUDA kernels do.
+//! - **Slow, wasted backward work.** candle's backward of `conv2d` and `matmul` always computes
+//!   the weight gradient, even when the weights are plain tensors that nothing asks about, and
+//!   takes the convolution's input gradient through its slow CPU `conv_transpose2d`. An attack
+//!   only needs the gradient with respect to the input. [`Conv2d`] and [`Linear`] keep candle's
+//!   forward kernels but, for loaded (non-variable) weights, compute the input gradient only —
+//!   for the convolution as a `conv2d` with the flipped, transposed kernel, which candle runs
+//!   through its fast im2col + GEMM path. With trainable weights they are plain candle layers.
+//!
+//! All three attach their backward pass to candle's forward value with a custom op whose
+//! forward hands over that value's storage, so they run on every device candle supports.
 
-use candle_core::{Result, Tensor, D};
+mod conv;
+mod graft;
+mod linear;
+
+pub use conv::Conv2d;
+pub use linear::Linear;
+
+use candle_core::{DType, Device, Result, Storage, Tensor, WithDType, D};
+
+use graft::graft;
 
 /// Max pooling with a `k × k` window and stride `k` (PyTorch's `nn.MaxPool2d(k)`: floor mode,
 /// trailing rows and columns that do not fill a window are dropped), on `N × C × H × W`.
 ///
-/// The forward value equals candle's `max_pool2d`; the backward pass sends each window's
-/// gradient to its first maximum only.
+/// The forward value is candle's `max_pool2d`; the backward pass sends each window's
+/// gradient to its first maximum (row-major) only.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -25,6 +47,68 @@ use candle_core::{Result, Tensor, D};
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.dims4()?;
+    let value = x.detach().max_pool2d(k)?;
+    graft(x, value, "max_pool2d-first-max", move |arg, _, grad| {
+        first_max_grad(arg, grad, k)
+    })
+}
+
+/// The input gradient of a `k × k`, stride-`k` max pool: each window's output gradient goes to
+/// the window's first maximum (row-major), zeros elsewhere.
+fn first_max_grad(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == grad.dtype() {
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        match x.dtype() {
+            DType::F32 => return first_max_grad_cpu::<f32>(&x, &grad, k),
+            DType::F64 => return first_max_grad_cpu::<f64>(&x, &grad, k),
+            _ => {}
+        }
+    }
+    first_max_grad_tensors(x, grad, k)
+}
+
+/// [`first_max_grad`] in one pass over contiguous CPU tensors.
+fn first_max_grad_cpu<T: WithDType + PartialOrd>(
+    x: &Tensor,
+    grad: &Tensor,
+    k: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    let (xs, xl) = x.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
+        candle_core::bail!("max_pool2d backward: tensors not on the CPU")
+    };
+    let (Some((x0, x1)), Some((g0, g1))) = (xl.contiguous_offsets(), gl.contiguous_offsets())
+    else {
+        candle_core::bail!("max_pool2d backward: non-contiguous tensors")
+    };
+    let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
+    let mut out = vec![T::zero(); n * c * h * w];
+    for plane in 0..n * c {
+        let (xp, op) = (&xv[plane * h * w..], plane * h * w);
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = (i * k) * w + j * k;
+                for di in 0..k {
+                    let row = (i * k + di) * w + j * k;
+                    for pos in row..row + k {
+                        if xp[pos] > xp[best] {
+                            best = pos;
+                        }
+                    }
+                }
+                out[op + best] = gv[(plane * oh + i) * ow + j];
+            }
+        }
+    }
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)
+}
+
+/// [`first_max_grad`] with tensor operations, for every device.
+fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
     let x = x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?;
@@ -33,12 +117,17 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
         .reshape((n, c, oh, k, ow, k))?
         .permute((0, 1, 2, 4, 3, 5))?
         .reshape((n, c, oh, ow, k * k))?;
-    // candle's argmax keeps the first maximum; the mask is a constant for autograd, so the
-    // gradient of Σ windows·mask reaches that one position only.
-    let first_max = windows.detach().argmax_keepdim(D::Minus1)?;
+    // candle's argmax keeps the first maximum.
+    let first_max = windows.argmax_keepdim(D::Minus1)?;
     let positions = Tensor::arange(0u32, (k * k) as u32, x.device())?;
     let mask = first_max.broadcast_eq(&positions)?.to_dtype(x.dtype())?;
-    (windows * mask)?.sum(D::Minus1)
+    let g = mask
+        .broadcast_mul(&grad.unsqueeze(D::Minus1)?)?
+        .reshape((n, c, oh, ow, k, k))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((n, c, oh * k, ow * k))?;
+    g.pad_with_zeros(2, 0, h - oh * k)?
+        .pad_with_zeros(3, 0, w - ow * k)
 }
 
 #[cfg(test)]

@@ -1,0 +1,177 @@
+//! 2-D convolution whose backward pass computes the input gradient only.
+
+#[cfg(test)]
+use candle_core::DType;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::graft::graft;
+
+/// A 2-D convolution with stride 1, zero padding and a square kernel, as PyTorch's
+/// `nn.Conv2d(c_in, c_out, k, padding=p)`.
+///
+/// The forward value is candle's `conv2d` plus the bias. When the weights are plain tensors
+/// (a loaded model), the backward pass computes the input gradient only, as the convolution of
+/// the output gradient with the flipped, transposed kernel, `conv2d(∇y, flip(W)ᵀ, padding =
+/// k − 1 − p)`: candle's own backward would also compute the (unused) kernel gradient and take
+/// the input gradient through its much slower CPU `conv_transpose2d`. With trainable weights
+/// (variables), the layer is candle's `conv2d` and autograd as usual.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    /// `flip(W)ᵀ`, `c_in × c_out × k × k`, for the input gradient.
+    grad_kernel: Tensor,
+}
+
+impl Conv2d {
+    /// A convolution with `weight` (`c_out × c_in × k × k`), an optional `bias` (`c_out`) and
+    /// zero padding `padding < k` on each side.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize) -> Result<Self> {
+        let (c_out, _, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("Conv2d needs a square kernel, got {kh}×{kw}")
+        }
+        if padding >= kh {
+            candle_core::bail!("Conv2d needs padding < kernel size, got {padding} ≥ {kh}")
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [c_out] {
+                candle_core::bail!("Conv2d bias of shape {:?} for {c_out} channels", b.dims())
+            }
+        }
+        let grad_kernel = weight
+            .detach()
+            .transpose(0, 1)?
+            .contiguous()?
+            .flip(&[2, 3])?
+            .contiguous()?;
+        Ok(Conv2d {
+            weight,
+            bias,
+            padding,
+            grad_kernel,
+        })
+    }
+
+    /// Loads `weight` (`c_out × c_in × k × k`) and `bias` (`c_out`), PyTorch's names, from `vb`.
+    pub fn load(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, k, k), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Self::new(weight, Some(bias), padding)
+    }
+
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, 1, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    fn trainable(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.trainable() {
+            return self.conv(x);
+        }
+        let value = self.conv(&x.detach())?;
+        let kernel = self.grad_kernel.clone();
+        let padding = kernel.dim(2)? - 1 - self.padding;
+        graft(x, value, "conv2d-input-grad", move |_, _, grad| {
+            grad.conv2d(&kernel, padding, 1, 1, 1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Output and input gradient of `layer` and of candle's conv2d + bias + autograd.
+    fn compare(
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        hw: (usize, usize),
+        k: usize,
+        p: usize,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c_in, hw.0, hw.1), &dev)?)?;
+        let layer = Conv2d::new(weight.clone(), Some(bias.clone()), p)?;
+
+        let ours = layer.forward(x.as_tensor())?;
+        let theirs = x
+            .as_tensor()
+            .conv2d(&weight, p, 1, 1, 1)?
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+        assert!(max_abs_diff(&ours, &theirs)? < 1e-4);
+
+        let r = Tensor::randn(0f32, 1.0, ours.shape(), &dev)?;
+        let g_ours = (ours * &r)?.sum_all()?.backward()?;
+        let g_theirs = (theirs * &r)?.sum_all()?.backward()?;
+        let (g_ours, g_theirs) = (
+            g_ours.get(x.as_tensor()).unwrap(),
+            g_theirs.get(x.as_tensor()).unwrap(),
+        );
+        let diff = max_abs_diff(g_ours, g_theirs)?;
+        assert!(diff < 1e-4, "input gradients differ by {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn match_candle_conv2d_and_its_input_gradient() -> Result<()> {
+        compare(3, 1, 4, (9, 9), 5, 2)?;
+        compare(2, 3, 5, (8, 11), 3, 0)?;
+        compare(4, 6, 2, (12, 10), 5, 0)?;
+        compare(2, 5, 7, (7, 6), 5, 2)?;
+        compare(2, 4, 3, (6, 6), 3, 1)
+    }
+
+    #[test]
+    fn compute_no_weight_gradient_for_plain_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let layer = Conv2d::new(Tensor::ones((2, 1, 3, 3), DType::F32, &dev)?, None, 1)?;
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 4, 4), DType::F32, &dev)?)?;
+        let grads = layer.forward(x.as_tensor())?.sum_all()?.backward()?;
+        assert!(grads.get(&layer.weight).is_none());
+        assert!(grads.get(x.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn train_like_candle_with_variable_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 3, 3), &dev)?)?;
+        let layer = Conv2d::new(w.as_tensor().clone(), None, 1)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev)?;
+        let ours = layer.forward(&x)?.sum_all()?.backward()?;
+        let theirs = x.conv2d(w.as_tensor(), 1, 1, 1, 1)?.sum_all()?.backward()?;
+        let diff = max_abs_diff(
+            ours.get(w.as_tensor()).unwrap(),
+            theirs.get(w.as_tensor()).unwrap(),
+        )?;
+        assert!(diff < 1e-4);
+        Ok(())
+    }
+}
