@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{max_pool2d, Conv2d, Linear};
+use crate::nn::{relu_max_pool2d, Conv2d, Linear};
 use crate::{Error, Result};
 
 /// The MLP 784-256-256-10 with ReLU activations, as
@@ -89,8 +89,9 @@ impl Module for MnistCnn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         // Our layers (see `crate::nn`): candle's max-pool gives tied maxima the full gradient,
         // and its conv2d / linear backward computes weight gradients an attack never uses.
-        let xs = max_pool2d(&self.conv1.forward(xs)?.relu()?, 2)?;
-        let xs = max_pool2d(&self.conv2.forward(&xs)?.relu()?, 2)?;
+        // ReLU then max-pool, fused into one graph node.
+        let xs = relu_max_pool2d(&self.conv1.forward(xs)?, 2)?;
+        let xs = relu_max_pool2d(&self.conv2.forward(&xs)?, 2)?;
         let xs = self.fc1.forward(&xs.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&xs)
     }

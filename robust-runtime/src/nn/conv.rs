@@ -1,9 +1,8 @@
 //! 2-D convolution whose backward pass computes the input gradient only.
 
-#[cfg(test)]
-use candle_core::DType;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor, WithDType};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::graft::graft;
 
@@ -21,8 +20,10 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     padding: usize,
-    /// `flip(W)ᵀ`, `c_in × c_out × k × k`, for the input gradient.
+    /// `flip(W)ᵀ`, `c_in × c_out × k × k`, for the input gradient off the CPU.
     grad_kernel: Tensor,
+    /// `W` as a `c_in·k·k × c_out` matrix, for the input gradient on the CPU.
+    weight_cols: Tensor,
 }
 
 impl Conv2d {
@@ -47,11 +48,13 @@ impl Conv2d {
             .contiguous()?
             .flip(&[2, 3])?
             .contiguous()?;
+        let weight_cols = weight.detach().flatten_from(1)?.t()?.contiguous()?;
         Ok(Conv2d {
             weight,
             bias,
             padding,
             grad_kernel,
+            weight_cols,
         })
     }
 
@@ -87,12 +90,84 @@ impl Module for Conv2d {
             return self.conv(x);
         }
         let value = self.conv(&x.detach())?;
-        let kernel = self.grad_kernel.clone();
-        let padding = kernel.dim(2)? - 1 - self.padding;
-        graft(x, value, "conv2d-input-grad", move |_, _, grad| {
-            grad.conv2d(&kernel, padding, 1, 1, 1)
+        let (kernel, cols) = (self.grad_kernel.clone(), self.weight_cols.clone());
+        let padding = self.padding;
+        graft(x, value, "conv2d-input-grad", move |arg, _, grad| {
+            let k = kernel.dim(2)?;
+            if grad.device().is_cpu() && grad.dtype() == cols.dtype() {
+                match grad.dtype() {
+                    DType::F32 => return input_grad_col2im::<f32>(grad, &cols, arg, k, padding),
+                    DType::F64 => return input_grad_col2im::<f64>(grad, &cols, arg, k, padding),
+                    _ => {}
+                }
+            }
+            grad.conv2d(&kernel, k - 1 - padding, 1, 1, 1)
         })
     }
+}
+
+/// The input gradient of a stride-1 convolution on the CPU: the columns `Wᵀ ∇y`
+/// (`c_in·k·k × pixels`, one GEMM) added back onto the input positions they came from
+/// (col2im). This touches `c_in·k²` values per output pixel, where the flipped-kernel `conv2d`
+/// builds im2col columns of `c_out·k²`; it is much cheaper for the first layer (`c_in = 1`).
+fn input_grad_col2im<T: WithDType>(
+    grad: &Tensor,
+    weight_cols: &Tensor,
+    arg: &Tensor,
+    k: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (n, c_in, h, w) = arg.dims4()?;
+    let (_, c_out, oh, ow) = grad.dims4()?;
+    let (plane, in_size) = (oh * ow, c_in * h * w);
+    // c_out × (n·oh·ow): one GEMM per chunk of samples, columns in sample order.
+    let g = grad
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((c_out, n * plane))?;
+    let rows = c_in * k * k;
+    let chunk = ((1 << 22) / (rows * plane)).clamp(1, n);
+    let mut out = vec![T::zero(); n * in_size];
+    for (c, out) in out.chunks_mut(chunk * in_size).enumerate() {
+        let b = out.len() / in_size;
+        let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?)?;
+        let (storage, layout) = cols.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("conv2d backward: columns not on the CPU")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("conv2d backward: non-contiguous columns")
+        };
+        let cols = &storage.as_slice::<T>()?[start..end];
+        let stride = b * plane;
+        out.par_chunks_mut(in_size).enumerate().for_each(|(s, dx)| {
+            for ci in 0..c_in {
+                let dx = &mut dx[ci * h * w..(ci + 1) * h * w];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = ((ci * k + ky) * k + kx) * stride + s * plane;
+                        let row = &cols[row..row + plane];
+                        // Output pixel (oy, ox) read input (oy + ky − p, ox + kx − p).
+                        let ox0 = padding.saturating_sub(kx);
+                        let ox1 = ow.min((w + padding).saturating_sub(kx));
+                        for oy in 0..oh {
+                            let iy = oy + ky;
+                            if iy < padding || iy - padding >= h || ox0 >= ox1 {
+                                continue;
+                            }
+                            // ix = ox + kx − p for ox in ox0..ox1.
+                            let (src, dst) = (oy * ow, (iy - padding) * w + ox0 + kx - padding);
+                            let dst = &mut dx[dst..dst + (ox1 - ox0)];
+                            for (d, v) in dst.iter_mut().zip(&row[src + ox0..src + ox1]) {
+                                *d += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Tensor::from_vec(out, arg.shape(), &Device::Cpu)
 }
 
 #[cfg(test)]

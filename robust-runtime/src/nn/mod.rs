@@ -50,22 +50,51 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
     x.dims4()?;
     let value = x.detach().max_pool2d(k)?;
     graft(x, value, "max_pool2d-first-max", move |arg, _, grad| {
-        first_max_grad(arg, grad, k)
+        first_max_grad(arg, grad, k, false)
     })
 }
 
+/// `max_pool2d(relu(x), k)` in one step, as PyTorch's `nn.ReLU()` followed by
+/// `nn.MaxPool2d(k)`.
+///
+/// The value is the same (ReLU and the maximum commute, so it is computed as ReLU of the pooled
+/// tensor). The gradient goes to the first maximum of each window whose maximum is positive,
+/// as PyTorch's ReLU backward passes gradient only where its output is positive. One graph node
+/// instead of two saves candle's full-size ReLU backward (comparison, conversion, product) and
+/// a gradient accumulation.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let x = Var::new(&[[[[-1.0f32, -2.0, 3.0, 3.0]]]], &Device::Cpu)?;
+/// let y = robust_runtime::nn::relu_max_pool2d(x.as_tensor(), 1)?;
+/// let grad = y.sum_all()?.backward()?.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+/// assert_eq!(grad, vec![0.0, 0.0, 1.0, 1.0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn relu_max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.dims4()?;
+    let value = x.detach().max_pool2d(k)?.relu()?;
+    graft(
+        x,
+        value,
+        "relu_max_pool2d-first-max",
+        move |arg, _, grad| first_max_grad(arg, grad, k, true),
+    )
+}
+
 /// The input gradient of a `k × k`, stride-`k` max pool: each window's output gradient goes to
-/// the window's first maximum (row-major), zeros elsewhere.
-fn first_max_grad(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+/// the window's first maximum (row-major), zeros elsewhere; with `relu`, only where that
+/// maximum is positive.
+fn first_max_grad(x: &Tensor, grad: &Tensor, k: usize, relu: bool) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == grad.dtype() {
         let (x, grad) = (x.contiguous()?, grad.contiguous()?);
         match x.dtype() {
-            DType::F32 => return first_max_grad_cpu::<f32>(&x, &grad, k),
-            DType::F64 => return first_max_grad_cpu::<f64>(&x, &grad, k),
+            DType::F32 => return first_max_grad_cpu::<f32>(&x, &grad, k, relu),
+            DType::F64 => return first_max_grad_cpu::<f64>(&x, &grad, k, relu),
             _ => {}
         }
     }
-    first_max_grad_tensors(x, grad, k)
+    first_max_grad_tensors(x, grad, k, relu)
 }
 
 /// [`first_max_grad`] in one pass over contiguous CPU tensors.
@@ -73,6 +102,7 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
     x: &Tensor,
     grad: &Tensor,
     k: usize,
+    relu: bool,
 ) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
@@ -100,7 +130,9 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
                         }
                     }
                 }
-                out[op + best] = gv[(plane * oh + i) * ow + j];
+                if !relu || xp[best] > T::zero() {
+                    out[op + best] = gv[(plane * oh + i) * ow + j];
+                }
             }
         }
     }
@@ -108,7 +140,7 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
 }
 
 /// [`first_max_grad`] with tensor operations, for every device.
-fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor> {
+fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize, relu: bool) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
     let x = x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?;
@@ -121,6 +153,12 @@ fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize) -> Result<Tensor>
     let first_max = windows.argmax_keepdim(D::Minus1)?;
     let positions = Tensor::arange(0u32, (k * k) as u32, x.device())?;
     let mask = first_max.broadcast_eq(&positions)?.to_dtype(x.dtype())?;
+    let grad = if relu {
+        let pooled = x.max_pool2d(k)?;
+        (grad * pooled.gt(&pooled.zeros_like()?)?.to_dtype(grad.dtype())?)?
+    } else {
+        grad.clone()
+    };
     let g = mask
         .broadcast_mul(&grad.unsqueeze(D::Minus1)?)?
         .reshape((n, c, oh, ow, k, k))?
@@ -147,6 +185,74 @@ mod should {
             ours.flatten_all()?.to_vec1::<f32>()?,
             theirs.flatten_all()?.to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    fn input_grad(
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        r: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let v = Var::from_tensor(x)?;
+        let grads = (f(v.as_tensor())? * r)?.sum_all()?.backward()?;
+        grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()
+    }
+
+    /// Random values rounded to a coarse grid, so that windows hold ties.
+    fn tied(shape: (usize, usize, usize, usize)) -> Result<Tensor> {
+        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu)? * 2.0)?.round()? / 2.0
+    }
+
+    #[test]
+    fn fuse_relu_into_the_pool_with_the_same_value_and_gradient() -> Result<()> {
+        let x = (Tensor::randn(0f32, 1.0, (3, 4, 7, 9), &Device::Cpu)? + 0.3)?;
+        let r = Tensor::randn(0f32, 1.0, (3, 4, 3, 4), &Device::Cpu)?;
+        let fused = relu_max_pool2d(&x, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        let apart = max_pool2d(&x.relu()?, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(fused, apart);
+        assert_eq!(
+            input_grad(|x| relu_max_pool2d(x, 2), &x, &r)?,
+            input_grad(|x| max_pool2d(&x.relu()?, 2), &x, &r)?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn pass_no_gradient_through_a_window_without_a_positive_value() -> Result<()> {
+        let x = Var::new(
+            &[[[[0.0f32, -1.0, 2.0, 0.0], [-1.0, -3.0, 1.0, 2.0]]]],
+            &Device::Cpu,
+        )?;
+        let y = relu_max_pool2d(x.as_tensor(), 2)?;
+        let g = y.sum_all()?.backward()?;
+        let g = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn give_the_same_gradient_on_the_cpu_path_and_the_tensor_path() -> Result<()> {
+        for (shape, k) in [((2, 3, 6, 5), 2), ((1, 2, 9, 9), 3)] {
+            let x = tied(shape)?;
+            let out = (shape.0, shape.1, shape.2 / k, shape.3 / k);
+            let g = Tensor::randn(0f32, 1.0, out, &Device::Cpu)?;
+            for relu in [false, true] {
+                let cpu = first_max_grad(&x, &g, k, relu)?;
+                let tensors = first_max_grad_tensors(&x, &g, k, relu)?;
+                assert_eq!(
+                    cpu.flatten_all()?.to_vec1::<f32>()?,
+                    tensors.flatten_all()?.to_vec1::<f32>()?
+                );
+            }
+        }
         Ok(())
     }
 
