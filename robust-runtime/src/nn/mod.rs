@@ -31,6 +31,7 @@ pub use linear::Linear;
 use candle_core::{DType, Device, Result, Storage, Tensor, WithDType, D};
 
 use graft::graft;
+use rayon::prelude::*;
 
 /// Max pooling with a `k × k` window and stride `k` (PyTorch's `nn.MaxPool2d(k)`: floor mode,
 /// trailing rows and columns that do not fill a window are dropped), on `N × C × H × W`.
@@ -106,6 +107,9 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
 ) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
+    if n * c * oh * ow == 0 {
+        return x.zeros_like();
+    }
     let (xs, xl) = x.storage_and_layout();
     let (gs, gl) = grad.storage_and_layout();
     let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
@@ -117,25 +121,28 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
     };
     let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
     let mut out = vec![T::zero(); n * c * h * w];
-    for plane in 0..n * c {
-        let (xp, op) = (&xv[plane * h * w..], plane * h * w);
-        for i in 0..oh {
-            for j in 0..ow {
-                let mut best = (i * k) * w + j * k;
-                for di in 0..k {
-                    let row = (i * k + di) * w + j * k;
-                    for pos in row..row + k {
-                        if xp[pos] > xp[best] {
-                            best = pos;
+    let planes = out.par_chunks_mut(h * w).zip(xv.par_chunks(h * w));
+    planes
+        .zip(gv.par_chunks(oh * ow))
+        .for_each(|((out, xp), gp)| {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut best = (i * k) * w + j * k;
+                    let mut max = xp[best];
+                    for di in 0..k {
+                        let row = (i * k + di) * w + j * k;
+                        for (pos, &v) in xp[row..row + k].iter().enumerate() {
+                            if v > max {
+                                (best, max) = (row + pos, v);
+                            }
                         }
                     }
-                }
-                if !relu || xp[best] > T::zero() {
-                    out[op + best] = gv[(plane * oh + i) * ow + j];
+                    if !relu || max > T::zero() {
+                        out[best] = gp[i * ow + j];
+                    }
                 }
             }
-        }
-    }
+        });
     Tensor::from_vec(out, x.shape(), &Device::Cpu)
 }
 
