@@ -17,9 +17,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use crate::nn::max_pool2d;
+use crate::nn::{relu_max_pool2d, Conv2d, Linear};
 use crate::{Error, Result};
 
 /// The MLP 784-256-256-10 with ReLU activations, as
@@ -35,9 +35,9 @@ impl MnistMlp {
     /// Builds the model from a var builder (weights `1.*`, `3.*`, `5.*`).
     pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(MnistMlp {
-            fc1: candle_nn::linear(784, 256, vb.pp("1"))?,
-            fc2: candle_nn::linear(256, 256, vb.pp("3"))?,
-            fc3: candle_nn::linear(256, 10, vb.pp("5"))?,
+            fc1: Linear::load(784, 256, vb.pp("1"))?,
+            fc2: Linear::load(256, 256, vb.pp("3"))?,
+            fc3: Linear::load(256, 10, vb.pp("5"))?,
         })
     }
 
@@ -71,15 +71,11 @@ pub struct MnistCnn {
 impl MnistCnn {
     /// Builds the model from a var builder (weights `0.*`, `3.*`, `7.*`, `9.*`).
     pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        let cfg = Conv2dConfig {
-            padding: 2,
-            ..Default::default()
-        };
         Ok(MnistCnn {
-            conv1: candle_nn::conv2d(1, 32, 5, cfg, vb.pp("0"))?,
-            conv2: candle_nn::conv2d(32, 64, 5, cfg, vb.pp("3"))?,
-            fc1: candle_nn::linear(7 * 7 * 64, 1024, vb.pp("7"))?,
-            fc2: candle_nn::linear(1024, 10, vb.pp("9"))?,
+            conv1: Conv2d::load(1, 32, 5, 2, vb.pp("0"))?,
+            conv2: Conv2d::load(32, 64, 5, 2, vb.pp("3"))?,
+            fc1: Linear::load(7 * 7 * 64, 1024, vb.pp("7"))?,
+            fc2: Linear::load(1024, 10, vb.pp("9"))?,
         })
     }
 
@@ -91,9 +87,11 @@ impl MnistCnn {
 
 impl Module for MnistCnn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        // Our max-pool: candle's own gives tied maxima the full gradient (see `nn::max_pool2d`).
-        let xs = max_pool2d(&self.conv1.forward(xs)?.relu()?, 2)?;
-        let xs = max_pool2d(&self.conv2.forward(&xs)?.relu()?, 2)?;
+        // Our layers (see `crate::nn`): candle's max-pool gives tied maxima the full gradient,
+        // and its conv2d / linear backward computes weight gradients an attack never uses.
+        // ReLU then max-pool, fused into one graph node.
+        let xs = relu_max_pool2d(&self.conv1.forward(xs)?, 2)?;
+        let xs = relu_max_pool2d(&self.conv2.forward(&xs)?, 2)?;
         let xs = self.fc1.forward(&xs.flatten_from(1)?)?.relu()?;
         self.fc2.forward(&xs)
     }

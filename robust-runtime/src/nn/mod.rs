@@ -1,20 +1,43 @@
 //! Layers whose gradients the attacks depend on.
 //!
-//! candle 0.11's own `max_pool2d` backward gives *every* tied maximum of a window the full
-//! gradient. Ties are not rare: on a blank background a convolution outputs its bias everywhere,
-//! so after ReLU each 2×2 window holds four equal positive values, and candle's input gradient
-//! there is four times too large and spread over pixels PyTorch leaves alone. That changes which
-//! pixels FGSM/PGD move (5 of 500 CNN predictions under FGSM at ε = 0.1 differed from
-//! torchattacks before this layer). [`max_pool2d`] sends the gradient to the first maximum of
-//! each window in row-major order, as PyTorch's CPU and CUDA kernels do.
+//! Two candle 0.11 behaviours are avoided here:
+//!
+//! - **Wrong gradients at tied maxima.** candle's own `max_pool2d` backward gives *every* tied
+//!   maximum of a window the full gradient. Ties are not rare: on a blank background a
+//!   convolution outputs its bias everywhere, so after ReLU each 2×2 window holds four equal
+//!   positive values, and candle's input gradient there is four times too large and spread over
+//!   pixels PyTorch leaves alone. That changes which pixels FGSM/PGD move (5 of 500 CNN
+//!   predictions under FGSM at ε = 0.1 differed from torchattacks before this layer).
+//!   [`max_pool2d`] sends the gradient to the first maximum of each window in row-major order,
+//!   as PyTorch's CPU and CUDA kernels do.
+//! - **Slow, wasted backward work.** candle's backward of `conv2d` and `matmul` always computes
+//!   the weight gradient, even when the weights are plain tensors that nothing asks about, and
+//!   takes the convolution's input gradient through its slow CPU `conv_transpose2d`. An attack
+//!   only needs the gradient with respect to the input. [`Conv2d`] and [`Linear`] keep candle's
+//!   forward kernels but, for loaded (non-variable) weights, compute the input gradient only —
+//!   for the convolution as a `conv2d` with the flipped, transposed kernel, which candle runs
+//!   through its fast im2col + GEMM path. With trainable weights they are plain candle layers.
+//!
+//! All three attach their backward pass to candle's forward value with a custom op whose
+//! forward hands over that value's storage, so they run on every device candle supports.
 
-use candle_core::{Result, Tensor, D};
+mod conv;
+mod graft;
+mod linear;
+
+pub use conv::Conv2d;
+pub use linear::Linear;
+
+use candle_core::{DType, Device, Result, Storage, Tensor, WithDType, D};
+
+use graft::graft;
+use rayon::prelude::*;
 
 /// Max pooling with a `k × k` window and stride `k` (PyTorch's `nn.MaxPool2d(k)`: floor mode,
 /// trailing rows and columns that do not fill a window are dropped), on `N × C × H × W`.
 ///
-/// The forward value equals candle's `max_pool2d`; the backward pass sends each window's
-/// gradient to its first maximum only.
+/// The forward value is candle's `max_pool2d`; the backward pass sends each window's
+/// gradient to its first maximum (row-major) only.
 ///
 /// ```
 /// use candle_core::{Device, Tensor, Var};
@@ -25,6 +48,106 @@ use candle_core::{Result, Tensor, D};
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.dims4()?;
+    let value = x.detach().max_pool2d(k)?;
+    graft(x, value, "max_pool2d-first-max", move |arg, _, grad| {
+        first_max_grad(arg, grad, k, false)
+    })
+}
+
+/// `max_pool2d(relu(x), k)` in one step, as PyTorch's `nn.ReLU()` followed by
+/// `nn.MaxPool2d(k)`.
+///
+/// The value is the same (ReLU and the maximum commute, so it is computed as ReLU of the pooled
+/// tensor). The gradient goes to the first maximum of each window whose maximum is positive,
+/// as PyTorch's ReLU backward passes gradient only where its output is positive. One graph node
+/// instead of two saves candle's full-size ReLU backward (comparison, conversion, product) and
+/// a gradient accumulation.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// let x = Var::new(&[[[[-1.0f32, -2.0, 3.0, 3.0]]]], &Device::Cpu)?;
+/// let y = robust_runtime::nn::relu_max_pool2d(x.as_tensor(), 1)?;
+/// let grad = y.sum_all()?.backward()?.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+/// assert_eq!(grad, vec![0.0, 0.0, 1.0, 1.0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn relu_max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
+    x.dims4()?;
+    let value = x.detach().max_pool2d(k)?.relu()?;
+    graft(
+        x,
+        value,
+        "relu_max_pool2d-first-max",
+        move |arg, _, grad| first_max_grad(arg, grad, k, true),
+    )
+}
+
+/// The input gradient of a `k × k`, stride-`k` max pool: each window's output gradient goes to
+/// the window's first maximum (row-major), zeros elsewhere; with `relu`, only where that
+/// maximum is positive.
+fn first_max_grad(x: &Tensor, grad: &Tensor, k: usize, relu: bool) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == grad.dtype() {
+        let (x, grad) = (x.contiguous()?, grad.contiguous()?);
+        match x.dtype() {
+            DType::F32 => return first_max_grad_cpu::<f32>(&x, &grad, k, relu),
+            DType::F64 => return first_max_grad_cpu::<f64>(&x, &grad, k, relu),
+            _ => {}
+        }
+    }
+    first_max_grad_tensors(x, grad, k, relu)
+}
+
+/// [`first_max_grad`] in one pass over contiguous CPU tensors.
+fn first_max_grad_cpu<T: WithDType + PartialOrd>(
+    x: &Tensor,
+    grad: &Tensor,
+    k: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    if n * c * oh * ow == 0 {
+        return x.zeros_like();
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
+        candle_core::bail!("max_pool2d backward: tensors not on the CPU")
+    };
+    let (Some((x0, x1)), Some((g0, g1))) = (xl.contiguous_offsets(), gl.contiguous_offsets())
+    else {
+        candle_core::bail!("max_pool2d backward: non-contiguous tensors")
+    };
+    let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
+    let mut out = vec![T::zero(); n * c * h * w];
+    let planes = out.par_chunks_mut(h * w).zip(xv.par_chunks(h * w));
+    planes
+        .zip(gv.par_chunks(oh * ow))
+        .for_each(|((out, xp), gp)| {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut best = (i * k) * w + j * k;
+                    let mut max = xp[best];
+                    for di in 0..k {
+                        let row = (i * k + di) * w + j * k;
+                        for (pos, &v) in xp[row..row + k].iter().enumerate() {
+                            if v > max {
+                                (best, max) = (row + pos, v);
+                            }
+                        }
+                    }
+                    if !relu || max > T::zero() {
+                        out[best] = gp[i * ow + j];
+                    }
+                }
+            }
+        });
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)
+}
+
+/// [`first_max_grad`] with tensor operations, for every device.
+fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize, relu: bool) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
     let x = x.narrow(2, 0, oh * k)?.narrow(3, 0, ow * k)?;
@@ -33,12 +156,23 @@ pub fn max_pool2d(x: &Tensor, k: usize) -> Result<Tensor> {
         .reshape((n, c, oh, k, ow, k))?
         .permute((0, 1, 2, 4, 3, 5))?
         .reshape((n, c, oh, ow, k * k))?;
-    // candle's argmax keeps the first maximum; the mask is a constant for autograd, so the
-    // gradient of Σ windows·mask reaches that one position only.
-    let first_max = windows.detach().argmax_keepdim(D::Minus1)?;
+    // candle's argmax keeps the first maximum.
+    let first_max = windows.argmax_keepdim(D::Minus1)?;
     let positions = Tensor::arange(0u32, (k * k) as u32, x.device())?;
     let mask = first_max.broadcast_eq(&positions)?.to_dtype(x.dtype())?;
-    (windows * mask)?.sum(D::Minus1)
+    let grad = if relu {
+        let pooled = x.max_pool2d(k)?;
+        (grad * pooled.gt(&pooled.zeros_like()?)?.to_dtype(grad.dtype())?)?
+    } else {
+        grad.clone()
+    };
+    let g = mask
+        .broadcast_mul(&grad.unsqueeze(D::Minus1)?)?
+        .reshape((n, c, oh, ow, k, k))?
+        .permute((0, 1, 2, 4, 3, 5))?
+        .reshape((n, c, oh * k, ow * k))?;
+    g.pad_with_zeros(2, 0, h - oh * k)?
+        .pad_with_zeros(3, 0, w - ow * k)
 }
 
 #[cfg(test)]
@@ -58,6 +192,74 @@ mod should {
             ours.flatten_all()?.to_vec1::<f32>()?,
             theirs.flatten_all()?.to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    fn input_grad(
+        f: impl Fn(&Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        r: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let v = Var::from_tensor(x)?;
+        let grads = (f(v.as_tensor())? * r)?.sum_all()?.backward()?;
+        grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()
+    }
+
+    /// Random values rounded to a coarse grid, so that windows hold ties.
+    fn tied(shape: (usize, usize, usize, usize)) -> Result<Tensor> {
+        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu)? * 2.0)?.round()? / 2.0
+    }
+
+    #[test]
+    fn fuse_relu_into_the_pool_with_the_same_value_and_gradient() -> Result<()> {
+        let x = (Tensor::randn(0f32, 1.0, (3, 4, 7, 9), &Device::Cpu)? + 0.3)?;
+        let r = Tensor::randn(0f32, 1.0, (3, 4, 3, 4), &Device::Cpu)?;
+        let fused = relu_max_pool2d(&x, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        let apart = max_pool2d(&x.relu()?, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(fused, apart);
+        assert_eq!(
+            input_grad(|x| relu_max_pool2d(x, 2), &x, &r)?,
+            input_grad(|x| max_pool2d(&x.relu()?, 2), &x, &r)?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn pass_no_gradient_through_a_window_without_a_positive_value() -> Result<()> {
+        let x = Var::new(
+            &[[[[0.0f32, -1.0, 2.0, 0.0], [-1.0, -3.0, 1.0, 2.0]]]],
+            &Device::Cpu,
+        )?;
+        let y = relu_max_pool2d(x.as_tensor(), 2)?;
+        let g = y.sum_all()?.backward()?;
+        let g = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn give_the_same_gradient_on_the_cpu_path_and_the_tensor_path() -> Result<()> {
+        for (shape, k) in [((2, 3, 6, 5), 2), ((1, 2, 9, 9), 3)] {
+            let x = tied(shape)?;
+            let out = (shape.0, shape.1, shape.2 / k, shape.3 / k);
+            let g = Tensor::randn(0f32, 1.0, out, &Device::Cpu)?;
+            for relu in [false, true] {
+                let cpu = first_max_grad(&x, &g, k, relu)?;
+                let tensors = first_max_grad_tensors(&x, &g, k, relu)?;
+                assert_eq!(
+                    cpu.flatten_all()?.to_vec1::<f32>()?,
+                    tensors.flatten_all()?.to_vec1::<f32>()?
+                );
+            }
+        }
         Ok(())
     }
 

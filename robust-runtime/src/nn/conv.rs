@@ -1,0 +1,339 @@
+//! 2-D convolution whose backward pass computes the input gradient only.
+
+use candle_core::{DType, Device, Module, Result, Storage, Tensor, WithDType};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+use super::graft::graft;
+
+/// A 2-D convolution with stride 1, zero padding and a square kernel, as PyTorch's
+/// `nn.Conv2d(c_in, c_out, k, padding=p)`.
+///
+/// The forward value is candle's `conv2d` plus the bias. When the weights are plain tensors
+/// (a loaded model), the backward pass computes the input gradient only, as the convolution of
+/// the output gradient with the flipped, transposed kernel, `conv2d(∇y, flip(W)ᵀ, padding =
+/// k − 1 − p)`: candle's own backward would also compute the (unused) kernel gradient and take
+/// the input gradient through its much slower CPU `conv_transpose2d`. With trainable weights
+/// (variables), the layer is candle's `conv2d` and autograd as usual.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    padding: usize,
+    /// `flip(W)ᵀ`, `c_in × c_out × k × k`, for the input gradient off the CPU.
+    grad_kernel: Tensor,
+    /// `W` as a `c_in·k·k × c_out` matrix, for the input gradient on the CPU.
+    weight_cols: Tensor,
+    /// `W` as a `c_out × c_in·k·k` matrix, for the forward pass on the CPU.
+    weight_rows: Tensor,
+}
+
+impl Conv2d {
+    /// A convolution with `weight` (`c_out × c_in × k × k`), an optional `bias` (`c_out`) and
+    /// zero padding `padding < k` on each side.
+    pub fn new(weight: Tensor, bias: Option<Tensor>, padding: usize) -> Result<Self> {
+        let (c_out, _, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("Conv2d needs a square kernel, got {kh}×{kw}")
+        }
+        if padding >= kh {
+            candle_core::bail!("Conv2d needs padding < kernel size, got {padding} ≥ {kh}")
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [c_out] {
+                candle_core::bail!("Conv2d bias of shape {:?} for {c_out} channels", b.dims())
+            }
+        }
+        let grad_kernel = weight
+            .detach()
+            .transpose(0, 1)?
+            .contiguous()?
+            .flip(&[2, 3])?
+            .contiguous()?;
+        let weight_rows = weight.detach().flatten_from(1)?.contiguous()?;
+        let weight_cols = weight_rows.t()?.contiguous()?;
+        Ok(Conv2d {
+            weight,
+            bias,
+            padding,
+            grad_kernel,
+            weight_cols,
+            weight_rows,
+        })
+    }
+
+    /// Loads `weight` (`c_out × c_in × k × k`) and `bias` (`c_out`), PyTorch's names, from `vb`.
+    pub fn load(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, k, k), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Self::new(weight, Some(bias), padding)
+    }
+
+    fn conv(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && !self.trainable() && x.dtype() == self.weight.dtype() {
+            let x = x.contiguous()?;
+            match x.dtype() {
+                DType::F32 => return self.conv_cpu::<f32>(&x),
+                DType::F64 => return self.conv_cpu::<f64>(&x),
+                _ => {}
+            }
+        }
+        let y = x.conv2d(&self.weight, self.padding, 1, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            None => Ok(y),
+        }
+    }
+
+    /// The forward pass on the CPU: im2col columns copied as contiguous row segments, one GEMM
+    /// per chunk of samples, the bias added on the way out. candle's tiled im2col writes its
+    /// columns one value at a time, and took most of the forward time.
+    fn conv_cpu<T: WithDType>(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, c_in, h, w) = x.dims4()?;
+        let (c_out, _, k, _) = self.weight.dims4()?;
+        let p = self.padding;
+        let (oh, ow) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+        let (plane, in_size, rows) = (oh * ow, c_in * h * w, c_in * k * k);
+        let bias = match &self.bias {
+            Some(b) => b.to_dtype(T::DTYPE)?.to_vec1::<T>()?,
+            None => vec![T::zero(); c_out],
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let Storage::Cpu(xs) = &*xs else {
+            candle_core::bail!("conv2d: input not on the CPU")
+        };
+        let Some((x0, x1)) = xl.contiguous_offsets() else {
+            candle_core::bail!("conv2d: non-contiguous input")
+        };
+        let xv = &xs.as_slice::<T>()?[x0..x1];
+        let mut out = vec![T::zero(); n * c_out * plane];
+        let chunk = ((1 << 22) / (rows * plane).max(1)).clamp(1, n.max(1));
+        for (c, out) in out.chunks_mut(chunk * c_out * plane).enumerate() {
+            let b = out.len() / (c_out * plane);
+            let xv = &xv[c * chunk * in_size..(c * chunk + b) * in_size];
+            let mut cols = vec![T::zero(); rows * b * plane];
+            cols.par_chunks_mut(b * plane)
+                .enumerate()
+                .for_each(|(r, row)| {
+                    let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                    // Output pixel (oy, ox) reads input (oy + ky − p, ox + kx − p).
+                    let ox0 = p.saturating_sub(kx);
+                    let ox1 = ow.min((w + p).saturating_sub(kx));
+                    if ox0 >= ox1 {
+                        return;
+                    }
+                    for s in 0..b {
+                        let src = &xv[s * in_size + ci * h * w..s * in_size + (ci + 1) * h * w];
+                        for oy in 0..oh {
+                            let iy = oy + ky;
+                            if iy < p || iy - p >= h {
+                                continue;
+                            }
+                            let from = (iy - p) * w + ox0 + kx - p;
+                            let to = s * plane + oy * ow + ox0;
+                            row[to..to + (ox1 - ox0)]
+                                .copy_from_slice(&src[from..from + (ox1 - ox0)]);
+                        }
+                    }
+                });
+            let cols = Tensor::from_vec(cols, (rows, b * plane), &Device::Cpu)?;
+            let y = self.weight_rows.matmul(&cols)?;
+            let (ys, yl) = y.storage_and_layout();
+            let Storage::Cpu(ys) = &*ys else {
+                candle_core::bail!("conv2d: output not on the CPU")
+            };
+            let Some((y0, y1)) = yl.contiguous_offsets() else {
+                candle_core::bail!("conv2d: non-contiguous output")
+            };
+            let yv = &ys.as_slice::<T>()?[y0..y1];
+            out.par_chunks_mut(c_out * plane)
+                .enumerate()
+                .for_each(|(s, out)| {
+                    for (co, out) in out.chunks_mut(plane).enumerate() {
+                        let src = &yv[co * b * plane + s * plane..co * b * plane + (s + 1) * plane];
+                        for (o, &v) in out.iter_mut().zip(src) {
+                            *o = v + bias[co];
+                        }
+                    }
+                });
+        }
+        Tensor::from_vec(out, (n, c_out, oh, ow), &Device::Cpu)
+    }
+
+    fn trainable(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.trainable() {
+            return self.conv(x);
+        }
+        let value = self.conv(&x.detach())?;
+        let (kernel, cols) = (self.grad_kernel.clone(), self.weight_cols.clone());
+        let padding = self.padding;
+        graft(x, value, "conv2d-input-grad", move |arg, _, grad| {
+            let k = kernel.dim(2)?;
+            if grad.device().is_cpu() && grad.dtype() == cols.dtype() {
+                match grad.dtype() {
+                    DType::F32 => return input_grad_col2im::<f32>(grad, &cols, arg, k, padding),
+                    DType::F64 => return input_grad_col2im::<f64>(grad, &cols, arg, k, padding),
+                    _ => {}
+                }
+            }
+            grad.conv2d(&kernel, k - 1 - padding, 1, 1, 1)
+        })
+    }
+}
+
+/// The input gradient of a stride-1 convolution on the CPU: the columns `Wᵀ ∇y`
+/// (`c_in·k·k × pixels`, one GEMM) added back onto the input positions they came from
+/// (col2im). This touches `c_in·k²` values per output pixel, where the flipped-kernel `conv2d`
+/// builds im2col columns of `c_out·k²`; it is much cheaper for the first layer (`c_in = 1`).
+fn input_grad_col2im<T: WithDType>(
+    grad: &Tensor,
+    weight_cols: &Tensor,
+    arg: &Tensor,
+    k: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (n, c_in, h, w) = arg.dims4()?;
+    let (_, c_out, oh, ow) = grad.dims4()?;
+    let (plane, in_size) = (oh * ow, c_in * h * w);
+    // c_out × (n·oh·ow): one GEMM per chunk of samples, columns in sample order.
+    let g = grad
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((c_out, n * plane))?;
+    let rows = c_in * k * k;
+    let chunk = ((1 << 22) / (rows * plane)).clamp(1, n);
+    let mut out = vec![T::zero(); n * in_size];
+    for (c, out) in out.chunks_mut(chunk * in_size).enumerate() {
+        let b = out.len() / in_size;
+        let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?)?;
+        let (storage, layout) = cols.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("conv2d backward: columns not on the CPU")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("conv2d backward: non-contiguous columns")
+        };
+        let cols = &storage.as_slice::<T>()?[start..end];
+        let stride = b * plane;
+        out.par_chunks_mut(in_size).enumerate().for_each(|(s, dx)| {
+            for ci in 0..c_in {
+                let dx = &mut dx[ci * h * w..(ci + 1) * h * w];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let row = ((ci * k + ky) * k + kx) * stride + s * plane;
+                        let row = &cols[row..row + plane];
+                        // Output pixel (oy, ox) read input (oy + ky − p, ox + kx − p).
+                        let ox0 = padding.saturating_sub(kx);
+                        let ox1 = ow.min((w + padding).saturating_sub(kx));
+                        for oy in 0..oh {
+                            let iy = oy + ky;
+                            if iy < padding || iy - padding >= h || ox0 >= ox1 {
+                                continue;
+                            }
+                            // ix = ox + kx − p for ox in ox0..ox1.
+                            let (src, dst) = (oy * ow, (iy - padding) * w + ox0 + kx - padding);
+                            let dst = &mut dx[dst..dst + (ox1 - ox0)];
+                            for (d, v) in dst.iter_mut().zip(&row[src + ox0..src + ox1]) {
+                                *d += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Tensor::from_vec(out, arg.shape(), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Output and input gradient of `layer` and of candle's conv2d + bias + autograd.
+    fn compare(
+        n: usize,
+        c_in: usize,
+        c_out: usize,
+        hw: (usize, usize),
+        k: usize,
+        p: usize,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c_in, hw.0, hw.1), &dev)?)?;
+        let layer = Conv2d::new(weight.clone(), Some(bias.clone()), p)?;
+
+        let ours = layer.forward(x.as_tensor())?;
+        let theirs = x
+            .as_tensor()
+            .conv2d(&weight, p, 1, 1, 1)?
+            .broadcast_add(&bias.reshape((1, c_out, 1, 1))?)?;
+        assert!(max_abs_diff(&ours, &theirs)? < 1e-4);
+
+        let r = Tensor::randn(0f32, 1.0, ours.shape(), &dev)?;
+        let g_ours = (ours * &r)?.sum_all()?.backward()?;
+        let g_theirs = (theirs * &r)?.sum_all()?.backward()?;
+        let (g_ours, g_theirs) = (
+            g_ours.get(x.as_tensor()).unwrap(),
+            g_theirs.get(x.as_tensor()).unwrap(),
+        );
+        let diff = max_abs_diff(g_ours, g_theirs)?;
+        assert!(diff < 1e-4, "input gradients differ by {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn match_candle_conv2d_and_its_input_gradient() -> Result<()> {
+        compare(3, 1, 4, (9, 9), 5, 2)?;
+        compare(2, 3, 5, (8, 11), 3, 0)?;
+        compare(4, 6, 2, (12, 10), 5, 0)?;
+        compare(2, 5, 7, (7, 6), 5, 2)?;
+        compare(2, 4, 3, (6, 6), 3, 1)
+    }
+
+    #[test]
+    fn compute_no_weight_gradient_for_plain_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let layer = Conv2d::new(Tensor::ones((2, 1, 3, 3), DType::F32, &dev)?, None, 1)?;
+        let x = Var::from_tensor(&Tensor::ones((1, 1, 4, 4), DType::F32, &dev)?)?;
+        let grads = layer.forward(x.as_tensor())?.sum_all()?.backward()?;
+        assert!(grads.get(&layer.weight).is_none());
+        assert!(grads.get(x.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn train_like_candle_with_variable_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 3, 3), &dev)?)?;
+        let layer = Conv2d::new(w.as_tensor().clone(), None, 1)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev)?;
+        let ours = layer.forward(&x)?.sum_all()?.backward()?;
+        let theirs = x.conv2d(w.as_tensor(), 1, 1, 1, 1)?.sum_all()?.backward()?;
+        let diff = max_abs_diff(
+            ours.get(w.as_tensor()).unwrap(),
+            theirs.get(w.as_tensor()).unwrap(),
+        )?;
+        assert!(diff < 1e-4);
+        Ok(())
+    }
+}
