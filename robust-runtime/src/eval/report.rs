@@ -299,9 +299,10 @@ impl RobustnessReport {
     }
 }
 
-/// `norm ≤ eps` up to float rounding of the norm.
+/// `norm ≤ eps`, compared in `f32` like `attack::within_budget`, so that `evaluate` and an
+/// attack's own `perturb` agree on every sample.
 pub(crate) fn within(norm: f32, eps: f64) -> bool {
-    norm as f64 <= eps * (1.0 + 1e-6) + 1e-7
+    norm <= eps as f32
 }
 
 /// Robust accuracy at each ε, from outcomes that carry their minimal perturbation.
