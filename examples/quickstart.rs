@@ -1,6 +1,6 @@
 //! The main job: attack the shipped MNIST models with FGSM and PGD (L∞, 20 steps of 2.5·ε/20,
 //! random start) over an ε sweep on the 1,000 test digits of the MNIST sample, and print each
-//! report and a summary curve. About 6 minutes on 2 CPU cores, nearly all of it the CNN
+//! report and a summary curve. About 2 minutes on 2 CPU cores, most of it the CNN
 //! (BENCHMARKS.md).
 //!
 //! ```text
