@@ -121,7 +121,7 @@ mod should {
     fn accept_a_plain_function() {
         let test_fn = parse(quote!(
             pub fn case() -> robust_runtime::Result<RobustnessCase> {
-                todo!()
+                unreachable!()
             }
         ))
         .unwrap();
@@ -138,7 +138,7 @@ mod should {
             #[should_panic(expected = "robust accuracy")]
             #[cfg(feature = "cuda")]
             fn case() -> Result<RobustnessCase> {
-                todo!()
+                unreachable!()
             }
         ))
         .unwrap();
@@ -165,7 +165,7 @@ mod should {
         assert_eq!(
             errors(quote!(
                 fn case(seed: u64) -> Result<RobustnessCase> {
-                    todo!()
+                    unreachable!()
                 }
             )),
             ["a robustness test function takes no arguments: build the model and data inside it"]
@@ -176,7 +176,7 @@ mod should {
     fn reject_async_unsafe_and_generic_functions_all_at_once() {
         let all = errors(quote!(
             async unsafe fn case<B: Backend>() -> Result<RobustnessCase> {
-                todo!()
+                unreachable!()
             }
         ));
         assert_eq!(all.len(), 3, "{all:#?}");
@@ -190,7 +190,7 @@ mod should {
         assert_eq!(
             errors(quote!(
                 fn case() {
-                    todo!()
+                    unreachable!()
                 }
             )),
             ["a robustness test function must return `robust_runtime::Result<RobustnessCase>`"]
@@ -203,7 +203,7 @@ mod should {
             errors(quote!(
                 #[test]
                 fn case() -> Result<RobustnessCase> {
-                    todo!()
+                    unreachable!()
                 }
             )),
             ["remove `#[test]`: `#[robustness_test]` generates the tests itself"]
