@@ -29,7 +29,7 @@ use candle_core::{DType, Tensor};
 
 use super::loss::Objective;
 use super::{
-    check_at_least_one, check_non_negative, check_positive, kernel, within_budget, Attack,
+    check_at_least_one, check_non_negative, check_positive, kernel, minimal_within_budget, Attack,
     AttackBatch, Loss, Norm, ThreatModel,
 };
 use crate::model::Model;
@@ -213,10 +213,7 @@ impl Attack for CarliniWagner {
     }
 
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, rng: &mut Rng) -> Result<Tensor> {
-        match self.minimal_perturbation(model, batch, rng)? {
-            Some(adv) => within_budget(&adv, batch.inputs, &self.threat()),
-            None => Ok(batch.inputs.clone()),
-        }
+        minimal_within_budget(self, model, batch, rng)
     }
 
     fn minimal_perturbation(

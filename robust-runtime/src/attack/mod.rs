@@ -276,6 +276,20 @@ pub trait Attack {
     }
 }
 
+/// `perturb` of a minimal-perturbation attack: its unbounded result, kept per sample only where
+/// it fits in the attack's ε ([`within_budget`]).
+pub(crate) fn minimal_within_budget(
+    attack: &(impl Attack + ?Sized),
+    model: &Model,
+    batch: &AttackBatch<'_>,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    match attack.minimal_perturbation(model, batch, rng)? {
+        Some(adv) => within_budget(&adv, batch.inputs, &attack.threat()),
+        None => Ok(batch.inputs.clone()),
+    }
+}
+
 /// Per sample, `adv` where its perturbation from `x` is at most `threat.eps` in `threat.norm`,
 /// else `x`: a minimal adversarial example outside the budget does not break the sample.
 pub(crate) fn within_budget(adv: &Tensor, x: &Tensor, threat: &ThreatModel) -> Result<Tensor> {
