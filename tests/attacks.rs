@@ -67,35 +67,18 @@ fn perturbations_stay_inside_the_ball_and_the_domain() -> R {
             let eps = attack.threat().eps;
             let batch = AttackBatch::untargeted(&x, &labels, 10);
             let adv = attack.perturb(&model, &batch, &mut Rng::seed_from_u64(1))?;
-            let delta = (&adv - &x)?.flatten_from(1)?;
-            let norms = match attack.threat().norm {
-                Norm::Linf => delta.abs()?.max(1)?,
-                _ => delta.sqr()?.sum(1)?.sqrt()?,
-            }
-            .to_vec1::<f32>()?;
-            let worst = norms.iter().cloned().fold(0.0f32, f32::max) as f64;
-            let mean = norms.iter().map(|&v| v as f64).sum::<f64>() / norms.len() as f64;
             let what = format!(
                 "{} in [{}, {}]",
                 attack.describe(),
                 domain.lo(),
                 domain.hi()
             );
-            assert!(
-                worst <= eps * (1.0 + 1e-5) + 1e-6,
-                "{what}: perturbation {worst} > ε"
-            );
+            let norms =
+                common::assert_in_ball_and_domain(&adv, &x, attack.threat(), domain, &what)?;
+            let mean = norms.iter().map(|&v| v as f64).sum::<f64>() / norms.len() as f64;
             assert!(
                 mean > 0.3 * eps,
                 "{what}: mean perturbation {mean} — the attack barely moved"
-            );
-            let (lo, hi) = (
-                adv.min_all()?.to_scalar::<f32>()?,
-                adv.max_all()?.to_scalar::<f32>()?,
-            );
-            assert!(
-                lo >= domain.lo() && hi <= domain.hi(),
-                "{what}: values in [{lo}, {hi}]"
             );
         }
     }

@@ -29,15 +29,6 @@ fn digits(n: usize) -> R<(Tensor, Tensor)> {
 }
 
 /// Per-sample norms of `adv − x`.
-fn norms(adv: &Tensor, x: &Tensor, norm: Norm) -> R<Vec<f32>> {
-    let d = (adv - x)?.flatten_from(1)?;
-    Ok(match norm {
-        Norm::Linf => d.abs()?.max(1)?,
-        _ => d.sqr()?.sum(1)?.sqrt()?,
-    }
-    .to_vec1::<f32>()?)
-}
-
 /// Runs `attack.minimal_perturbation` on `n` digits; returns (success rate among the clean-correct
 /// digits, mean norm over the successes, every success misclassified, seconds).
 fn minimal_stats(attack: &dyn Attack, n: usize) -> R<(f64, f64, bool, f64)> {
@@ -55,7 +46,7 @@ fn minimal_stats(attack: &dyn Attack, n: usize) -> R<(f64, f64, bool, f64)> {
         .expect("a minimal-perturbation attack");
     let secs = started.elapsed().as_secs_f64();
     let pred = model.predict(&adv)?;
-    let norms = norms(&adv, &x, attack.threat().norm)?;
+    let norms = common::norms(&adv, &x, attack.threat().norm)?;
     let (mut correct, mut broken, mut sum, mut all_fooled) = (0, 0, 0.0, true);
     for i in 0..n {
         if clean[i] != labels[i] {
@@ -281,20 +272,7 @@ fn outputs_stay_inside_the_ball_and_the_domain() -> R {
                 domain.lo(),
                 domain.hi()
             );
-            let norms = norms(&adv, &x, threat.norm)?;
-            let worst = norms.iter().cloned().fold(0.0f32, f32::max) as f64;
-            assert!(
-                worst <= threat.eps * (1.0 + 1e-5) + 1e-6,
-                "{what}: perturbation {worst} > ε"
-            );
-            let (lo, hi) = (
-                adv.min_all()?.to_scalar::<f32>()?,
-                adv.max_all()?.to_scalar::<f32>()?,
-            );
-            assert!(
-                lo >= domain.lo() && hi <= domain.hi(),
-                "{what}: values in [{lo}, {hi}]"
-            );
+            common::assert_in_ball_and_domain(&adv, &x, threat, domain, &what)?;
             // The attack did something: it broke some clean-correct digits.
             let pred = model.predict(&adv)?;
             let labels = y.to_vec1::<u32>()?;
@@ -344,7 +322,7 @@ fn minimal_attacks_break_a_sample_exactly_when_eps_covers_its_minimal_norm() -> 
         let adv = probe
             .minimal_perturbation(&model, &batch, &mut Rng::seed_from_u64(0))?
             .unwrap();
-        let minimal = norms(&adv, &x, norm)?;
+        let minimal = common::norms(&adv, &x, norm)?;
         // The sample with the median non-zero minimal norm.
         let mut order: Vec<usize> = (0..labels.len()).filter(|&i| minimal[i] > 0.0).collect();
         order.sort_by(|&a, &b| minimal[a].total_cmp(&minimal[b]));

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the committed fixtures and the MNIST test split.
 #![allow(dead_code)]
 
+use candle_core::Tensor;
+use robust_runtime::attack::{Norm, ThreatModel};
 use robust_runtime::prelude::*;
 
 pub const MLP: &str = concat!(
@@ -23,4 +25,40 @@ pub fn cnn() -> robust_runtime::Result<Model> {
 /// The first `n` digits of the MNIST sample's test split.
 pub fn test_digits(n: usize) -> robust_runtime::Result<Dataset> {
     Dataset::mnist_sample()?.test_split().take(n)
+}
+
+/// Per-sample norms of the perturbation `adv − x` in `norm`.
+pub fn norms(adv: &Tensor, x: &Tensor, norm: Norm) -> robust_runtime::Result<Vec<f32>> {
+    let d = (adv - x)?.flatten_from(1)?;
+    Ok(match norm {
+        Norm::Linf => d.abs()?.max(1)?,
+        _ => d.sqr()?.sum(1)?.sqrt()?,
+    }
+    .to_vec1::<f32>()?)
+}
+
+/// Asserts that every sample of `adv` lies within `threat` of `x` and inside `domain`; returns
+/// the per-sample perturbation norms for further checks.
+pub fn assert_in_ball_and_domain(
+    adv: &Tensor,
+    x: &Tensor,
+    threat: ThreatModel,
+    domain: InputDomain,
+    what: &str,
+) -> robust_runtime::Result<Vec<f32>> {
+    let norms = norms(adv, x, threat.norm)?;
+    let worst = norms.iter().cloned().fold(0.0f32, f32::max) as f64;
+    assert!(
+        worst <= threat.eps * (1.0 + 1e-5) + 1e-6,
+        "{what}: perturbation {worst} > ε"
+    );
+    let (lo, hi) = (
+        adv.min_all()?.to_scalar::<f32>()?,
+        adv.max_all()?.to_scalar::<f32>()?,
+    );
+    assert!(
+        lo >= domain.lo() && hi <= domain.hi(),
+        "{what}: values in [{lo}, {hi}]"
+    );
+    Ok(norms)
 }
