@@ -100,6 +100,28 @@ pub enum Error {
     #[error("invalid model configuration: {0}")]
     ModelConfig(String),
 
+    // ---- certification ---------------------------------------------------------------------------------
+    /// The model cannot be certified at all (an opaque module).
+    #[error("model `{model}` cannot be certified: {reason}")]
+    NotCertifiable {
+        /// The model's name.
+        model: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A layer the chosen certifier has no relaxation for.
+    #[error("{certifier} cannot bound layer {index} ({layer}); {hint}")]
+    UnsupportedLayer {
+        /// `IBP`, `CROWN`, …
+        certifier: &'static str,
+        /// The layer's position in the `Sequential`.
+        index: usize,
+        /// The layer's kind (`MaxPool2d`, …).
+        layer: &'static str,
+        /// What to use instead.
+        hint: &'static str,
+    },
+
     // ---- attacks and evaluation ------------------------------------------------------------------------
     /// A hyper-parameter is out of its range.
     #[error("invalid value for `{name}`: {found}; expected {expected}")]

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod attack;
+pub mod certify;
 pub mod data;
 pub mod device;
 mod error;

@@ -22,7 +22,11 @@
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
 
+use std::any::Any;
+
 use candle_core::{DType, Module, Tensor};
+
+use crate::nn::Sequential;
 
 use crate::{Error, Result};
 
@@ -98,6 +102,18 @@ impl Normalize {
         Ok(Normalize { mean, std })
     }
 
+    /// The same map as `x·scale + shift` per channel: `(1/std, −mean/std)`.
+    pub fn as_affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let scale = self.std.iter().map(|s| 1.0 / s).collect();
+        let shift = self
+            .mean
+            .iter()
+            .zip(&self.std)
+            .map(|(m, s)| -m / s)
+            .collect();
+        (scale, shift)
+    }
+
     /// `(x − mean) / std`, broadcast over every dimension but 1.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let channels = self.mean.len();
@@ -124,6 +140,8 @@ impl Normalize {
 /// normalisation.
 pub struct Model {
     inner: Box<dyn Module>,
+    /// The same network as layers, when the module is a [`Sequential`]: what certifiers bound.
+    network: Option<Sequential>,
     normalize: Option<Normalize>,
     domain: InputDomain,
     name: String,
@@ -141,9 +159,13 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Wraps any module that returns logits. Domain `[0, 1]`, no normalisation.
-    pub fn new(module: impl Module + 'static) -> Self {
+    /// A [`Sequential`] stays visible to the certifiers; any other module can be attacked but
+    /// not certified.
+    pub fn new<M: Module + 'static>(module: M) -> Self {
+        let network = (&module as &dyn Any).downcast_ref::<Sequential>().cloned();
         Model {
             inner: Box::new(module),
+            network,
             normalize: None,
             domain: InputDomain::default(),
             name: "model".into(),
@@ -176,6 +198,23 @@ impl Model {
     /// The input domain.
     pub fn domain(&self) -> InputDomain {
         self.domain
+    }
+
+    /// The network as the certifiers see it: the [`Sequential`] the model was built from, with
+    /// the model's normalisation as its first layer. An error for opaque modules.
+    pub fn network(&self) -> Result<Sequential> {
+        let Some(net) = &self.network else {
+            return Err(Error::NotCertifiable {
+                model: self.name.clone(),
+                reason: "it is an opaque candle Module; certifiers need to see the layers: \
+                         build it as a robust_runtime::nn::Sequential"
+                    .into(),
+            });
+        };
+        match &self.normalize {
+            Some(normalize) => net.with_normalize_first(normalize, &net.device()),
+            None => Ok(net.clone()),
+        }
     }
 
     /// Logits for a batch, checked to be `N × classes`. This is the differentiable forward pass

@@ -97,6 +97,57 @@ impl Module for MnistCnn {
     }
 }
 
+/// The same architectures as certifiable [`Sequential`](crate::nn::Sequential) networks (same
+/// weight names, so the same files load), plus the small convolutional network that certified
+/// training uses.
+pub mod layers {
+    use crate::nn::{Sequential, SequentialBuilder};
+
+    /// [`MnistMlp`](super::MnistMlp) as layers.
+    pub fn mnist_mlp() -> SequentialBuilder {
+        Sequential::builder(&[1, 28, 28])
+            .flatten()
+            .linear(256)
+            .relu()
+            .linear(256)
+            .relu()
+            .linear(10)
+    }
+
+    /// [`MnistCnn`](super::MnistCnn) as layers (IBP can bound it; CROWN cannot, it has max-pooling).
+    pub fn mnist_cnn() -> SequentialBuilder {
+        Sequential::builder(&[1, 28, 28])
+            .conv2d(32, 5, 1, 2)
+            .relu()
+            .max_pool2d(2)
+            .conv2d(64, 5, 1, 2)
+            .relu()
+            .max_pool2d(2)
+            .flatten()
+            .linear(1024)
+            .relu()
+            .linear(10)
+    }
+
+    /// The "small" network of certified-training papers (Wong & Kolter 2018; Gowal et al. 2018):
+    /// `nn.Sequential(nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 4,
+    /// stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(1568, 100), nn.ReLU(),
+    /// nn.Linear(100, 10))`: weights `0.*`, `2.*`, `5.*`, `7.*`. The committed
+    /// `tests/fixtures/mnist_ibp.safetensors` (IBP-trained) and `mnist_noise.safetensors`
+    /// (trained on Gaussian noise, for smoothing) use it.
+    pub fn mnist_small_cnn() -> SequentialBuilder {
+        Sequential::builder(&[1, 28, 28])
+            .conv2d(16, 4, 2, 1)
+            .relu()
+            .conv2d(32, 4, 2, 1)
+            .relu()
+            .flatten()
+            .linear(100)
+            .relu()
+            .linear(10)
+    }
+}
+
 fn load_with<M>(
     model: &'static str,
     path: &Path,

@@ -62,3 +62,13 @@ pub fn assert_in_ball_and_domain(
     );
     Ok(norms)
 }
+
+/// The MLP fixture as a certifiable `Sequential`.
+pub fn mlp_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
+    zoo::layers::mnist_mlp().load(MLP, &Device::Cpu)
+}
+
+/// The CNN fixture as a certifiable `Sequential`.
+pub fn cnn_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
+    zoo::layers::mnist_cnn().load(CNN, &Device::Cpu)
+}

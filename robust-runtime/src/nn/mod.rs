@@ -24,9 +24,12 @@
 mod conv;
 mod graft;
 mod linear;
+mod sequential;
 
 pub use conv::Conv2d;
 pub use linear::Linear;
+pub(crate) use sequential::channel_shape;
+pub use sequential::{Layer, Sequential, SequentialBuilder};
 
 use candle_core::{DType, Device, Result, Storage, Tensor, WithDType, D};
 
