@@ -122,6 +122,10 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// The certification assertion failed: the report says by how much.
+    #[error("{}", .0.failure_message())]
+    NotCertified(Box<crate::certify::CertificationReport>),
+
     // ---- attacks and evaluation ------------------------------------------------------------------------
     /// A hyper-parameter is out of its range.
     #[error("invalid value for `{name}`: {found}; expected {expected}")]

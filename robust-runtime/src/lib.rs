@@ -30,6 +30,7 @@
 pub mod attack;
 pub mod certify;
 pub mod data;
+pub mod defense;
 pub mod device;
 mod error;
 pub mod eval;
@@ -59,8 +60,17 @@ pub mod prelude {
 /// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::eval::TestSpec;
+    pub use crate::eval::{CertifySpec, TestSpec};
     use crate::{Result, RobustnessCase};
+
+    /// Runs one generated certification test; panics with the report when it fails.
+    #[track_caller]
+    pub fn run_certify<F: FnOnce() -> Result<RobustnessCase>>(build: F, spec: CertifySpec) {
+        match spec.run(build) {
+            Ok(report) => println!("{report}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
 
     /// Runs one generated test; panics with the report when it fails.
     #[track_caller]

@@ -49,6 +49,30 @@ pub fn margin_lower_bounds(
     upper: &Tensor,
     labels: &[u32],
 ) -> Result<Tensor> {
+    super::mask_label(&margins(net, lower, upper, labels)?, labels)
+}
+
+/// The worst-case logits of the box for IBP training (Gowal et al. 2018, eq. 7): `−lb(z_y − z_j)`
+/// for `j ≠ y` and 0 for `y`, so that cross-entropy on them bounds the loss of every point of
+/// the box. Differentiable in the weights.
+pub fn worst_case_logits(
+    net: &Sequential,
+    lower: &Tensor,
+    upper: &Tensor,
+    labels: &[u32],
+) -> Result<Tensor> {
+    let m = margins(net, lower, upper, labels)?;
+    let (n, classes) = m.dims2()?;
+    let mut keep = vec![1f32; n * classes];
+    for (i, &y) in labels.iter().enumerate() {
+        keep[i * classes + y as usize] = 0.0;
+    }
+    let keep = Tensor::from_vec(keep, (n, classes), m.device())?.to_dtype(m.dtype())?;
+    Ok(m.mul(&keep)?.neg()?)
+}
+
+/// Margin lower bounds without the label masked (its entry is an arbitrary non-positive value).
+fn margins(net: &Sequential, lower: &Tensor, upper: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let layers = net.layers();
     if let Some(Layer::Linear { weight, bias }) = layers.last() {
         let mut l = lower.clone();
@@ -62,12 +86,12 @@ pub fn margin_lower_bounds(
         let c = ((&u + &l)? * 0.5)?.unsqueeze(2)?; // N × in × 1
         let r = ((&u - &l)? * 0.5)?.unsqueeze(2)?;
         let lb = (w.matmul(&c)? - w.abs()?.matmul(&r)?)?.squeeze(2)?;
-        return super::mask_label(&(lb + b)?, labels);
+        return Ok((lb + b)?);
     }
     let (l, u) = output_bounds(net, lower, upper)?;
     let index = Tensor::from_slice(labels, (labels.len(), 1), l.device())?;
     let ly = l.gather(&index, 1)?; // N × 1
-    super::mask_label(&ly.broadcast_sub(&u)?, labels)
+    Ok(ly.broadcast_sub(&u)?)
 }
 
 /// One layer's interval map.

@@ -243,6 +243,18 @@ impl CertificationReport {
             .is_none_or(|min| self.certified_accuracy >= min)
     }
 
+    /// The same smoothing certificates read at another L2 radius.
+    pub fn at_radius(&self, radius: f64) -> Self {
+        let mut report = self.clone();
+        report.radius = radius;
+        for s in &mut report.per_sample {
+            s.certified = s.prediction == Some(s.label) && s.radius.unwrap_or(0.0) >= radius;
+        }
+        let certified = report.per_sample.iter().filter(|s| s.certified).count();
+        report.certified_accuracy = certified as f64 / report.samples.max(1) as f64;
+        report
+    }
+
     /// The message of a failed assertion: what was asserted, what was measured, the table.
     pub fn failure_message(&self) -> String {
         format!(

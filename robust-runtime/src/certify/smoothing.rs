@@ -136,7 +136,7 @@ impl Smoothing {
         let counts = self.counts(model, x, self.n, rng)?;
         let (top, second) = top_two(&counts);
         let (n_a, n_b) = (counts[top], second.map_or(0, |c| counts[c]));
-        Ok((stats::binomial_test_half(n_a, n_a + n_b) <= self.alpha).then_some(top as u32))
+        Ok(predict_from_counts(top as u32, n_a, n_b, self.alpha))
     }
 
     /// CERTIFY: the smoothed class of `x` and the L2 radius it is certified within, with
@@ -147,21 +147,44 @@ impl Smoothing {
         let (guess, _) = top_two(&selection);
         let estimation = self.counts(model, x, self.n, rng)?;
         let count = estimation.get(guess).copied().unwrap_or(0);
-        let p_a_lower = stats::clopper_pearson_lower(count, self.n as u64, self.alpha);
-        if p_a_lower < 0.5 {
-            return Ok(SmoothedCertificate {
-                prediction: None,
-                count,
-                p_a_lower,
-                radius: 0.0,
-            });
-        }
-        Ok(SmoothedCertificate {
-            prediction: Some(guess as u32),
+        Ok(certify_from_counts(
+            guess as u32,
+            count,
+            self.n as u64,
+            self.alpha,
+            self.sigma,
+        ))
+    }
+}
+
+/// PREDICT's decision once the copies are counted: `top` if its count `n_a` beats the
+/// runner-up's `n_b` at level `alpha` (two-sided binomial test against 1/2), else abstain.
+pub fn predict_from_counts(top: u32, n_a: u64, n_b: u64, alpha: f64) -> Option<u32> {
+    (stats::binomial_test_half(n_a, n_a + n_b) <= alpha).then_some(top)
+}
+
+/// CERTIFY's decision once the copies are counted: `count` of the `n` copies hit `guess`.
+pub fn certify_from_counts(
+    guess: u32,
+    count: u64,
+    n: u64,
+    alpha: f64,
+    sigma: f64,
+) -> SmoothedCertificate {
+    let p_a_lower = stats::clopper_pearson_lower(count, n, alpha);
+    if p_a_lower < 0.5 {
+        return SmoothedCertificate {
+            prediction: None,
             count,
             p_a_lower,
-            radius: self.sigma * stats::normal_ppf(p_a_lower),
-        })
+            radius: 0.0,
+        };
+    }
+    SmoothedCertificate {
+        prediction: Some(guess),
+        count,
+        p_a_lower,
+        radius: sigma * stats::normal_ppf(p_a_lower),
     }
 }
 

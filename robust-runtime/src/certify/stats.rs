@@ -212,6 +212,9 @@ pub fn normal_ppf(p: f64) -> f64 {
     if p == 1.0 {
         return f64::INFINITY;
     }
+    if p == 0.5 {
+        return 0.0;
+    }
     if p > 0.5 {
         // 1 − p is exact for p ≥ 1/2 (Sterbenz), and Φ has full relative precision in the
         // lower tail.

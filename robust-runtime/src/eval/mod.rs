@@ -15,6 +15,7 @@
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
 
+mod certify_spec;
 pub mod masking;
 mod report;
 mod spec;
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
 
+pub use certify_spec::{CertifySpec, CERTIFIERS};
 use report::within;
 pub use report::{
     Check, CurvePoint, Minimal, PerturbationStats, RobustnessReport, SampleOutcome, Stage,
@@ -74,6 +76,12 @@ impl RobustnessCase {
     pub fn with_domain(mut self, domain: InputDomain) -> Self {
         self.model = self.model.with_domain(domain);
         self
+    }
+
+    /// The same case on the first `n` samples.
+    pub(crate) fn truncated(mut self, n: usize) -> Result<Self> {
+        self.data = self.data.take(n.min(self.data.len()))?;
+        Ok(self)
     }
 
     /// The model.

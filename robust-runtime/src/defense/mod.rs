@@ -1,0 +1,19 @@
+//! Defences: training that makes a model robust (or certifiable).
+//!
+//! [`train`] fits a [`Sequential`](crate::nn::Sequential) on a [`Dataset`](crate::Dataset) with
+//! AdamW under one of several [`Regime`]s:
+//!
+//! - [`Regime::Standard`]: cross-entropy on clean inputs.
+//! - [`Regime::GaussianNoise`]: cross-entropy on `x + N(0, σ²)`, the training randomized
+//!   smoothing needs (Cohen et al. 2019, §4: the base classifier must be accurate under noise).
+//! - [`Regime::Ibp`]: interval bound propagation training (Gowal et al. 2018):
+//!   `κ·CE(z(x), y) + (1 − κ)·CE(ẑ(x, ε), y)`, with `ẑ` the worst-case logits of the ε-box
+//!   from [`ibp`](crate::certify::ibp), ε ramped up linearly from 0 and κ from 1 down to
+//!   `kappa` after a warm-up, as in the paper.
+//!
+//! Everything random (initialisation, batch order, noise) comes from one seeded [`Rng`], so a
+//! run is reproducible bit for bit on the CPU.
+
+mod train;
+
+pub use train::{init_like_pytorch, train, EpochStats, Regime, TrainConfig};
