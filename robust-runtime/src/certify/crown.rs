@@ -22,7 +22,7 @@
 
 use candle_core::Tensor;
 
-use crate::nn::{channel_shape, Layer, Sequential};
+use crate::nn::{channel_shape, conv_transpose2d, Layer, Sequential};
 use crate::{Error, Result};
 
 /// Largest coefficient tensor (in values) one chunk of specification rows may create.
@@ -186,7 +186,7 @@ impl Linear {
                         .squeeze(2)?,
                 )?;
                 let lam = self.lambda.reshape((bsz * rows, c, oh, ow))?;
-                let back = transpose(&lam, weight, *padding, *stride, input_shape)?;
+                let back = conv_transpose2d(&lam, weight, *padding, *stride, (input_shape[1], input_shape[2]))?;
                 self.lambda = back.reshape(lead.as_slice())?;
             }
             Layer::AvgPool2d { kernel, stride } => {
@@ -202,7 +202,7 @@ impl Linear {
                 let kernel =
                     Tensor::from_vec(eye, (c, c, k, k), dev)?.to_dtype(self.lambda.dtype())?;
                 let lam = self.lambda.reshape((bsz * rows, c, oh, ow))?;
-                let back = transpose(&lam, &kernel, 0, *stride, input_shape)?;
+                let back = conv_transpose2d(&lam, &kernel, 0, *stride, (input_shape[1], input_shape[2]))?;
                 self.lambda = back.reshape(lead.as_slice())?;
             }
             Layer::ChannelAffine { scale, shift, .. } => {
@@ -263,26 +263,6 @@ impl Linear {
             None => bound,
         })
     }
-}
-
-/// The adjoint of a convolution with `kernel` (`c_out × c_in × k × k`) on inputs of
-/// `shape = [c_in, h, w]`: a transposed convolution whose output padding restores the rows and
-/// columns the forward pass's floor division dropped from the size formula (they may still have
-/// been read), cut back to exactly `h × w`.
-fn transpose(
-    lam: &Tensor,
-    kernel: &Tensor,
-    padding: usize,
-    stride: usize,
-    shape: &[usize],
-) -> Result<Tensor> {
-    let (_, _, oh, ow) = lam.dims4()?;
-    let k = kernel.dim(2)?;
-    let (h, w) = (shape[1], shape[2]);
-    let size = |o: usize| ((o - 1) * stride + k).saturating_sub(2 * padding);
-    let extra = h.saturating_sub(size(oh)).max(w.saturating_sub(size(ow)));
-    let back = lam.conv_transpose2d(kernel, padding, extra, stride, 1)?;
-    Ok(back.narrow(2, 0, h)?.narrow(3, 0, w)?)
 }
 
 /// The two lines enclosing ReLU on `[l, u]`, per neuron, shaped `N × 1 × shape` to broadcast

@@ -182,9 +182,10 @@ impl Module for Conv2d {
         graft(x, value, "conv2d-input-grad", move |arg, _, grad| {
             let k = kernel.dim(2)?;
             if grad.device().is_cpu() && grad.dtype() == cols.dtype() {
+                let shape = arg.dims4()?;
                 match grad.dtype() {
-                    DType::F32 => return input_grad_col2im::<f32>(grad, &cols, arg, k, padding),
-                    DType::F64 => return input_grad_col2im::<f64>(grad, &cols, arg, k, padding),
+                    DType::F32 => return col2im::<f32>(grad, &cols, shape, k, 1, padding),
+                    DType::F64 => return col2im::<f64>(grad, &cols, shape, k, 1, padding),
                     _ => {}
                 }
             }
@@ -193,18 +194,50 @@ impl Module for Conv2d {
     }
 }
 
-/// The input gradient of a stride-1 convolution on the CPU: the columns `Wᵀ ∇y`
-/// (`c_in·k·k × pixels`, one GEMM) added back onto the input positions they came from
-/// (col2im). This touches `c_in·k²` values per output pixel, where the flipped-kernel `conv2d`
-/// builds im2col columns of `c_out·k²`; it is much cheaper for the first layer (`c_in = 1`).
-fn input_grad_col2im<T: WithDType>(
+/// The adjoint of `conv2d(·, weight, padding, stride)` applied to `y` (`n × c_out × oh × ow`),
+/// for inputs of spatial size `h × w`: what the input gradient of a convolution is, and what
+/// CROWN pushes its linear bounds through. On the CPU this is one GEMM plus col2im ([`col2im`]);
+/// elsewhere it is candle's `conv_transpose2d`, with the output padding that restores the rows
+/// and columns the forward size formula dropped, cut back to `h × w`.
+pub fn conv_transpose2d(
+    y: &Tensor,
+    weight: &Tensor,
+    padding: usize,
+    stride: usize,
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let (n, _, oh, ow) = y.dims4()?;
+    let (c_out, c_in, k, _) = weight.dims4()?;
+    if y.device().is_cpu() && y.dtype() == weight.dtype() {
+        let cols = weight.flatten_from(1)?.t()?.contiguous()?; // c_in·k·k × c_out
+        let y = y.contiguous()?;
+        let shape = (n, c_in, h, w);
+        match y.dtype() {
+            DType::F32 => return col2im::<f32>(&y, &cols, shape, k, stride, padding),
+            DType::F64 => return col2im::<f64>(&y, &cols, shape, k, stride, padding),
+            _ => {}
+        }
+    }
+    debug_assert_eq!(y.dim(1)?, c_out);
+    let size = |o: usize| ((o - 1) * stride + k).saturating_sub(2 * padding);
+    let extra = h.saturating_sub(size(oh)).max(w.saturating_sub(size(ow)));
+    let back = y.conv_transpose2d(weight, padding, extra, stride, 1)?;
+    back.narrow(2, 0, h)?.narrow(3, 0, w)
+}
+
+/// The adjoint of a convolution on the CPU: the columns `Wᵀ y` (`c_in·k·k × pixels`, one GEMM
+/// per chunk of samples) added back onto the input positions they came from (col2im). This
+/// touches `c_in·k²` values per output pixel, where the flipped-kernel `conv2d` builds im2col
+/// columns of `c_out·k²`: much cheaper for the first layer (`c_in = 1`), and far faster than
+/// candle's CPU `conv_transpose2d` for strided convolutions.
+fn col2im<T: WithDType>(
     grad: &Tensor,
     weight_cols: &Tensor,
-    arg: &Tensor,
+    (n, c_in, h, w): (usize, usize, usize, usize),
     k: usize,
+    stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let (n, c_in, h, w) = arg.dims4()?;
     let (_, c_out, oh, ow) = grad.dims4()?;
     let (plane, in_size) = (oh * ow, c_in * h * w);
     // c_out × (n·oh·ow): one GEMM per chunk of samples, columns in sample order.
@@ -220,33 +253,43 @@ fn input_grad_col2im<T: WithDType>(
         let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?)?;
         let (storage, layout) = cols.storage_and_layout();
         let Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("conv2d backward: columns not on the CPU")
+            candle_core::bail!("conv2d adjoint: columns not on the CPU")
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("conv2d backward: non-contiguous columns")
+            candle_core::bail!("conv2d adjoint: non-contiguous columns")
         };
         let cols = &storage.as_slice::<T>()?[start..end];
-        let stride = b * plane;
+        let row_stride = b * plane;
         out.par_chunks_mut(in_size).enumerate().for_each(|(s, dx)| {
             for ci in 0..c_in {
                 let dx = &mut dx[ci * h * w..(ci + 1) * h * w];
                 for ky in 0..k {
                     for kx in 0..k {
-                        let row = ((ci * k + ky) * k + kx) * stride + s * plane;
+                        let row = ((ci * k + ky) * k + kx) * row_stride + s * plane;
                         let row = &cols[row..row + plane];
-                        // Output pixel (oy, ox) read input (oy + ky − p, ox + kx − p).
-                        let ox0 = padding.saturating_sub(kx);
-                        let ox1 = ow.min((w + padding).saturating_sub(kx));
+                        // Output pixel (oy, ox) read input (oy·s + ky − p, ox·s + kx − p); the
+                        // valid ox are those with 0 ≤ ox·s + kx − p < w.
+                        let ox0 = padding.saturating_sub(kx).div_ceil(stride);
+                        let ox1 = ow.min((w + padding).saturating_sub(kx).div_ceil(stride));
+                        if ox0 >= ox1 {
+                            continue;
+                        }
                         for oy in 0..oh {
-                            let iy = oy + ky;
-                            if iy < padding || iy - padding >= h || ox0 >= ox1 {
+                            let iy = oy * stride + ky;
+                            if iy < padding || iy - padding >= h {
                                 continue;
                             }
-                            // ix = ox + kx − p for ox in ox0..ox1.
-                            let (src, dst) = (oy * ow, (iy - padding) * w + ox0 + kx - padding);
-                            let dst = &mut dx[dst..dst + (ox1 - ox0)];
-                            for (d, v) in dst.iter_mut().zip(&row[src + ox0..src + ox1]) {
-                                *d += *v;
+                            let src = &row[oy * ow + ox0..oy * ow + ox1];
+                            let dst = (iy - padding) * w + ox0 * stride + kx - padding;
+                            if stride == 1 {
+                                let dst = &mut dx[dst..dst + (ox1 - ox0)];
+                                for (d, v) in dst.iter_mut().zip(src) {
+                                    *d += *v;
+                                }
+                            } else {
+                                for (i, v) in src.iter().enumerate() {
+                                    dx[dst + i * stride] += *v;
+                                }
                             }
                         }
                     }
@@ -254,7 +297,7 @@ fn input_grad_col2im<T: WithDType>(
             }
         });
     }
-    Tensor::from_vec(out, arg.shape(), &Device::Cpu)
+    Tensor::from_vec(out, (n, c_in, h, w), &Device::Cpu)
 }
 
 #[cfg(test)]
