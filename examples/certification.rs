@@ -24,8 +24,10 @@ fn main() -> robust_runtime::Result<()> {
     let root = env!("CARGO_MANIFEST_DIR");
     let test = Dataset::mnist_sample()?.test_split();
 
-    let ibp_net = zoo::layers::mnist_small_cnn()
-        .load(format!("{root}/tests/fixtures/mnist_ibp.safetensors"), &Device::Cpu)?;
+    let ibp_net = zoo::layers::mnist_small_cnn().load(
+        format!("{root}/tests/fixtures/mnist_ibp.safetensors"),
+        &Device::Cpu,
+    )?;
     let case = RobustnessCase::new(ibp_net, test.take(digits)?).named("mnist_ibp");
     for eps in [0.05, 0.1] {
         for method in [Method::Ibp, Method::Crown] {
@@ -41,17 +43,24 @@ fn main() -> robust_runtime::Result<()> {
         }
     }
 
-    let noise_net = zoo::layers::mnist_small_cnn()
-        .load(format!("{root}/tests/fixtures/mnist_noise.safetensors"), &Device::Cpu)?;
-    let case =
-        RobustnessCase::new(noise_net, test.take(smoothing_digits)?).named("mnist_noise");
+    let noise_net = zoo::layers::mnist_small_cnn().load(
+        format!("{root}/tests/fixtures/mnist_noise.safetensors"),
+        &Device::Cpu,
+    )?;
+    let case = RobustnessCase::new(noise_net, test.take(smoothing_digits)?).named("mnist_noise");
     let smoothing = Smoothing {
         n,
         ..Smoothing::new(0.25)
     };
     let started = Instant::now();
-    let report =
-        certify::smoothing_case(&case, &smoothing, 0.5, &[0.0, 0.25, 0.5, 0.75, 1.0], 0, &Device::Cpu)?;
+    let report = certify::smoothing_case(
+        &case,
+        &smoothing,
+        0.5,
+        &[0.0, 0.25, 0.5, 0.75, 1.0],
+        0,
+        &Device::Cpu,
+    )?;
     let per_image = started.elapsed().as_secs_f64() / smoothing_digits as f64;
     println!("{report}");
     println!("smoothing: {per_image:.2} s per image at n = {n}");

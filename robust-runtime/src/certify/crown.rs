@@ -186,7 +186,13 @@ impl Linear {
                         .squeeze(2)?,
                 )?;
                 let lam = self.lambda.reshape((bsz * rows, c, oh, ow))?;
-                let back = conv_transpose2d(&lam, weight, *padding, *stride, (input_shape[1], input_shape[2]))?;
+                let back = conv_transpose2d(
+                    &lam,
+                    weight,
+                    *padding,
+                    *stride,
+                    (input_shape[1], input_shape[2]),
+                )?;
                 self.lambda = back.reshape(lead.as_slice())?;
             }
             Layer::AvgPool2d { kernel, stride } => {
@@ -202,7 +208,8 @@ impl Linear {
                 let kernel =
                     Tensor::from_vec(eye, (c, c, k, k), dev)?.to_dtype(self.lambda.dtype())?;
                 let lam = self.lambda.reshape((bsz * rows, c, oh, ow))?;
-                let back = conv_transpose2d(&lam, &kernel, 0, *stride, (input_shape[1], input_shape[2]))?;
+                let back =
+                    conv_transpose2d(&lam, &kernel, 0, *stride, (input_shape[1], input_shape[2]))?;
                 self.lambda = back.reshape(lead.as_slice())?;
             }
             Layer::ChannelAffine { scale, shift, .. } => {

@@ -353,6 +353,72 @@ mod should {
         compare(2, 4, 3, (6, 6), 3, 1)
     }
 
+    /// The adjoint of a convolution, the obvious slow way: every product `g·w` lands on the
+    /// input pixel it came from.
+    fn adjoint_slow(
+        g: &Tensor,
+        w: &Tensor,
+        s: usize,
+        p: usize,
+        (h, wd): (usize, usize),
+    ) -> Result<Tensor> {
+        let (n, c_out, oh, ow) = g.dims4()?;
+        let (_, c_in, k, _) = w.dims4()?;
+        let gv = g.flatten_all()?.to_vec1::<f32>()?;
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * c_in * h * wd];
+        for b in 0..n {
+            for co in 0..c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let gval = gv[((b * c_out + co) * oh + oy) * ow + ox];
+                        for ci in 0..c_in {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let (iy, ix) = (oy * s + ky, ox * s + kx);
+                                    if iy < p || ix < p || iy - p >= h || ix - p >= wd {
+                                        continue;
+                                    }
+                                    let wval = wv[((co * c_in + ci) * k + ky) * k + kx];
+                                    out[((b * c_in + ci) * h + iy - p) * wd + ix - p] +=
+                                        gval * wval;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (n, c_in, h, wd), &Device::Cpu)
+    }
+
+    /// The adjoint (input gradient) of strided convolutions, where candle's own autograd
+    /// returns the wrong shape whenever the size formula drops input rows.
+    #[test]
+    fn transpose_strided_convolutions_as_their_adjoint() -> Result<()> {
+        let dev = Device::Cpu;
+        for (c_in, c_out, k, (h, w), stride, padding) in [
+            (1, 16, 4, (28, 28), 2, 1),
+            (16, 32, 4, (14, 14), 2, 1),
+            (3, 5, 3, (9, 8), 2, 0),
+            (2, 4, 3, (11, 10), 3, 1),
+            (2, 3, 5, (7, 7), 1, 2),
+        ] {
+            let weight = Tensor::randn(0f32, 1.0, (c_out, c_in, k, k), &dev)?;
+            let x = Tensor::randn(0f32, 1.0, (3, c_in, h, w), &dev)?;
+            let y = x.conv2d(&weight, padding, stride, 1, 1)?;
+            let g = Tensor::randn(0f32, 1.0, y.dims(), &dev)?;
+            let expected = adjoint_slow(&g, &weight, stride, padding, (h, w))?;
+            let ours = conv_transpose2d(&g, &weight, padding, stride, (h, w))?;
+            let diff = max_abs_diff(&ours, &expected)?;
+            assert!(
+                diff < 1e-4,
+                "{c_in}→{c_out} k{k} s{stride} p{padding} {h}×{w}: {diff}"
+            );
+        }
+        Ok(())
+    }
+
     #[test]
     fn compute_no_weight_gradient_for_plain_weights() -> Result<()> {
         let dev = Device::Cpu;
