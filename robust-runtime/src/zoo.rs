@@ -114,7 +114,7 @@ pub mod layers {
             .linear(10)
     }
 
-    /// [`MnistCnn`](super::MnistCnn) as layers (IBP can bound it; CROWN cannot, it has max-pooling).
+    /// [`MnistCnn`](super::MnistCnn) as layers.
     pub fn mnist_cnn() -> SequentialBuilder {
         Sequential::builder(&[1, 28, 28])
             .conv2d(32, 5, 1, 2)

@@ -72,3 +72,22 @@ pub fn mlp_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
 pub fn cnn_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
     zoo::layers::mnist_cnn().load(CNN, &Device::Cpu)
 }
+
+pub const IBP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/mnist_ibp.safetensors"
+);
+pub const NOISE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/mnist_noise.safetensors"
+);
+
+/// The IBP-trained small CNN (certified training, `cargo xtask fixtures ibp`).
+pub fn ibp_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
+    zoo::layers::mnist_small_cnn().load(IBP, &Device::Cpu)
+}
+
+/// The small CNN trained on Gaussian noise σ = 0.25 (`cargo xtask fixtures noise`).
+pub fn noise_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
+    zoo::layers::mnist_small_cnn().load(NOISE, &Device::Cpu)
+}

@@ -6,7 +6,7 @@
 //! - [`Method::Ibp`]: interval bound propagation ([`ibp`], Gowal et al. 2018). Cheap (about two
 //!   forward passes), loose unless the network was trained for it.
 //! - [`Method::Crown`]: linear relaxation ([`crown`], Zhang et al. 2018). Tighter, costs one
-//!   backward pass per ReLU layer. The certificate takes, per margin, the better of CROWN's and
+//!   backward pass per unstable neuron of each hidden ReLU layer (batched). The certificate takes, per margin, the better of CROWN's and
 //!   IBP's lower bound (both are sound, so is their maximum), which makes it never looser than
 //!   IBP; [`crown::margin_lower_bounds`] gives CROWN alone, as auto_LiRPA computes it.
 //! - randomized smoothing ([`smoothing`], Cohen et al. 2019): a probabilistic L2 certificate for
@@ -365,7 +365,7 @@ pub fn bound_case(
     }
     let started = std::time::Instant::now();
     let model = case.model();
-    let net = model.network()?;
+    let net = model.network()?.detach();
     let domain = model.domain();
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;

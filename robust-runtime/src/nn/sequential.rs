@@ -174,6 +174,43 @@ impl Sequential {
         }
     }
 
+    /// The same network with its weights detached from any autograd graph: what certification
+    /// (not certified training) runs on, so that no intermediate bound is kept alive for a
+    /// backward pass that never comes.
+    pub fn detach(&self) -> Sequential {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Linear { weight, bias } => Layer::Linear {
+                    weight: weight.detach(),
+                    bias: bias.detach(),
+                },
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                } => Layer::Conv2d {
+                    weight: weight.detach(),
+                    bias: bias.detach(),
+                    stride: *stride,
+                    padding: *padding,
+                },
+                Layer::ChannelAffine { scale, shift, kind } => Layer::ChannelAffine {
+                    scale: scale.detach(),
+                    shift: shift.detach(),
+                    kind,
+                },
+                other => other.clone(),
+            })
+            .collect();
+        Sequential {
+            layers,
+            shapes: self.shapes.clone(),
+        }
+    }
+
     /// The device of the weights (the CPU for a network without any).
     pub fn device(&self) -> Device {
         self.layers

@@ -1,0 +1,102 @@
+//! The committed certified-trained models are certifiably robust, and the plain ones are not:
+//! the numbers a wrong certifier or a broken training loop would get wrong.
+
+mod common;
+
+use candle_core::Tensor;
+use robust_runtime::attack::{self, AttackBatch, AttackParams};
+use robust_runtime::certify::{self, Method, Smoothing};
+use robust_runtime::prelude::*;
+
+#[test]
+fn the_ibp_trained_cnn_is_certified_at_eps_0_1_and_pgd_breaks_none_of_its_certificates(
+) -> robust_runtime::Result<()> {
+    let data = common::test_digits(100)?;
+    let case = RobustnessCase::new(common::ibp_net()?, data.clone()).named("mnist_ibp");
+    let ibp = certify::bound_case(&case, Method::Ibp, 0.1, 100)?;
+    let crown = certify::bound_case(&case, Method::Crown, 0.1, 100)?;
+    println!("{ibp}\n{crown}");
+    assert!(ibp.clean_accuracy >= 0.93, "{ibp}");
+    assert!(ibp.certified_accuracy >= 0.85, "{ibp}");
+    assert!(
+        crown.certified_accuracy >= ibp.certified_accuracy,
+        "{crown}"
+    );
+    for (i, c) in ibp.per_sample.iter().zip(&crown.per_sample) {
+        assert!(
+            !i.certified || c.certified,
+            "sample {}: IBP certifies, CROWN not",
+            i.index
+        );
+    }
+
+    let certified: Vec<usize> = crown
+        .per_sample
+        .iter()
+        .filter(|s| s.certified)
+        .map(|s| s.index)
+        .collect();
+    let subset = data.select(&certified)?;
+    let labels = Tensor::from_slice(subset.labels(), subset.len(), &Device::Cpu)?;
+    let params = AttackParams {
+        steps: Some(40),
+        restarts: Some(2),
+        ..AttackParams::default()
+    };
+    let pgd = attack::build("pgd", 0.1, &params)?;
+    let adv = pgd.perturb(
+        case.model(),
+        &AttackBatch::untargeted(subset.inputs(), &labels, 10),
+        &mut Rng::seed_from_u64(0),
+    )?;
+    let broken = case
+        .model()
+        .predict(&adv)?
+        .iter()
+        .zip(subset.labels())
+        .filter(|(p, y)| p != y)
+        .count();
+    assert_eq!(
+        broken,
+        0,
+        "PGD broke {broken} of {} certified samples",
+        certified.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_plain_cnn_certifies_almost_nothing_at_eps_0_1() -> robust_runtime::Result<()> {
+    let case =
+        RobustnessCase::new(common::cnn_net()?, common::test_digits(100)?).named("mnist_cnn");
+    let report = certify::bound_case(&case, Method::Ibp, 0.1, 50)?;
+    assert!(report.clean_accuracy >= 0.95, "{report}");
+    assert!(report.certified_accuracy <= 0.05, "{report}");
+    Ok(())
+}
+
+#[test]
+fn the_noise_trained_cnn_is_certified_by_smoothing() -> robust_runtime::Result<()> {
+    let case =
+        RobustnessCase::new(common::noise_net()?, common::test_digits(20)?).named("mnist_noise");
+    let smoothing = Smoothing {
+        n: 2_000,
+        ..Smoothing::new(0.25)
+    };
+    let report =
+        certify::smoothing_case(&case, &smoothing, 0.5, &[0.25, 0.5, 0.75], 0, &Device::Cpu)?;
+    println!("{report}");
+    assert!(report.certified_accuracy >= 0.6, "{report}");
+    // With n = 2,000 and α = 0.001 the largest certifiable radius is σ·Φ⁻¹(0.001^(1/2000)) ≈ 0.70.
+    let max = report
+        .per_sample
+        .iter()
+        .filter_map(|s| s.radius)
+        .fold(0.0, f64::max);
+    assert!(max <= 0.25 * certify::stats::normal_ppf(0.001f64.powf(1.0 / 2000.0)) + 1e-12);
+    // Same seed, same certificates.
+    let again =
+        certify::smoothing_case(&case, &smoothing, 0.5, &[0.25, 0.5, 0.75], 0, &Device::Cpu)?;
+    assert_eq!(report.per_sample, again.per_sample);
+    Ok(())
+}
