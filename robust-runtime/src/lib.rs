@@ -34,12 +34,14 @@ mod error;
 pub mod eval;
 pub mod model;
 pub mod nn;
+pub mod perturb;
+pub mod report;
 pub mod rng;
 pub mod zoo;
 
 pub use data::Dataset;
 pub use error::{Error, Result};
-pub use eval::{RobustnessCase, RobustnessReport};
+pub use eval::{InvarianceReport, RobustnessCase, RobustnessReport};
 pub use model::{InputDomain, Model, Normalize};
 pub use rng::Rng;
 pub use robust_macros::robustness_test;
@@ -58,13 +60,36 @@ pub mod prelude {
 /// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::eval::TestSpec;
-    use crate::{Result, RobustnessCase};
+    pub use crate::eval::{InvarianceSpec, TestSpec};
+    use crate::{InvarianceReport, Result, RobustnessCase, RobustnessReport};
+
+    /// A kind of generated test: an attack test ([`TestSpec`]) or a perturbation test
+    /// ([`InvarianceSpec`]).
+    pub trait GeneratedTest {
+        /// What a passing run prints.
+        type Report: std::fmt::Display;
+        /// Builds the case, runs the test and checks its assertions.
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report>;
+    }
+
+    impl GeneratedTest for TestSpec {
+        type Report = RobustnessReport;
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
+            self.run(build)
+        }
+    }
+
+    impl GeneratedTest for InvarianceSpec {
+        type Report = InvarianceReport;
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
+            self.run(build)
+        }
+    }
 
     /// Runs one generated test; panics with the report when it fails.
     #[track_caller]
-    pub fn run_test<F: FnOnce() -> Result<RobustnessCase>>(build: F, spec: TestSpec) {
-        match spec.run(build) {
+    pub fn run_test<F: FnOnce() -> Result<RobustnessCase>, T: GeneratedTest>(build: F, spec: T) {
+        match spec.execute(build) {
             Ok(report) => println!("{report}"),
             Err(e) => panic!("{e}"),
         }

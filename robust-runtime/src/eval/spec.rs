@@ -198,16 +198,7 @@ impl TestSpec {
                 "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)",
             ));
         }
-        let seed = match self.seed {
-            Some(s) => s,
-            None => match std::env::var(SEED_VAR) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer"))?,
-                Err(_) => 0,
-            },
-        };
+        let seed = seed_or_env(self.seed)?;
         let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
         let device = device::select(choice)?;
         let case = device::with_current(&device, build)?;
@@ -281,6 +272,20 @@ impl TestSpec {
         } else {
             Ok(report)
         }
+    }
+}
+
+/// `seed`, else `ROBUST_SEED`, else 0.
+pub(crate) fn seed_or_env(seed: Option<u64>) -> Result<u64> {
+    match seed {
+        Some(s) => Ok(s),
+        None => match std::env::var(SEED_VAR) {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer")),
+            Err(_) => Ok(0),
+        },
     }
 }
 
