@@ -56,7 +56,12 @@ impl ValueTree for Magnitude {
     type Value = f32;
 
     fn current(&self) -> f32 {
-        self.sign * self.curr
+        // Never −0: the identity prints and compares as 0.
+        if self.curr == 0.0 {
+            0.0
+        } else {
+            self.sign * self.curr
+        }
     }
 
     /// The current value failed: it becomes the failing bound, and we try halfway to the

@@ -74,7 +74,8 @@ pub struct InvarianceConfig {
     /// A regressions file whose seeds are replayed before any new case (default none).
     pub regressions: Option<PathBuf>,
     /// A folder for PNGs of the first [`MAX_IMAGES`] counterexamples (default none).
-    pub images: Option<PathBuf>,
+    /// [`InvarianceSpec`] puts them, and `report.json`, in `target/robust/<test path>/`.
+    pub output: Option<PathBuf>,
 }
 
 impl Default for InvarianceConfig {
@@ -88,7 +89,7 @@ impl Default for InvarianceConfig {
             device: Device::Cpu,
             test_name: None,
             regressions: None,
-            images: None,
+            output: None,
         }
     }
 }
@@ -236,7 +237,7 @@ pub fn evaluate_strategy(
     }
 
     let mut counterexamples = shrink_all(&found, labels, strategy, &mut batches)?;
-    if let Some(dir) = &cfg.images {
+    if let Some(dir) = &cfg.output {
         for c in counterexamples.iter_mut().take(MAX_IMAGES) {
             let path = dir.join(format!("sample_{}.png", c.sample));
             let x = &inputs[c.sample * shape.len()..(c.sample + 1) * shape.len()];
@@ -267,6 +268,7 @@ pub fn evaluate_strategy(
         perturbed_accuracy: ratio(invariant, n),
         forwarded: batches.forwarded,
         replay,
+        output: cfg.output.clone(),
         seconds: started.elapsed().as_secs_f64(),
         checks: Vec::new(),
         counterexamples,

@@ -88,6 +88,9 @@ pub struct InvarianceReport {
     pub forwarded: usize,
     /// Seeds replayed from the regressions file.
     pub replay: ReplaySummary,
+    /// The folder of the counterexamples' PNGs (and, for generated tests, `report.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<PathBuf>,
     /// Wall time in seconds (the only field that differs between identical runs).
     pub seconds: f64,
     /// Assertions, filled by [`InvarianceReport::check`].
@@ -222,6 +225,9 @@ impl fmt::Display for InvarianceReport {
                     self.counterexamples.len() - SHOWN
                 )?;
             }
+        }
+        if let Some(dir) = &self.output {
+            write!(f, "\n  {:<18} {}", "files", dir.display())?;
         }
         if !self.checks.is_empty() {
             write!(f, "\n  assertions")?;

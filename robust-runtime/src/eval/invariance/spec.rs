@@ -153,16 +153,14 @@ impl InvarianceSpec {
             device,
             test_name: Some(self.name.to_string()),
             regressions: self.regressions_path(),
-            images: self
+            output: self
                 .manifest_dir
                 .map(|dir| crate::report::output_dir(Path::new(dir), self.name)),
             ..InvarianceConfig::default()
         };
         let mut report = evaluate_invariance(&case, &config, &cfg)?.check(Some(min));
-        if report.passed() {
-            return Ok(report);
-        }
-        if let Some(path) = &cfg.regressions {
+        let passed = report.passed();
+        if let (false, Some(path)) = (passed, &cfg.regressions) {
             let new: Vec<(Regression, String)> = report
                 .counterexamples
                 .iter()
@@ -179,6 +177,22 @@ impl InvarianceSpec {
                 .collect();
             report.replay.written = Regressions::load(path)?.append(&new)?;
         }
-        Err(Error::NotInvariant(Box::new(report)))
+        if let Some(dir) = &cfg.output {
+            write_json(&dir.join("report.json"), &report)?;
+        }
+        if passed {
+            Ok(report)
+        } else {
+            Err(Error::NotInvariant(Box::new(report)))
+        }
     }
+}
+
+fn write_json(path: &Path, report: &InvarianceReport) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| Error::format("JSON", path, e.to_string()))?;
+    std::fs::write(path, json).map_err(|e| Error::io(path, e))
 }
