@@ -407,7 +407,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
             }
         }
     }
-    if has("attack") || has("perturbation") {
+    // With neither, or both, the kind of test is unknown: its keys cannot be judged.
+    if has("attack") != has("perturbation") {
         check_scopes(&written, kind, perturbations.as_deref(), &mut errors);
     }
     if let (Some(attacks), Some(eps)) = (&attacks, &eps) {
