@@ -4,7 +4,7 @@
 //! that flips it, with its seed and a PNG under `target/robust/perturbations/`.
 //!
 //! ```text
-//! cargo run --release --example perturbations                        # 1,000 digits, 256 cases
+//! cargo run --release --example perturbations                        # 1,000 digits, 64 cases
 //! cargo run --release --example perturbations -- --samples 200 --cases 64 --models mlp
 //! ```
 
@@ -29,7 +29,7 @@ const PERTURBATIONS: &[&str] = &[
 
 fn main() -> robust_runtime::Result<()> {
     let mut samples = None;
-    let mut cases = 256;
+    let mut cases = 64;
     let mut models = vec!["mlp".to_string(), "cnn".to_string()];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {

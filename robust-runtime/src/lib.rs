@@ -17,6 +17,12 @@
 //! failing with a report (clean and robust accuracy, attack success rate, perturbation norms,
 //! the assertion that failed) when the model is not robust enough.
 //!
+//! `#[robustness_test(perturbation = "rotation", max_degrees = 15.0, min_invariance = 0.99)]`
+//! instead tests that predictions survive random perturbations (noise, brightness, contrast,
+//! shifts, rotations, salt-and-pepper pixels, occlusion): see [`perturb`] for the proptest
+//! strategies and [`eval::evaluate_invariance`] for the run, which shrinks every failure to a
+//! minimal perturbation and stores its seed in a regressions file replayed first.
+//!
 //! The same machinery is a library: [`eval::evaluate`] runs any [`attack::Attack`] on a
 //! [`RobustnessCase`] and returns a [`RobustnessReport`] (a table with `Display`, JSON with serde).
 //!
