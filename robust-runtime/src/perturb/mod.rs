@@ -104,7 +104,7 @@ impl ImageShape {
                 )))
             }
         };
-        if shape.len() == 0 {
+        if shape.is_empty() {
             return Err(Error::Data(format!(
                 "samples of shape {dims:?} are empty; expected at least one value"
             )));

@@ -52,7 +52,7 @@ impl<'a> Image<'a> {
                 channels * height * width
             )));
         }
-        if !(range.0 < range.1) {
+        if range.0.is_nan() || range.1.is_nan() || range.0 >= range.1 {
             return Err(Error::param(
                 "range",
                 format!("{:?}", range),
