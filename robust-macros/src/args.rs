@@ -1,10 +1,10 @@
 //! The attribute's arguments, `#[robustness_test(key = value, ...)]`, parsed into a typed [`Spec`].
 //!
-//! `attack`, `eps` and `crate` shape the expansion and are parsed in [`parse`]; every other key is
-//! an [`Options`] field, declared once with its type and range and forwarded as the `TestSpec`
-//! builder call of the same name. Defaults belong to the runtime, so a key the user did not write
-//! produces no call at all. Mistakes are collected, each at its own token, so that one build
-//! reports all of them.
+//! `attack`, `perturbation`, `eps` and `crate` shape the expansion and are parsed in [`parse`];
+//! every other key is an [`Options`] field, declared once with its type, its range and the kind
+//! of test it belongs to, and forwarded as the builder call of the same name. Defaults belong to
+//! the runtime, so a key the user did not write produces no call at all. Mistakes are
+//! collected, each at its own token, so that one build reports all of them.
 
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -28,28 +28,85 @@ pub(crate) const KNOWN_ATTACKS: &[&str] = &[
     "deepfool",
 ];
 
+/// The perturbation families the runtime implements (`robust_runtime::perturb::Family::NAMES`);
+/// `perturbation = "rotation+brightness"` composes several.
+pub(crate) const KNOWN_PERTURBATIONS: &[&str] = &[
+    "linf",
+    "l2",
+    "gaussian",
+    "salt_pepper",
+    "brightness",
+    "contrast",
+    "shift",
+    "rotation",
+    "occlusion",
+];
+
 const NORMS: &[&str] = &["linf", "l2"];
 const LOSSES: &[&str] = &["ce", "cw", "dlr"];
 const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 const MASKING: &[&str] = &["fail", "warn", "off"];
 
 /// The keys that shape the expansion instead of becoming a builder call.
-const STRUCTURAL_KEYS: &[&str] = &["attack", "eps", "crate"];
+const STRUCTURAL_KEYS: &[&str] = &["attack", "perturbation", "eps", "crate"];
 
-/// A robustness test as the attribute describes it: one generated test per attack × ε.
+/// The perturbations whose radius `eps` is.
+const EPS_FAMILIES: &[&str] = &["linf", "l2"];
+
+/// A robustness test as the attribute describes it.
 pub(crate) struct Spec {
-    /// `attack`: at least one known attack, none repeated.
-    pub attacks: Vec<Attack>,
-    /// `eps`: at least one finite ε > 0, none repeated.
-    pub eps: Vec<Eps>,
+    /// What the generated tests do.
+    pub kind: Kind,
     pub options: Options,
     /// `crate`: where the runtime is, for users who renamed the dependency.
     pub krate: Option<syn::Path>,
 }
 
+/// The kinds of test the attribute generates, chosen by the key that names what to run. A new
+/// kind (a certifier, say) is a new variant here, its key in [`STRUCTURAL_KEYS`], a [`Scope`]
+/// for its options, and its arm in `expand::render`.
+pub(crate) enum Kind {
+    /// `attack = ...` with `eps = ...`: one test per attack × ε, asserting robust accuracy.
+    Attack {
+        /// At least one known attack, none repeated.
+        attacks: Vec<Attack>,
+        /// At least one finite ε > 0, none repeated.
+        eps: Vec<Eps>,
+    },
+    /// `perturbation = ...`: one test per perturbation, asserting invariance.
+    Perturbation {
+        /// At least one, none repeated.
+        perturbations: Vec<Perturbation>,
+        /// The radius of `linf` and `l2`, when written.
+        eps: Option<Eps>,
+    },
+}
+
+/// Which tests a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scope {
+    /// Every kind of test.
+    Any,
+    /// Attack tests.
+    Attack,
+    /// Perturbation tests.
+    Perturbation,
+    /// Perturbation tests drawing from one of these families.
+    Family(&'static [&'static str]),
+}
+
 #[derive(Debug)]
 pub(crate) struct Attack {
     pub name: &'static str,
+    span: Span,
+}
+
+/// `perturbation = "rotation+brightness"`: known families joined by `+`.
+#[derive(Debug)]
+pub(crate) struct Perturbation {
+    /// The families, in the order written, joined by `+`.
+    pub name: String,
+    families: Vec<&'static str>,
     span: Span,
 }
 
@@ -71,22 +128,39 @@ impl Eps {
 
 /// One generated test.
 pub(crate) struct Case<'a> {
-    /// The test function's name, e.g. `pgd_eps_0_1`.
+    /// The test function's name, e.g. `pgd_eps_0_1` or `rotation`.
     pub name: String,
-    pub attack: &'a Attack,
-    pub eps: &'a Eps,
+    pub test: CaseKind<'a>,
+}
+
+/// What one generated test runs.
+pub(crate) enum CaseKind<'a> {
+    Attack { attack: &'a Attack, eps: &'a Eps },
+    Perturbation { perturbation: &'a Perturbation },
 }
 
 impl Spec {
-    /// Every attack × ε pair, attack-major, so tests sort by attack in `cargo test` output.
-    pub(crate) fn cases(&self) -> impl Iterator<Item = Case<'_>> {
-        self.attacks.iter().flat_map(move |attack| {
-            self.eps.iter().map(move |eps| Case {
-                name: format!("{}_eps_{}", identifier_chars(attack.name), eps.name_part()),
-                attack,
-                eps,
-            })
-        })
+    /// Every test: attack × ε, attack-major, so tests sort by attack in `cargo test` output; or
+    /// one per perturbation.
+    pub(crate) fn cases(&self) -> Vec<Case<'_>> {
+        match &self.kind {
+            Kind::Attack { attacks, eps } => attacks
+                .iter()
+                .flat_map(move |attack| {
+                    eps.iter().map(move |eps| Case {
+                        name: format!("{}_eps_{}", identifier_chars(attack.name), eps.name_part()),
+                        test: CaseKind::Attack { attack, eps },
+                    })
+                })
+                .collect(),
+            Kind::Perturbation { perturbations, .. } => perturbations
+                .iter()
+                .map(|perturbation| Case {
+                    name: identifier_chars(&perturbation.name),
+                    test: CaseKind::Perturbation { perturbation },
+                })
+                .collect(),
+        }
     }
 }
 
@@ -103,11 +177,11 @@ fn identifier_chars(text: &str) -> String {
         .collect()
 }
 
-/// Declares the optional keys. Each line names the key, which is also the `TestSpec` builder
-/// method it becomes, the type that method takes, and the check its value must pass; keeping the
-/// three together means a new option is one line here and nothing anywhere else.
+/// Declares the optional keys. Each line names the key, which is also the builder method it
+/// becomes, the type that method takes, the check its value must pass, and the tests it belongs
+/// to; keeping them together means a new option is one line here and nothing anywhere else.
 macro_rules! options {
-    ($($(#[doc = $doc:literal])* $key:ident: $ty:ty = $check:ident($($arg:expr),*);)*) => {
+    ($($(#[doc = $doc:literal])* $key:ident: $ty:ty = $check:ident($($arg:expr),*) for $scope:expr;)*) => {
         /// The optional settings the user wrote; `None` leaves the runtime's default in place.
         #[derive(Debug, Default)]
         pub(crate) struct Options {
@@ -116,6 +190,7 @@ macro_rules! options {
 
         impl Options {
             const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+            const SCOPES: &'static [Scope] = &[$($scope),*];
 
             /// Sets `key` from `value`, or returns `None` when `key` is not an option.
             fn set(&mut self, key: &str, value: &Value<'_>) -> Option<syn::Result<()>> {
@@ -133,65 +208,98 @@ macro_rules! options {
                 })*
                 written
             }
+
+            /// The tests `key` belongs to (`eps` too, for perturbation tests).
+            fn scope(key: &str) -> Scope {
+                match Self::KEYS.iter().position(|k| *k == key) {
+                    Some(i) => Self::SCOPES[i],
+                    None if key == "eps" => Scope::Family(EPS_FAMILIES),
+                    None => Scope::Any,
+                }
+            }
         }
     };
 }
 
+const ATTACK: Scope = Scope::Attack;
+const PERTURBATION: Scope = Scope::Perturbation;
+const ANY: Scope = Scope::Any;
+
 options! {
     /// `norm = "linf"` or `norm = "l2"`: the norm of the ε-ball.
-    norm: &'static str = one_of("norm", NORMS);
+    norm: &'static str = one_of("norm", NORMS) for ATTACK;
     /// `steps = 10` (≥ 1): iterations of iterative attacks.
-    steps: usize = integer(1);
+    steps: usize = integer(1) for ATTACK;
     /// `step_size = 0.01` (> 0): the step of iterative attacks, in input units.
-    step_size: f64 = positive();
+    step_size: f64 = positive() for ATTACK;
     /// `restarts = 5` (≥ 1): independent runs per sample; the worst one counts.
-    restarts: usize = integer(1);
+    restarts: usize = integer(1) for ATTACK;
     /// `random_start = true`: start iterative attacks at a random point of the ε-ball.
-    random_start: bool = boolean();
+    random_start: bool = boolean() for ATTACK;
     /// `targeted = true`: aim for a chosen wrong class instead of any wrong class.
-    targeted: bool = boolean();
+    targeted: bool = boolean() for ATTACK;
     /// `loss = "ce"`, `"cw"` or `"dlr"`: cross-entropy, Carlini–Wagner margin or difference of
     /// logits ratio (APGD).
-    loss: &'static str = one_of("loss", LOSSES);
+    loss: &'static str = one_of("loss", LOSSES) for ATTACK;
     /// `target_classes = 9` (≥ 1): how many of the most likely wrong classes APGD-T targets.
-    target_classes: usize = integer(1);
+    target_classes: usize = integer(1) for ATTACK;
     /// `queries = 5000` (≥ 1): Square's forward passes per sample.
-    queries: usize = integer(1);
+    queries: usize = integer(1) for ATTACK;
     /// `p_init = 0.8` (in (0, 1]): Square's initial square size, as a fraction of the pixels.
-    p_init: f64 = open_fraction();
+    p_init: f64 = positive_at_most(1.0) for ATTACK;
     /// `confidence = 0.0` (≥ 0): the logit margin C&W's examples must reach.
-    confidence: f64 = non_negative();
+    confidence: f64 = non_negative() for ATTACK;
     /// `binary_search_steps = 9` (≥ 1): C&W's rounds of binary search over c.
-    binary_search_steps: usize = integer(1);
+    binary_search_steps: usize = integer(1) for ATTACK;
     /// `initial_const = 0.01` (> 0): C&W's first c.
-    initial_const: f64 = positive();
+    initial_const: f64 = positive() for ATTACK;
     /// `learning_rate = 0.1` (> 0): C&W's Adam learning rate.
-    learning_rate: f64 = positive();
+    learning_rate: f64 = positive() for ATTACK;
     /// `overshoot = 0.02` (≥ 0): how far DeepFool steps past the boundary.
-    overshoot: f64 = non_negative();
+    overshoot: f64 = non_negative() for ATTACK;
+    /// `sigma = 0.1` (> 0): the standard deviation of `gaussian` noise.
+    sigma: f64 = positive() for Scope::Family(&["gaussian"]);
+    /// `pixels = 10` (≥ 1): how many pixels `salt_pepper` sets.
+    pixels: usize = integer(1) for Scope::Family(&["salt_pepper"]);
+    /// `max_brightness = 0.2` (> 0): the largest change of `brightness`, in input units.
+    max_brightness: f64 = positive() for Scope::Family(&["brightness"]);
+    /// `max_contrast = 0.2` (in (0, 1)): `contrast` factors range over 1 ± this.
+    max_contrast: f64 = positive_below(1.0) for Scope::Family(&["contrast"]);
+    /// `max_shift = 2.0` (> 0): the largest `shift` on each axis, in pixels.
+    max_shift: f64 = positive() for Scope::Family(&["shift"]);
+    /// `max_degrees = 15.0` (in (0, 180]): the largest `rotation`.
+    max_degrees: f64 = positive_at_most(180.0) for Scope::Family(&["rotation"]);
+    /// `patch = 6` (≥ 1): the side of the `occlusion` square, in pixels.
+    patch: usize = integer(1) for Scope::Family(&["occlusion"]);
+    /// `cases = 256` (≥ 1): perturbations drawn per sample.
+    cases: usize = integer(1) for PERTURBATION;
     /// `min_acc = 0.6` (in [0, 1]): the lowest acceptable robust accuracy.
-    min_acc: f64 = fraction();
+    min_acc: f64 = fraction() for ATTACK;
     /// `max_drop = 0.2` (in [0, 1]): the largest acceptable fall from clean to robust accuracy.
-    max_drop: f64 = fraction();
-    /// `samples = 500` (≥ 1): how many test samples to attack.
-    samples: usize = integer(1);
+    max_drop: f64 = fraction() for ATTACK;
+    /// `min_invariance = 0.99` (in [0, 1]): the lowest acceptable share of correctly classified
+    /// samples whose prediction survives every perturbation.
+    min_invariance: f64 = fraction() for PERTURBATION;
+    /// `samples = 500` (≥ 1): how many test samples to evaluate.
+    samples: usize = integer(1) for ANY;
     /// `batch_size = 128` (≥ 1)
-    batch_size: usize = integer(1);
+    batch_size: usize = integer(1) for ANY;
     /// `seed = 42` (any u64): the run's RNG seed.
-    seed: u64 = integer(0);
+    seed: u64 = integer(0) for ANY;
     /// `device = "cpu"`, `"cuda"` or `"auto"`
-    device: &'static str = one_of("device", DEVICES);
+    device: &'static str = one_of("device", DEVICES) for ANY;
     /// `masking_checks = "fail"`, `"warn"` or `"off"`: what gradient-masking symptoms do.
-    masking_checks: &'static str = one_of("masking_checks", MASKING);
+    masking_checks: &'static str = one_of("masking_checks", MASKING) for ATTACK;
 }
 
 /// Parses the attribute's arguments, reporting every mistake at once.
 pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
     let args = Punctuated::<Arg, Token![,]>::parse_terminated.parse2(tokens)?;
     let mut errors = Errors::default();
-    let mut written: Vec<String> = Vec::new();
+    let mut written: Vec<(String, Span)> = Vec::new();
     let mut meant: Vec<&str> = Vec::new();
     let mut attacks = None;
+    let mut perturbations = None;
     let mut eps = None;
     let mut krate = None;
     let mut options = Options::default();
@@ -205,7 +313,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
             meant.extend(closest(&name, &known));
             continue;
         }
-        if written.contains(&name) {
+        if written.iter().any(|(k, _)| *k == name) {
             errors.at(key.span(), format!("duplicate key `{name}`"));
             continue;
         }
@@ -217,69 +325,190 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
             // attack = "pgd"
             // attack = ["fgsm", "pgd"]
             "attack" => attacks = errors.check(value.list(Value::attack)),
+            // perturbation = "rotation"
+            // perturbation = ["rotation", "shift", "rotation+brightness"]
+            "perturbation" => perturbations = errors.check(value.list(Value::perturbation)),
             // eps = 0.1
             // eps = [0.05, 0.1]
             "eps" => eps = errors.check(value.list(Value::eps)),
             // crate = "my_runtime"
             // crate = "::some::path::robust_runtime"
             "crate" => krate = errors.check(value.path()),
-            // norm = "l2", steps = 10, ...: see `Options`.
+            // norm = "l2", steps = 10, max_degrees = 15.0, ...: see `Options`.
             _ => {
                 if let Some(result) = options.set(&name, &value) {
                     errors.check(result);
                 }
             }
         }
-        written.push(name);
+        written.push((name, key.span()));
     }
 
-    let has = |key: &str| written.iter().any(|k| k == key) || meant.contains(&key);
-    if !has("attack") {
-        errors.at(
-            Span::call_site(),
-            format!(
-                "missing `attack`: name the attacks to run, e.g. `attack = \"pgd\"` or \
-                 `attack = [\"fgsm\", \"pgd\"]` (known: {})",
-                backticked(KNOWN_ATTACKS)
-            ),
-        );
+    let has = |key: &str| written.iter().any(|(k, _)| k == key) || meant.contains(&key);
+    let kind = if has("perturbation") {
+        if let Some((_, span)) = written.iter().find(|(k, _)| k == "attack") {
+            errors.at(
+                *span,
+                "`attack` and `perturbation` cannot be combined: a test either attacks \
+                 (`attack = ...`) or draws random perturbations (`perturbation = ...`); write \
+                 one function for each",
+            );
+        }
+        Scope::Perturbation
+    } else {
+        Scope::Attack
+    };
+    match kind {
+        Scope::Perturbation => {
+            if !has("min_invariance") {
+                errors.at(
+                    Span::call_site(),
+                    "missing `min_invariance`: a perturbation test asserts the lowest acceptable \
+                     share of correctly classified samples whose prediction survives every \
+                     perturbation, e.g. `min_invariance = 0.99`",
+                );
+            }
+            if let (Some(list), Some((_, span))) = (&eps, written.iter().find(|(k, _)| k == "eps"))
+            {
+                if list.len() > 1 {
+                    errors.at(
+                        *span,
+                        "`eps` takes one value in a perturbation test: it is the radius of \
+                         `linf` and `l2` noise",
+                    );
+                }
+            }
+        }
+        _ => {
+            if !has("attack") {
+                errors.at(
+                    Span::call_site(),
+                    format!(
+                        "missing `attack` or `perturbation`: name the attacks to run, e.g. \
+                         `attack = \"pgd\"` or `attack = [\"fgsm\", \"pgd\"]` (known: {}), or the \
+                         perturbations to draw, e.g. `perturbation = \"rotation\"` (known: {})",
+                        backticked(KNOWN_ATTACKS),
+                        backticked(KNOWN_PERTURBATIONS)
+                    ),
+                );
+            } else if !has("eps") {
+                errors.at(
+                    Span::call_site(),
+                    "missing `eps`: give the perturbation budget, e.g. `eps = 0.1` or `eps = [0.05, 0.1]`",
+                );
+            }
+            if has("attack") && !has("min_acc") && !has("max_drop") {
+                errors.at(
+                    Span::call_site(),
+                    "missing `min_acc` or `max_drop`: a robustness test needs something to \
+                     assert, the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the \
+                     largest acceptable drop from clean accuracy (`max_drop = 0.2`)",
+                );
+            }
+        }
     }
-    if !has("eps") {
-        errors.at(
-            Span::call_site(),
-            "missing `eps`: give the perturbation budget, e.g. `eps = 0.1` or `eps = [0.05, 0.1]`",
-        );
-    }
-    if !has("min_acc") && !has("max_drop") {
-        errors.at(
-            Span::call_site(),
-            "missing `min_acc` or `max_drop`: a robustness test needs something to assert, the \
-             lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest acceptable \
-             drop from clean accuracy (`max_drop = 0.2`)",
-        );
+    // With neither, or both, the kind of test is unknown: its keys cannot be judged.
+    if has("attack") != has("perturbation") {
+        check_scopes(&written, kind, perturbations.as_deref(), &mut errors);
     }
     if let (Some(attacks), Some(eps)) = (&attacks, &eps) {
         check_distinct(attacks, eps, &mut errors);
     }
+    if let Some(perturbations) = &perturbations {
+        check_distinct_perturbations(perturbations, &mut errors);
+    }
 
     errors.finish()?;
-    match (attacks, eps) {
-        (Some(attacks), Some(eps)) => Ok(Spec {
-            attacks,
-            eps,
-            options,
-            krate,
-        }),
-        // Unreachable: a missing or invalid `attack` or `eps` has been reported above.
-        _ => Err(syn::Error::new(
-            Span::call_site(),
-            "`attack` and `eps` are required",
-        )),
-    }
+    let kind = match (kind, attacks, perturbations, eps) {
+        (Scope::Attack, Some(attacks), _, Some(eps)) => Kind::Attack { attacks, eps },
+        (Scope::Perturbation, _, Some(perturbations), eps) => Kind::Perturbation {
+            perturbations,
+            eps: eps.and_then(|mut list| list.pop()),
+        },
+        // Unreachable: a missing or invalid key has been reported above.
+        _ => {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "`attack` and `eps`, or `perturbation`, are required",
+            ))
+        }
+    };
+    Ok(Spec {
+        kind,
+        options,
+        krate,
+    })
 }
 
 fn all_keys() -> impl Iterator<Item = &'static str> {
     STRUCTURAL_KEYS.iter().chain(Options::KEYS).copied()
+}
+
+/// Every key written must belong to the kind of test: `steps` to attacks, `max_degrees` to a
+/// test that rotates. Misplaced keys are errors rather than ignored, since a key that does
+/// nothing is a test that checks something other than what it says.
+fn check_scopes(
+    written: &[(String, Span)],
+    kind: Scope,
+    perturbations: Option<&[Perturbation]>,
+    errors: &mut Errors,
+) {
+    for (key, span) in written {
+        if matches!(key.as_str(), "attack" | "perturbation" | "crate")
+            || (key == "eps" && kind == Scope::Attack)
+        {
+            continue;
+        }
+        let message = match (Options::scope(key), kind) {
+            (Scope::Any, _) | (Scope::Attack, Scope::Attack) => continue,
+            (Scope::Perturbation, Scope::Perturbation) => continue,
+            (Scope::Attack, _) => format!(
+                "`{key}` is a parameter of attack tests; a perturbation test \
+                 (`perturbation = ...`) does not use it"
+            ),
+            (Scope::Perturbation, _) => format!(
+                "`{key}` is a parameter of perturbation tests; an attack test (`attack = ...`) \
+                 does not use it"
+            ),
+            (Scope::Family(families), Scope::Attack) => format!(
+                "`{key}` is a parameter of the {} perturbation; an attack test \
+                 (`attack = ...`) does not use it",
+                or_list(families)
+            ),
+            (Scope::Family(families), _) => {
+                let drawn: Vec<&str> = perturbations
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|p| p.families.iter().copied())
+                    .collect();
+                if drawn.is_empty() || drawn.iter().any(|f| families.contains(f)) {
+                    continue;
+                }
+                let mut names: Vec<&str> = Vec::new();
+                for p in perturbations.unwrap_or_default() {
+                    if !names.contains(&p.name.as_str()) {
+                        names.push(&p.name);
+                    }
+                }
+                format!(
+                    "`{key}` does not apply to {}: it is a parameter of {}",
+                    or_list(&names),
+                    or_list(families)
+                )
+            }
+        };
+        errors.at(*span, message);
+    }
+}
+
+/// "`a`", "`a` or `b`", "`a`, `b` or `c`".
+fn or_list(words: &[&str]) -> String {
+    let quoted: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 /// Two entries that would generate the same test are a mistake, not something to merge quietly:
@@ -306,6 +535,20 @@ fn check_distinct(attacks: &[Attack], eps: &[Eps], errors: &mut Errors) {
                     "eps `{}` is the same value as `{}`, listed before, so its tests would be \
                      generated twice",
                     e.digits, first.digits
+                ),
+            );
+        }
+    }
+}
+
+fn check_distinct_perturbations(perturbations: &[Perturbation], errors: &mut Errors) {
+    for (i, p) in perturbations.iter().enumerate() {
+        if perturbations[..i].iter().any(|q| q.name == p.name) {
+            errors.at(
+                p.span,
+                format!(
+                    "perturbation `{}` is listed twice, so its test would be generated twice",
+                    p.name
                 ),
             );
         }
@@ -356,6 +599,34 @@ impl Value<'_> {
         Ok(Attack {
             name,
             span: self.span(),
+        })
+    }
+
+    // perturbation = "rotation"
+    // perturbation = "rotation+brightness"
+    fn perturbation(&self) -> syn::Result<Perturbation> {
+        let lit = self.string(KNOWN_PERTURBATIONS[0])?;
+        let name = lit.value();
+        let mut families: Vec<&'static str> = Vec::new();
+        let mut errors = Errors::default();
+        for part in name.split('+').map(str::trim) {
+            match KNOWN_PERTURBATIONS.iter().find(|known| **known == part) {
+                Some(_) if families.contains(&part) => errors.at(
+                    lit.span(),
+                    format!("perturbation `{part}` appears twice in `{name}`"),
+                ),
+                Some(known) => families.push(known),
+                None => errors.at(
+                    lit.span(),
+                    unknown("perturbation", part, KNOWN_PERTURBATIONS),
+                ),
+            }
+        }
+        errors.finish()?;
+        Ok(Perturbation {
+            name: families.join("+"),
+            families,
+            span: lit.span(),
         })
     }
 
@@ -480,10 +751,26 @@ impl Value<'_> {
     }
 
     // p_init = 0.8 (in (0, 1])
-    fn open_fraction(&self) -> syn::Result<f64> {
+    // max_degrees = 15.0 (in (0, 180])
+    fn positive_at_most(&self, hi: f64) -> syn::Result<f64> {
         let value = self.positive()?;
-        if value > 1.0 {
-            return Err(self.error(format!("`{}` must be in (0, 1], found `{value}`", self.key)));
+        if value > hi {
+            return Err(self.error(format!(
+                "`{}` must be in (0, {hi}], found `{value}`",
+                self.key
+            )));
+        }
+        Ok(value)
+    }
+
+    // max_contrast = 0.2 (in (0, 1))
+    fn positive_below(&self, hi: f64) -> syn::Result<f64> {
+        let value = self.positive()?;
+        if value >= hi {
+            return Err(self.error(format!(
+                "`{}` must be in (0, {hi}), found `{value}`",
+                self.key
+            )));
         }
         Ok(value)
     }
@@ -656,7 +943,9 @@ impl Value<'_> {
             Expr::Lit(ExprLit {
                 lit: Lit::Str(lit), ..
             }) => format!("the string {:?}", lit.value()),
-            Expr::Array(_) => "a list (only `attack` and `eps` take lists)".to_owned(),
+            Expr::Array(_) => {
+                "a list (only `attack`, `perturbation` and `eps` take lists)".to_owned()
+            }
             Expr::Lit(_) | Expr::Path(_) | Expr::Unary(_) => format!(
                 "`{}`",
                 self.expr.to_token_stream().to_string().replace(' ', "")
@@ -737,6 +1026,8 @@ mod should {
 
     use super::*;
 
+    const ALL_KEYS: &str = "`attack`, `perturbation`, `eps`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`";
+
     fn spec(tokens: TokenStream) -> Spec {
         parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
     }
@@ -756,15 +1047,22 @@ mod should {
         all.remove(0)
     }
 
+    fn eps(spec: &Spec) -> Vec<f64> {
+        match &spec.kind {
+            Kind::Attack { eps, .. } => eps.iter().map(|e| e.value).collect(),
+            Kind::Perturbation { eps, .. } => eps.iter().map(|e| e.value).collect(),
+        }
+    }
+
     fn names(spec: &Spec) -> Vec<String> {
-        spec.cases().map(|case| case.name).collect()
+        spec.cases().into_iter().map(|case| case.name).collect()
     }
 
     #[test]
     fn parse_a_single_attack_and_eps() {
         let spec = spec(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5));
         assert_eq!(names(&spec), ["pgd_eps_0_1"]);
-        assert_eq!(spec.eps[0].value, 0.1);
+        assert_eq!(eps(&spec), [0.1]);
         assert_eq!(spec.options.min_acc, Some(0.5));
         assert!(spec.krate.is_none());
     }
@@ -804,8 +1102,7 @@ mod should {
                 "pgd_eps_2e1"
             ]
         );
-        let values: Vec<f64> = spec.eps.iter().map(|e| e.value).collect();
-        assert_eq!(values, [1.0, 0.008, 0.25, 10.5, 20.0]);
+        assert_eq!(eps(&spec), [1.0, 0.008, 0.25, 10.5, 20.0]);
     }
 
     #[test]
@@ -859,9 +1156,220 @@ mod should {
         assert_eq!(o.seed, Some(u64::MAX));
         assert_eq!(o.device, Some("auto"));
         assert_eq!(o.masking_checks, Some("warn"));
-        // Every declared option was written above, so every one must come back as a builder call.
+        // Every option of attack tests was written above, so every one must come back as a
+        // builder call.
         let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();
-        assert_eq!(written, Options::KEYS);
+        let expected: Vec<&str> = Options::KEYS
+            .iter()
+            .copied()
+            .filter(|k| matches!(Options::scope(k), Scope::Attack | Scope::Any))
+            .collect();
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn accept_every_perturbation_option_with_its_type() {
+        let spec = spec(quote!(
+            perturbation = [
+                "linf",
+                "gaussian",
+                "salt_pepper",
+                "brightness",
+                "contrast",
+                "shift+rotation",
+                "occlusion"
+            ],
+            eps = 0.05,
+            sigma = 0.1,
+            pixels = 10,
+            max_brightness = 0.2,
+            max_contrast = 0.3,
+            max_shift = 2,
+            max_degrees = 15.0,
+            patch = 6,
+            cases = 256,
+            min_invariance = 0.99,
+            samples = 100,
+            batch_size = 512,
+            seed = 3,
+            device = "cpu",
+        ));
+        let o = &spec.options;
+        assert_eq!(eps(&spec), [0.05]);
+        assert_eq!(
+            (o.sigma, o.pixels, o.max_brightness, o.max_contrast),
+            (Some(0.1), Some(10), Some(0.2), Some(0.3))
+        );
+        assert_eq!(
+            (
+                o.max_shift,
+                o.max_degrees,
+                o.patch,
+                o.cases,
+                o.min_invariance
+            ),
+            (Some(2.0), Some(15.0), Some(6), Some(256), Some(0.99))
+        );
+        let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();
+        let expected: Vec<&str> = Options::KEYS
+            .iter()
+            .copied()
+            .filter(|k| !matches!(Options::scope(k), Scope::Attack))
+            .collect();
+        assert_eq!(written, expected);
+        assert_eq!(
+            names(&spec),
+            [
+                "linf",
+                "gaussian",
+                "salt_pepper",
+                "brightness",
+                "contrast",
+                "shift_rotation",
+                "occlusion"
+            ]
+        );
+    }
+
+    #[test]
+    fn name_a_perturbation_test_after_the_perturbation() {
+        let spec = spec(quote!(perturbation = "rotation", min_invariance = 0.9));
+        assert_eq!(names(&spec), ["rotation"]);
+        assert!(eps(&spec).is_empty());
+    }
+
+    #[test]
+    fn suggest_the_closest_perturbation_in_a_composition() {
+        assert_eq!(
+            error(quote!(
+                perturbation = "rotation+brightnes",
+                min_invariance = 0.9
+            )),
+            "unknown perturbation `brightnes`; did you mean `brightness`?"
+        );
+        assert_eq!(
+            error(quote!(perturbation = "blur", min_invariance = 0.9)),
+            "unknown perturbation `blur`; expected one of `linf`, `l2`, `gaussian`, \
+             `salt_pepper`, `brightness`, `contrast`, `shift`, `rotation`, `occlusion`"
+        );
+    }
+
+    #[test]
+    fn reject_a_family_twice_in_a_composition_and_a_perturbation_listed_twice() {
+        assert_eq!(
+            error(quote!(perturbation = "shift+shift", min_invariance = 0.9)),
+            "perturbation `shift` appears twice in `shift+shift`"
+        );
+        assert_eq!(
+            error(quote!(
+                perturbation = ["rotation", "shift", "rotation"],
+                min_invariance = 0.9
+            )),
+            "perturbation `rotation` is listed twice, so its test would be generated twice"
+        );
+    }
+
+    #[test]
+    fn reject_parameters_of_another_perturbation() {
+        assert_eq!(
+            error(quote!(
+                perturbation = ["rotation", "shift"],
+                sigma = 0.1,
+                min_invariance = 0.9
+            )),
+            "`sigma` does not apply to `rotation` or `shift`: it is a parameter of `gaussian`"
+        );
+        assert_eq!(
+            error(quote!(
+                perturbation = "rotation",
+                eps = 0.1,
+                min_invariance = 0.9
+            )),
+            "`eps` does not apply to `rotation`: it is a parameter of `linf` or `l2`"
+        );
+    }
+
+    #[test]
+    fn accept_a_parameter_used_by_one_perturbation_of_the_list() {
+        let spec = spec(quote!(
+            perturbation = ["rotation", "gaussian+brightness"],
+            sigma = 0.2,
+            min_invariance = 0.9
+        ));
+        assert_eq!(spec.options.sigma, Some(0.2));
+    }
+
+    #[test]
+    fn reject_keys_of_the_other_kind_of_test() {
+        assert_eq!(
+            errors(quote!(
+                perturbation = "rotation",
+                steps = 10,
+                min_acc = 0.5,
+                min_invariance = 0.9
+            )),
+            [
+                "`steps` is a parameter of attack tests; a perturbation test \
+                 (`perturbation = ...`) does not use it",
+                "`min_acc` is a parameter of attack tests; a perturbation test \
+                 (`perturbation = ...`) does not use it",
+            ]
+        );
+        assert_eq!(
+            errors(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                cases = 10,
+                max_degrees = 5
+            )),
+            [
+                "`cases` is a parameter of perturbation tests; an attack test (`attack = ...`) \
+                 does not use it",
+                "`max_degrees` is a parameter of the `rotation` perturbation; an attack test \
+                 (`attack = ...`) does not use it",
+            ]
+        );
+    }
+
+    #[test]
+    fn reject_attack_and_perturbation_together() {
+        let message = error(quote!(
+            attack = "pgd",
+            perturbation = "rotation",
+            min_invariance = 0.9
+        ));
+        assert!(
+            message.starts_with("`attack` and `perturbation` cannot be combined"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn require_min_invariance_in_a_perturbation_test() {
+        let message = error(quote!(perturbation = "rotation", cases = 10));
+        assert!(message.starts_with("missing `min_invariance`"), "{message}");
+    }
+
+    #[test]
+    fn reject_perturbation_parameters_out_of_range() {
+        assert_eq!(
+            errors(quote!(
+                perturbation = ["rotation", "contrast", "occlusion", "linf"],
+                max_degrees = 270,
+                max_contrast = 1.0,
+                patch = 0,
+                eps = [0.1, 0.2],
+                min_invariance = 0.9
+            )),
+            [
+                "`max_degrees` must be in (0, 180], found `270`",
+                "`max_contrast` must be in (0, 1), found `1`",
+                "expected an integer ≥ 1 for `patch`, found `0`",
+                "`eps` takes one value in a perturbation test: it is the radius of `linf` and \
+                 `l2` noise",
+            ]
+        );
     }
 
     #[test]
@@ -1059,9 +1567,7 @@ mod should {
     fn list_the_keys_when_none_is_close() {
         assert_eq!(
             error(quote!(attack = "pgd", eps = 0.1, min_acc = 0.5, budget = 1)),
-            "unknown key `budget`; expected one of `attack`, `eps`, `crate`, `norm`, `steps`, \
-             `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `min_acc`, \
-             `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`"
+            format!("unknown key `budget`; expected one of {ALL_KEYS}")
         );
     }
 
@@ -1134,7 +1640,7 @@ mod should {
     fn reject_a_list_where_one_value_is_expected() {
         assert_eq!(
             error(quote!(attack = "pgd", eps = 0.1, min_acc = [0.5, 0.6])),
-            "expected a number for `min_acc`, found a list (only `attack` and `eps` take lists)"
+            "expected a number for `min_acc`, found a list (only `attack`, `perturbation` and `eps` take lists)"
         );
     }
 
@@ -1160,9 +1666,14 @@ mod should {
     #[test]
     fn require_attack_and_eps() {
         let all = errors(quote!(min_acc = 0.5));
-        assert_eq!(all.len(), 2, "{all:#?}");
-        assert!(all[0].starts_with("missing `attack`"), "{}", all[0]);
-        assert!(all[1].starts_with("missing `eps`"), "{}", all[1]);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(
+            all[0].starts_with("missing `attack` or `perturbation`"),
+            "{}",
+            all[0]
+        );
+        assert!(all[0].contains("`rotation`"), "{}", all[0]);
+        assert!(error(quote!(attack = "pgd", min_acc = 0.5)).starts_with("missing `eps`"));
     }
 
     #[test]
@@ -1241,9 +1752,7 @@ mod should {
                  `eps = 0.2`",
                 "expected an integer ≥ 1 for `steps`, found `0`",
                 "expected `true` or `false` for `targeted`, found `1`",
-                "unknown key `colour`; expected one of `attack`, `eps`, `crate`, `norm`, \
-                 `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, \
-                 `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `min_acc`, `max_drop`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`",
+                &format!("unknown key `colour`; expected one of {ALL_KEYS}"),
                 "missing `min_acc` or `max_drop`: a robustness test needs something to assert, \
                  the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the largest \
                  acceptable drop from clean accuracy (`max_drop = 0.2`)",

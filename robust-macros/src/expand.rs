@@ -1,12 +1,12 @@
 //! Writes the expansion: the function, followed by a module of the same name holding one
-//! `#[test]` per attack × ε, each a call into `robust_runtime::__private`.
+//! `#[test]` per attack × ε or per perturbation, each a call into `robust_runtime::__private`.
 
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::ReturnType;
 
-use crate::args::{self, Spec};
+use crate::args::{self, CaseKind, Kind, Spec};
 use crate::item::{self, TestFn};
 
 /// The whole attribute: parse → validate → render.
@@ -63,30 +63,51 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
 
     // With several ε, every test gets the whole list, so minimal-perturbation attacks can run
     // once for the sweep and each test reads its ε off that run.
-    let sweep = (spec.eps.len() > 1).then(|| {
-        let all = spec.eps.iter().map(|e| e.value.into_token_stream());
-        quote!(.sweep(&[#(#all),*]))
-    });
-    let tests = spec.cases().map(|case| {
+    let sweep = match &spec.kind {
+        Kind::Attack { eps, .. } if eps.len() > 1 => {
+            let all = eps.iter().map(|e| e.value.into_token_stream());
+            Some(quote!(.sweep(&[#(#all),*])))
+        }
+        _ => None,
+    };
+    let tests = spec.cases().into_iter().map(|case| {
         let test = format_ident!("{}", case.name);
         // The runtime reports and files results under the test's full path, as libtest shows it.
         let suffix = format!("::{}", case.name);
-        let attack = case.attack.name;
-        let eps = case.eps.value.into_token_stream();
+        let name = quote!(::core::concat!(::core::module_path!(), #suffix));
+        let test_spec = match case.test {
+            CaseKind::Attack { attack, eps } => {
+                let attack = attack.name;
+                let eps = eps.value.into_token_stream();
+                quote! {
+                    #private::TestSpec::new(#name, #attack, #eps,)
+                    #(#options)*
+                    #sweep
+                }
+            }
+            CaseKind::Perturbation { perturbation } => {
+                let perturbation = &perturbation.name;
+                let eps = match &spec.kind {
+                    Kind::Perturbation { eps: Some(eps), .. } => {
+                        let eps = eps.value.into_token_stream();
+                        Some(quote!(.eps(#eps)))
+                    }
+                    _ => None,
+                };
+                // The regressions file lives beside the test crate's Cargo.toml.
+                quote! {
+                    #private::InvarianceSpec::new(#name, #perturbation)
+                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                    #eps
+                    #(#options)*
+                }
+            }
+        };
         quote! {
             #[::core::prelude::v1::test]
             #(#forwarded)*
             fn #test() {
-                #private::run_test(
-                    #build,
-                    #private::TestSpec::new(
-                        ::core::concat!(::core::module_path!(), #suffix),
-                        #attack,
-                        #eps,
-                    )
-                    #(#options)*
-                    #sweep,
-                );
+                #private::run_test(#build, #test_spec,);
             }
         }
     });
@@ -198,6 +219,53 @@ mod should {
             quote! {
                 fn mnist_cnn() -> Result<RobustnessCase> { unreachable!() }
                 mod mnist_cnn { #(#tests)* }
+            },
+        );
+    }
+
+    #[test]
+    fn expand_one_test_per_perturbation_with_the_manifest_dir() {
+        let test = |name: &str, perturbation: &str| {
+            let test = format_ident!("{}", name);
+            let path = format!("::{name}");
+            quote! {
+                #[::core::prelude::v1::test]
+                fn #test() {
+                    ::robust_runtime::__private::run_test(
+                        super::mnist_cnn,
+                        ::robust_runtime::__private::InvarianceSpec::new(
+                            ::core::concat!(::core::module_path!(), #path),
+                            #perturbation
+                        )
+                        .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                        .eps(0.05f64)
+                        .max_degrees(15f64)
+                        .cases(64usize)
+                        .min_invariance(0.99f64),
+                    );
+                }
+            }
+        };
+        let (first, second) = (
+            test("rotation", "rotation"),
+            test("linf_rotation", "linf+rotation"),
+        );
+        assert_expands(
+            quote!(
+                perturbation = ["rotation", "linf + rotation"],
+                eps = 0.05,
+                max_degrees = 15,
+                cases = 64,
+                min_invariance = 0.99
+            ),
+            quote!(
+                fn mnist_cnn() -> Result<RobustnessCase> {
+                    unreachable!()
+                }
+            ),
+            quote! {
+                fn mnist_cnn() -> Result<RobustnessCase> { unreachable!() }
+                mod mnist_cnn { #first #second }
             },
         );
     }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::eval::RobustnessReport;
+use crate::eval::{InvarianceReport, RobustnessReport};
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -158,6 +158,10 @@ pub enum Error {
     /// The robustness assertion failed: the report says by how much.
     #[error("{}", .0.failure_message())]
     NotRobust(Box<RobustnessReport>),
+    /// The invariance assertion of a perturbation test failed: the report gives the minimal
+    /// counterexamples.
+    #[error("{}", .0.failure_message())]
+    NotInvariant(Box<InvarianceReport>),
     /// The diagnostics found signs of gradient masking, so the measured robustness cannot be
     /// trusted (`masking_checks = "fail"`).
     #[error("{}", .0.masking_message())]

@@ -17,6 +17,12 @@
 //! failing with a report (clean and robust accuracy, attack success rate, perturbation norms,
 //! the assertion that failed) when the model is not robust enough.
 //!
+//! `#[robustness_test(perturbation = "rotation", max_degrees = 15.0, min_invariance = 0.99)]`
+//! instead tests that predictions survive random perturbations (noise, brightness, contrast,
+//! shifts, rotations, salt-and-pepper pixels, occlusion): see [`perturb`] for the proptest
+//! strategies and [`eval::evaluate_invariance`] for the run, which shrinks every failure to a
+//! minimal perturbation and stores its seed in a regressions file replayed first.
+//!
 //! The same machinery is a library: [`eval::evaluate`] runs any [`attack::Attack`] on a
 //! [`RobustnessCase`] and returns a [`RobustnessReport`] (a table with `Display`, JSON with serde).
 //!
@@ -36,12 +42,14 @@ mod error;
 pub mod eval;
 pub mod model;
 pub mod nn;
+pub mod perturb;
+pub mod report;
 pub mod rng;
 pub mod zoo;
 
 pub use data::Dataset;
 pub use error::{Error, Result};
-pub use eval::{RobustnessCase, RobustnessReport};
+pub use eval::{InvarianceReport, RobustnessCase, RobustnessReport};
 pub use model::{InputDomain, Model, Normalize};
 pub use rng::Rng;
 pub use robust_macros::robustness_test;
@@ -60,22 +68,44 @@ pub mod prelude {
 /// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::eval::{CertifySpec, TestSpec};
-    use crate::{Result, RobustnessCase};
+    use crate::certify::CertificationReport;
+    pub use crate::eval::{CertifySpec, InvarianceSpec, TestSpec};
+    use crate::{InvarianceReport, Result, RobustnessCase, RobustnessReport};
 
-    /// Runs one generated certification test; panics with the report when it fails.
-    #[track_caller]
-    pub fn run_certify<F: FnOnce() -> Result<RobustnessCase>>(build: F, spec: CertifySpec) {
-        match spec.run(build) {
-            Ok(report) => println!("{report}"),
-            Err(e) => panic!("{e}"),
+    /// A kind of generated test: an attack test ([`TestSpec`]), a perturbation test
+    /// ([`InvarianceSpec`]) or a certification test ([`CertifySpec`]).
+    pub trait GeneratedTest {
+        /// What a passing run prints.
+        type Report: std::fmt::Display;
+        /// Builds the case, runs the test and checks its assertions.
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report>;
+    }
+
+    impl GeneratedTest for TestSpec {
+        type Report = RobustnessReport;
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
+            self.run(build)
+        }
+    }
+
+    impl GeneratedTest for CertifySpec {
+        type Report = CertificationReport;
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
+            self.run(build)
+        }
+    }
+
+    impl GeneratedTest for InvarianceSpec {
+        type Report = InvarianceReport;
+        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
+            self.run(build)
         }
     }
 
     /// Runs one generated test; panics with the report when it fails.
     #[track_caller]
-    pub fn run_test<F: FnOnce() -> Result<RobustnessCase>>(build: F, spec: TestSpec) {
-        match spec.run(build) {
+    pub fn run_test<F: FnOnce() -> Result<RobustnessCase>, T: GeneratedTest>(build: F, spec: T) {
+        match spec.execute(build) {
             Ok(report) => println!("{report}"),
             Err(e) => panic!("{e}"),
         }

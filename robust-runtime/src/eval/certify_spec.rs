@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::spec::resolve_seed;
+use super::spec::seed_or_env;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
 use crate::device::{self, DeviceChoice};
 use crate::{Error, Result, RobustnessCase};
@@ -135,7 +135,7 @@ impl CertifySpec {
                 None
             }
         };
-        let seed = resolve_seed(self.seed)?;
+        let seed = seed_or_env(self.seed)?;
         let device = device::select(DeviceChoice::from_name(self.device.unwrap_or("auto"))?)?;
         let case = device::with_current(&device, build)?;
         let case = match self.samples {

@@ -1,6 +1,8 @@
 //! Running a robustness case: clean predictions, the attack, the metrics, the assertions.
 //!
 //! A sample counts as robust only if it is classified correctly clean *and* under the attack.
+//! [`evaluate`] runs an attack; [`evaluate_invariance`] runs random perturbations
+//! ([`crate::perturb`]) and shrinks each failure to a minimal one.
 //!
 //! ```no_run
 //! use robust_runtime::prelude::*;
@@ -16,6 +18,7 @@
 //! ```
 
 mod certify_spec;
+mod invariance;
 pub mod masking;
 mod report;
 mod spec;
@@ -25,12 +28,16 @@ use std::time::Instant;
 use candle_core::{Device, Module, Tensor};
 
 pub use certify_spec::{CertifySpec, CERTIFIERS};
+pub use invariance::{
+    evaluate_invariance, evaluate_strategy, Counterexample, InvarianceConfig, InvarianceReport,
+    InvarianceSpec, ReplaySummary, CASES_VAR, MAX_IMAGES,
+};
 use report::within;
 pub use report::{
     Check, CurvePoint, Minimal, PerturbationStats, RobustnessReport, SampleOutcome, Stage,
     Thresholds,
 };
-pub use spec::TestSpec;
+pub use spec::{TestSpec, SEED_VAR};
 
 use crate::attack::kernel::{self, per_sample_l2, per_sample_linf};
 use crate::attack::{Attack, AttackBatch, Targeting};

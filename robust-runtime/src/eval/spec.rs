@@ -198,7 +198,7 @@ impl TestSpec {
                 "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)",
             ));
         }
-        let seed = resolve_seed(self.seed)?;
+        let seed = seed_or_env(self.seed)?;
         let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
         let device = device::select(choice)?;
         let case = device::with_current(&device, build)?;
@@ -275,15 +275,17 @@ impl TestSpec {
     }
 }
 
-/// The seed a test runs with: its own `seed`, else `ROBUST_SEED`, else 0.
-pub(crate) fn resolve_seed(seed: Option<u64>) -> Result<u64> {
-    match (seed, std::env::var(SEED_VAR)) {
-        (Some(s), _) => Ok(s),
-        (None, Ok(v)) => v
-            .trim()
-            .parse()
-            .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer")),
-        (None, Err(_)) => Ok(0),
+/// `seed`, else `ROBUST_SEED`, else 0.
+pub(crate) fn seed_or_env(seed: Option<u64>) -> Result<u64> {
+    match seed {
+        Some(s) => Ok(s),
+        None => match std::env::var(SEED_VAR) {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer")),
+            Err(_) => Ok(0),
+        },
     }
 }
 

@@ -1,0 +1,62 @@
+//! Files a run leaves for people to look at, under `target/robust/`.
+//!
+//! - [`png_grid`]: images side by side in a PNG (original / perturbed / difference, adversarial
+//!   examples, …).
+//!
+//! [`output_dir`] finds `target/robust/` for the running test binary.
+
+pub mod png_grid;
+
+use std::path::{Path, PathBuf};
+
+/// `<target>/robust/<test path>`: the folder for files about test `test`
+/// (`suite::mnist_cnn::rotation` → `target/robust/suite/mnist_cnn/rotation`).
+///
+/// The target folder is `CARGO_TARGET_DIR` when it is set, otherwise the nearest folder above
+/// the running executable that holds cargo's `CACHEDIR.TAG` (what `cargo test` runs lives in
+/// `target/debug/deps/`), otherwise `<manifest_dir>/target`.
+pub fn output_dir(manifest_dir: &Path, test: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            exe.ancestors()
+                .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| manifest_dir.join("target"));
+    let target = if target.is_relative() {
+        manifest_dir.join(target)
+    } else {
+        target
+    };
+    test.split("::")
+        .fold(target.join("robust"), |dir, part| dir.join(sanitize(part)))
+}
+
+/// A file-name-safe version of one path component.
+pub(crate) fn sanitize(part: &str) -> String {
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    #[test]
+    fn put_each_test_in_its_own_folder() {
+        let dir = output_dir(Path::new("/repo"), "suite::mnist_cnn::rotation+shift");
+        assert!(
+            dir.ends_with("robust/suite/mnist_cnn/rotation_shift"),
+            "{dir:?}"
+        );
+    }
+}
