@@ -7,11 +7,12 @@ use candle_core::Tensor;
 use robust_runtime::attack::{self, AttackBatch, AttackParams};
 use robust_runtime::certify::{self, Method, Smoothing};
 use robust_runtime::prelude::*;
+use robust_runtime::robustness_test;
 
 #[test]
 fn the_ibp_trained_cnn_is_certified_at_eps_0_1_and_pgd_breaks_none_of_its_certificates(
 ) -> robust_runtime::Result<()> {
-    let data = common::test_digits(100)?;
+    let data = common::test_digits(50)?;
     let case = RobustnessCase::new(common::ibp_net()?, data.clone()).named("mnist_ibp");
     let ibp = certify::bound_case(&case, Method::Ibp, 0.1, 100)?;
     let crown = certify::bound_case(&case, Method::Crown, 0.1, 100)?;
@@ -99,4 +100,31 @@ fn the_noise_trained_cnn_is_certified_by_smoothing() -> robust_runtime::Result<(
         certify::smoothing_case(&case, &smoothing, 0.5, &[0.25, 0.5, 0.75], 0, &Device::Cpu)?;
     assert_eq!(report.per_sample, again.per_sample);
     Ok(())
+}
+
+// The same claims as ordinary generated tests: one per certifier × radius.
+
+#[robustness_test(certify = ["ibp", "crown"], eps = [0.05, 0.1], min_certified_acc = 0.85, samples = 100)]
+fn mnist_ibp() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::new(common::ibp_net()?, common::test_digits(100)?).named("mnist_ibp"))
+}
+
+#[robustness_test(
+    certify = "smoothing",
+    sigma = 0.25,
+    radius = [0.25, 0.5],
+    n = 1000,
+    min_certified_acc = 0.8,
+    samples = 20
+)]
+fn mnist_noise() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::new(common::noise_net()?, common::test_digits(20)?).named("mnist_noise"))
+}
+
+/// A certification test fails when the certificate does not hold: the plain CNN is accurate but
+/// not certifiably robust at ε = 0.1.
+#[robustness_test(certify = "ibp", eps = 0.1, min_certified_acc = 0.5, samples = 50)]
+#[should_panic(expected = "certified accuracy 0.00% at L∞ 0.1 is below min_certified_acc = 50.00%")]
+fn mnist_cnn_uncertified() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::new(common::cnn_net()?, common::test_digits(50)?).named("mnist_cnn"))
 }

@@ -48,7 +48,18 @@ const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 const MASKING: &[&str] = &["fail", "warn", "off"];
 
 /// The keys that shape the expansion instead of becoming a builder call.
-const STRUCTURAL_KEYS: &[&str] = &["attack", "perturbation", "eps", "crate"];
+const STRUCTURAL_KEYS: &[&str] = &[
+    "attack",
+    "perturbation",
+    "certify",
+    "eps",
+    "radius",
+    "crate",
+];
+
+/// The certifiers the runtime implements (`robust_runtime::eval::CERTIFIERS`): bound
+/// propagation at L∞ `eps`, or randomized smoothing at L2 `radius`.
+pub(crate) const KNOWN_CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];
 
 /// The perturbations whose radius `eps` is.
 const EPS_FAMILIES: &[&str] = &["linf", "l2"];
@@ -73,6 +84,16 @@ pub(crate) enum Kind {
         /// At least one finite ε > 0, none repeated.
         eps: Vec<Eps>,
     },
+    /// `certify = ...`: one test per certifier × ε (IBP, CROWN) or × radius (smoothing),
+    /// asserting certified accuracy.
+    Certify {
+        /// At least one known certifier, none repeated.
+        certifiers: Vec<Attack>,
+        /// The L∞ radii of `ibp` and `crown`.
+        eps: Vec<Eps>,
+        /// The L2 radii of `smoothing`.
+        radius: Vec<Eps>,
+    },
     /// `perturbation = ...`: one test per perturbation, asserting invariance.
     Perturbation {
         /// At least one, none repeated.
@@ -91,6 +112,10 @@ enum Scope {
     Attack,
     /// Perturbation tests.
     Perturbation,
+    /// Certification tests.
+    Certify,
+    /// Certification tests with randomized smoothing.
+    Smoothing,
     /// Perturbation tests drawing from one of these families.
     Family(&'static [&'static str]),
 }
@@ -135,8 +160,17 @@ pub(crate) struct Case<'a> {
 
 /// What one generated test runs.
 pub(crate) enum CaseKind<'a> {
-    Attack { attack: &'a Attack, eps: &'a Eps },
-    Perturbation { perturbation: &'a Perturbation },
+    Attack {
+        attack: &'a Attack,
+        eps: &'a Eps,
+    },
+    Certify {
+        certifier: &'a Attack,
+        radius: &'a Eps,
+    },
+    Perturbation {
+        perturbation: &'a Perturbation,
+    },
 }
 
 impl Spec {
@@ -150,6 +184,27 @@ impl Spec {
                     eps.iter().map(move |eps| Case {
                         name: format!("{}_eps_{}", identifier_chars(attack.name), eps.name_part()),
                         test: CaseKind::Attack { attack, eps },
+                    })
+                })
+                .collect(),
+            Kind::Certify {
+                certifiers,
+                eps,
+                radius,
+            } => certifiers
+                .iter()
+                .flat_map(move |certifier| {
+                    let (key, list) = if certifier.name == "smoothing" {
+                        ("radius", radius)
+                    } else {
+                        ("eps", eps)
+                    };
+                    list.iter().map(move |r| Case {
+                        name: format!("{}_{key}_{}", certifier.name, r.name_part()),
+                        test: CaseKind::Certify {
+                            certifier,
+                            radius: r,
+                        },
                     })
                 })
                 .collect(),
@@ -223,6 +278,8 @@ macro_rules! options {
 
 const ATTACK: Scope = Scope::Attack;
 const PERTURBATION: Scope = Scope::Perturbation;
+const CERTIFY: Scope = Scope::Certify;
+const SMOOTHING: Scope = Scope::Smoothing;
 const ANY: Scope = Scope::Any;
 
 options! {
@@ -271,6 +328,15 @@ options! {
     max_degrees: f64 = positive_at_most(180.0) for Scope::Family(&["rotation"]);
     /// `patch = 6` (≥ 1): the side of the `occlusion` square, in pixels.
     patch: usize = integer(1) for Scope::Family(&["occlusion"]);
+    /// `min_certified_acc = 0.8` (in [0, 1]): the lowest acceptable share of samples classified
+    /// correctly and certified.
+    min_certified_acc: f64 = fraction() for CERTIFY;
+    /// `n0 = 100` (≥ 1): smoothing's noisy copies that choose the class.
+    n0: usize = integer(1) for SMOOTHING;
+    /// `n = 100000` (≥ 1): smoothing's noisy copies that estimate its probability.
+    n: usize = integer(1) for SMOOTHING;
+    /// `alpha = 0.001` (in (0, 1)): the probability that a smoothing certificate is wrong.
+    alpha: f64 = positive_below(1.0) for SMOOTHING;
     /// `cases = 256` (≥ 1): perturbations drawn per sample.
     cases: usize = integer(1) for PERTURBATION;
     /// `min_acc = 0.6` (in [0, 1]): the lowest acceptable robust accuracy.
@@ -300,6 +366,8 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
     let mut meant: Vec<&str> = Vec::new();
     let mut attacks = None;
     let mut perturbations = None;
+    let mut certifiers = None;
+    let mut radius = None;
     let mut eps = None;
     let mut krate = None;
     let mut options = Options::default();
@@ -328,6 +396,12 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
             // perturbation = "rotation"
             // perturbation = ["rotation", "shift", "rotation+brightness"]
             "perturbation" => perturbations = errors.check(value.list(Value::perturbation)),
+            // certify = "ibp"
+            // certify = ["ibp", "crown", "smoothing"]
+            "certify" => certifiers = errors.check(value.list(Value::certifier)),
+            // radius = 0.5
+            // radius = [0.25, 0.5]
+            "radius" => radius = errors.check(value.list(Value::eps)),
             // eps = 0.1
             // eps = [0.05, 0.1]
             "eps" => eps = errors.check(value.list(Value::eps)),
@@ -345,7 +419,20 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
     }
 
     let has = |key: &str| written.iter().any(|(k, _)| k == key) || meant.contains(&key);
-    let kind = if has("perturbation") {
+    let kind = if has("certify") {
+        for other in ["attack", "perturbation"] {
+            if let Some((_, span)) = written.iter().find(|(k, _)| k == other) {
+                errors.at(
+                    *span,
+                    format!(
+                        "`{other}` and `certify` cannot be combined: a certification test proves \
+                         robustness, an {other} test looks for failures; write one function for each"
+                    ),
+                );
+            }
+        }
+        Scope::Certify
+    } else if has("perturbation") {
         if let Some((_, span)) = written.iter().find(|(k, _)| k == "attack") {
             errors.at(
                 *span,
@@ -359,6 +446,9 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
         Scope::Attack
     };
     match kind {
+        Scope::Certify => {
+            check_certify(&written, certifiers.as_deref(), &options, &has, &mut errors)
+        }
         Scope::Perturbation => {
             if !has("min_invariance") {
                 errors.at(
@@ -384,11 +474,13 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
                 errors.at(
                     Span::call_site(),
                     format!(
-                        "missing `attack` or `perturbation`: name the attacks to run, e.g. \
-                         `attack = \"pgd\"` or `attack = [\"fgsm\", \"pgd\"]` (known: {}), or the \
-                         perturbations to draw, e.g. `perturbation = \"rotation\"` (known: {})",
+                        "missing `attack`, `perturbation` or `certify`: name the attacks to run, \
+                         e.g. `attack = \"pgd\"` or `attack = [\"fgsm\", \"pgd\"]` (known: {}), the \
+                         perturbations to draw, e.g. `perturbation = \"rotation\"` (known: {}), or \
+                         the certifiers, e.g. `certify = \"crown\"` (known: {})",
                         backticked(KNOWN_ATTACKS),
-                        backticked(KNOWN_PERTURBATIONS)
+                        backticked(KNOWN_PERTURBATIONS),
+                        backticked(KNOWN_CERTIFIERS)
                     ),
                 );
             } else if !has("eps") {
@@ -408,7 +500,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
         }
     }
     // With neither, or both, the kind of test is unknown: its keys cannot be judged.
-    if has("attack") != has("perturbation") {
+    if kind == Scope::Certify || has("attack") != has("perturbation") {
         check_scopes(&written, kind, perturbations.as_deref(), &mut errors);
     }
     if let (Some(attacks), Some(eps)) = (&attacks, &eps) {
@@ -420,6 +512,11 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
 
     errors.finish()?;
     let kind = match (kind, attacks, perturbations, eps) {
+        (Scope::Certify, _, _, eps) => Kind::Certify {
+            certifiers: certifiers.unwrap_or_default(),
+            eps: eps.unwrap_or_default(),
+            radius: radius.unwrap_or_default(),
+        },
         (Scope::Attack, Some(attacks), _, Some(eps)) => Kind::Attack { attacks, eps },
         (Scope::Perturbation, _, Some(perturbations), eps) => Kind::Perturbation {
             perturbations,
@@ -444,6 +541,81 @@ fn all_keys() -> impl Iterator<Item = &'static str> {
     STRUCTURAL_KEYS.iter().chain(Options::KEYS).copied()
 }
 
+/// The keys a certification test needs: `min_certified_acc`, `eps` for IBP and CROWN, `radius`
+/// and `sigma` for smoothing, and none of them where no certifier uses them.
+fn check_certify(
+    written: &[(String, Span)],
+    certifiers: Option<&[Attack]>,
+    options: &Options,
+    has: &dyn Fn(&str) -> bool,
+    errors: &mut Errors,
+) {
+    let Some(certifiers) = certifiers else {
+        return;
+    };
+    let span_of = |key: &str| written.iter().find(|(k, _)| k == key).map(|(_, s)| *s);
+    for (i, c) in certifiers.iter().enumerate() {
+        if certifiers[..i].iter().any(|d| d.name == c.name) {
+            errors.at(c.span, format!("certifier `{}` is listed twice", c.name));
+        }
+    }
+    if !has("min_certified_acc") {
+        errors.at(
+            Span::call_site(),
+            "missing `min_certified_acc`: a certification test asserts the lowest acceptable \
+             share of samples classified correctly and certified, e.g. `min_certified_acc = 0.8`",
+        );
+    }
+    let bounds = certifiers.iter().any(|c| c.name != "smoothing");
+    let smoothing = certifiers.iter().any(|c| c.name == "smoothing");
+    if bounds && !has("eps") {
+        errors.at(
+            Span::call_site(),
+            "missing `eps`: IBP and CROWN certify the L∞ ball of radius `eps`, e.g. `eps = 0.1`",
+        );
+    }
+    if !bounds {
+        if let Some(span) = span_of("eps") {
+            errors.at(
+                span,
+                "`eps` is the L∞ radius of `ibp` and `crown`; smoothing certifies L2 `radius = ...`",
+            );
+        }
+    }
+    if smoothing {
+        if !has("radius") {
+            errors.at(
+                Span::call_site(),
+                "missing `radius`: smoothing certifies an L2 radius, e.g. `radius = 0.5`",
+            );
+        }
+        if !has("sigma") {
+            errors.at(
+                Span::call_site(),
+                "missing `sigma`: smoothing needs the standard deviation of its Gaussian noise, \
+                 the one the model was trained with, e.g. `sigma = 0.25`",
+            );
+        }
+        if let (Some(n0), Some(n), Some(span)) = (options.n0, options.n, span_of("n0")) {
+            if n0 > n {
+                errors.at(
+                    span,
+                    format!("`n0 = {n0}` must be at most `n = {n}`: the selection sample is the smaller one"),
+                );
+            }
+        }
+    } else {
+        for key in ["radius", "sigma", "n0", "n", "alpha"] {
+            if let Some(span) = span_of(key) {
+                errors.at(
+                    span,
+                    format!("`{key}` is a parameter of `certify = \"smoothing\"`, which this test does not run"),
+                );
+            }
+        }
+    }
+}
+
 /// Every key written must belong to the kind of test: `steps` to attacks, `max_degrees` to a
 /// test that rotates. Misplaced keys are errors rather than ignored, since a key that does
 /// nothing is a test that checks something other than what it says.
@@ -454,12 +626,28 @@ fn check_scopes(
     errors: &mut Errors,
 ) {
     for (key, span) in written {
-        if matches!(key.as_str(), "attack" | "perturbation" | "crate")
-            || (key == "eps" && kind == Scope::Attack)
+        if matches!(key.as_str(), "attack" | "perturbation" | "certify" | "crate")
+            || (key == "eps" && matches!(kind, Scope::Attack | Scope::Certify))
+            || (key == "radius" && kind == Scope::Certify)
+            // σ is the noise of smoothing as well as of the `gaussian` perturbation.
+            || (key == "sigma" && kind == Scope::Certify)
         {
             continue;
         }
-        let message = match (Options::scope(key), kind) {
+        let scope = if key == "radius" {
+            Scope::Smoothing
+        } else {
+            Options::scope(key)
+        };
+        let message = match (scope, kind) {
+            (Scope::Certify | Scope::Smoothing, Scope::Certify) => continue,
+            (Scope::Certify | Scope::Smoothing, _) => format!(
+                "`{key}` is a parameter of certification tests (`certify = ...`); this test \
+                 does not use it"
+            ),
+            (Scope::Attack | Scope::Perturbation | Scope::Family(_), Scope::Certify) => {
+                format!("`{key}` is not a parameter of certification tests (`certify = ...`)")
+            }
             (Scope::Any, _) | (Scope::Attack, Scope::Attack) => continue,
             (Scope::Perturbation, Scope::Perturbation) => continue,
             (Scope::Attack, _) => format!(
@@ -596,6 +784,15 @@ impl Value<'_> {
     // attack = "pgd"
     fn attack(&self) -> syn::Result<Attack> {
         let name = self.one_of("attack", KNOWN_ATTACKS)?;
+        Ok(Attack {
+            name,
+            span: self.span(),
+        })
+    }
+
+    // certify = "crown"
+    fn certifier(&self) -> syn::Result<Attack> {
+        let name = self.one_of("certifier", KNOWN_CERTIFIERS)?;
         Ok(Attack {
             name,
             span: self.span(),

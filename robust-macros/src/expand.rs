@@ -85,6 +85,24 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                     #sweep
                 }
             }
+            CaseKind::Certify { certifier, radius } => {
+                let certifier = certifier.name;
+                let value = radius.value.into_token_stream();
+                let curve = match &spec.kind {
+                    Kind::Certify { radius, .. }
+                        if certifier == "smoothing" && radius.len() > 1 =>
+                    {
+                        let all = radius.iter().map(|e| e.value.into_token_stream());
+                        Some(quote!(.curve(&[#(#all),*])))
+                    }
+                    _ => None,
+                };
+                quote! {
+                    #private::CertifySpec::new(#name, #certifier, #value,)
+                    #(#options)*
+                    #curve
+                }
+            }
             CaseKind::Perturbation { perturbation } => {
                 let perturbation = &perturbation.name;
                 let eps = match &spec.kind {
