@@ -167,7 +167,7 @@ fn agrees_with_foolbox(model: Model, attack_name: &str, n: usize) -> R {
     let (tolerance, agree) = per_sample_tolerance(attack_name);
     let batch = case["batch_size"].as_u64().unwrap() as usize;
     assert!(
-        n % batch == 0 && n <= case["samples"].as_u64().unwrap() as usize,
+        n.is_multiple_of(batch) && n <= case["samples"].as_u64().unwrap() as usize,
         "{n} samples: not whole batches of the reference"
     );
     let labels = common::test_digits(n)?.labels().to_vec();
