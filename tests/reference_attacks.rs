@@ -10,7 +10,8 @@
 //! from their papers in ways that decide the numbers (C&W cannot move pixels at exactly 0 or 1,
 //! 81 % of MNIST's; DeepFool applies the overshoot per step and clamps each step, so samples
 //! barely cross the boundary), see ATTACKS.md. Ours follow the papers and are checked against
-//! closed-form answers in `tests/attacks_minimal.rs`.
+//! closed-form answers in `tests/attacks_minimal.rs` and against Foolbox 3, a port of the
+//! authors' code, in `tests/reference_minimal.rs`.
 
 mod common;
 
