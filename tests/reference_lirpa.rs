@@ -43,9 +43,14 @@ fn net(model: &str) -> robust_runtime::Result<Sequential> {
     }
 }
 
-/// Asserts `ours` (`N × k`) equals `theirs` (`n ≤ N` rows) to `1e-4·max(1, |theirs|)`; returns
+/// Asserts `ours` (`N × k`) equals `theirs` (`n ≤ N` rows) to `tol·max(1, |theirs|)`; returns
 /// the largest relative difference.
-fn assert_agree(ours: &Tensor, theirs: &[Vec<f64>], what: &str) -> robust_runtime::Result<f64> {
+fn assert_agree(
+    ours: &Tensor,
+    theirs: &[Vec<f64>],
+    tol: f64,
+    what: &str,
+) -> robust_runtime::Result<f64> {
     let ours = ours.to_vec2::<f32>()?;
     let mut worst = 0f64;
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
@@ -59,7 +64,7 @@ fn assert_agree(ours: &Tensor, theirs: &[Vec<f64>], what: &str) -> robust_runtim
         for (k, (&a, &b)) in a.iter().zip(b).enumerate() {
             let rel = (a as f64 - b).abs() / b.abs().max(1.0);
             assert!(
-                rel <= 1e-4,
+                rel <= tol,
                 "{what}: sample {i}, entry {k}: ours {a}, auto_LiRPA {b}"
             );
             worst = worst.max(rel);
@@ -88,8 +93,24 @@ fn drop_label(margins: &Tensor, labels: &[u32]) -> robust_runtime::Result<Tensor
     )?)
 }
 
-/// Runs every case of `model` in the reference on its first `limit` samples.
-fn check_model(model: &str, limit: usize) -> robust_runtime::Result<()> {
+/// How many samples of each variant to check, and to what relative tolerance.
+struct Limits {
+    ibp: usize,
+    full: usize,
+    default: usize,
+    /// Tolerance for `auto_lirpa_default` against our `UnstableOnly`.
+    default_tol: f64,
+}
+
+const ALL: Limits = Limits {
+    ibp: usize::MAX,
+    full: usize::MAX,
+    default: usize::MAX,
+    default_tol: 1e-4,
+};
+
+/// Runs every case of `model` in the reference on its first samples.
+fn check_model(model: &str, limits: Limits) -> robust_runtime::Result<()> {
     let r = reference();
     let cases: Vec<&Value> = r["cases"]
         .as_array()
@@ -106,7 +127,16 @@ fn check_model(model: &str, limit: usize) -> robust_runtime::Result<()> {
     for case in cases {
         let eps = case["eps"].as_f64().expect("eps");
         let variant = case["variant"].as_str().expect("variant");
+        let (limit, tol) = match variant {
+            "ibp" => (limits.ibp, 1e-4),
+            "full" => (limits.full, 1e-4),
+            _ => (limits.default, limits.default_tol),
+        };
         let n = (case["samples"].as_u64().expect("samples") as usize).min(limit);
+        if n == 0 {
+            continue;
+        }
+        let started = std::time::Instant::now();
         let data = common::test_digits(n)?;
         let (l, u) = certify::input_box(data.inputs(), eps, InputDomain::default())?;
         let labels = data.labels();
@@ -132,17 +162,20 @@ fn check_model(model: &str, limit: usize) -> robust_runtime::Result<()> {
         let mut worst = assert_agree(
             &lb,
             &matrix(&case["logit_lb"]),
+            tol,
             &format!("{what} logit lower"),
         )?;
         worst = worst.max(assert_agree(
             &ub,
             &matrix(&case["logit_ub"]),
+            tol,
             &format!("{what} logit upper"),
         )?);
         let ours = drop_label(&margins, labels)?;
         worst = worst.max(assert_agree(
             &ours,
             &matrix(&case["margin_lb"]),
+            tol,
             &format!("{what} margins"),
         )?);
         // Certified: correct and every margin bound positive.
@@ -162,24 +195,50 @@ fn check_model(model: &str, limit: usize) -> robust_runtime::Result<()> {
                 "{what}: certified flag of sample {i}"
             );
         }
-        println!("{what}: {n} samples agree, largest relative difference {worst:.1e}");
+        println!(
+            "{what}: {n} samples agree, largest relative difference {worst:.1e} ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
 
 #[test]
 fn mlp_bounds_equal_auto_lirpa() -> robust_runtime::Result<()> {
-    check_model("mnist_mlp", usize::MAX)
+    check_model("mnist_mlp", ALL)
 }
 
 #[test]
 fn ibp_trained_cnn_bounds_equal_auto_lirpa() -> robust_runtime::Result<()> {
-    check_model("mnist_ibp", usize::MAX)
+    check_model("mnist_ibp", ALL)
 }
 
-/// The large CNN: max-pooling relaxation included. CROWN over all of its 12,544 second-layer
-/// neurons costs seconds per sample, so a few samples.
+/// The large CNN, max-pooling relaxation included. Textbook CROWN over all of its 12,544
+/// second-layer neurons costs about a minute per sample here, so CI checks IBP and our default
+/// CROWN; the ignored test below checks textbook CROWN on all 50 samples. auto_LiRPA's default sparse bounds choose which neurons get CROWN
+/// differently from ours on convolutions, and the bound values of stable neurons enter the
+/// max-pool relaxation: there the two agree to 1e-3 relative, not 1e-4 (LIRPA.md, section 4).
 #[test]
 fn cnn_bounds_equal_auto_lirpa() -> robust_runtime::Result<()> {
-    check_model("mnist_cnn", 3)
+    check_model(
+        "mnist_cnn",
+        Limits {
+            ibp: usize::MAX,
+            full: 0,
+            default: 1,
+            default_tol: 1e-3,
+        },
+    )
+}
+
+#[test]
+#[ignore = "about an hour on 2 cores: textbook CROWN on every CNN sample of the reference"]
+fn cnn_bounds_equal_auto_lirpa_on_every_sample() -> robust_runtime::Result<()> {
+    check_model(
+        "mnist_cnn",
+        Limits {
+            default_tol: 1e-3,
+            ..ALL
+        },
+    )
 }
