@@ -1,7 +1,8 @@
 //! `cargo xtask <task>`: the project's maintenance tasks.
 //!
-//! - `fixtures [mlp|cnn]…`: trains the reference models deterministically on the 4,000 training
-//!   digits of the MNIST sample and writes `tests/fixtures/mnist_{mlp,cnn}.safetensors`, plus the
+//! - `fixtures [mlp|cnn|ibp|noise]…`: trains the reference models deterministically on the 4,000
+//!   training digits of the MNIST sample and writes `tests/fixtures/mnist_{mlp,cnn}.safetensors`,
+//!   the certified-training models `mnist_ibp` (IBP) and `mnist_noise` (Gaussian σ = 0.25), plus the
 //!   1,000 test digits as `tests/reference/mnist_test.safetensors` for the PyTorch reference script.
 //!   Tests never train: they load the committed files.
 
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("fixtures") => fixtures(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask fixtures [mlp] [cnn]");
+            eprintln!("usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise]");
             return ExitCode::from(2);
         }
     };
