@@ -3,8 +3,6 @@
 
 mod common;
 
-use candle_core::Tensor;
-use robust_runtime::attack::{self, AttackBatch, AttackParams};
 use robust_runtime::certify::{self, Method, Smoothing};
 use robust_runtime::prelude::*;
 use robust_runtime::robustness_test;
@@ -37,32 +35,7 @@ fn the_ibp_trained_cnn_is_certified_at_eps_0_1_and_pgd_breaks_none_of_its_certif
         .filter(|s| s.certified)
         .map(|s| s.index)
         .collect();
-    let subset = data.select(&certified)?;
-    let labels = Tensor::from_slice(subset.labels(), subset.len(), &Device::Cpu)?;
-    let params = AttackParams {
-        steps: Some(40),
-        restarts: Some(2),
-        ..AttackParams::default()
-    };
-    let pgd = attack::build("pgd", 0.1, &params)?;
-    let adv = pgd.perturb(
-        case.model(),
-        &AttackBatch::untargeted(subset.inputs(), &labels, 10),
-        &mut Rng::seed_from_u64(0),
-    )?;
-    let broken = case
-        .model()
-        .predict(&adv)?
-        .iter()
-        .zip(subset.labels())
-        .filter(|(p, y)| p != y)
-        .count();
-    assert_eq!(
-        broken,
-        0,
-        "PGD broke {broken} of {} certified samples",
-        certified.len()
-    );
+    common::assert_pgd_breaks_none(case.model(), &data, &certified, 0.1)?;
     Ok(())
 }
 

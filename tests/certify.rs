@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
-use robust_runtime::attack::{self, AttackBatch, AttackParams};
 use robust_runtime::certify::{self, crown, ibp, Method};
 use robust_runtime::nn::Sequential;
 use robust_runtime::prelude::*;
@@ -219,29 +218,7 @@ fn no_sample_certified_at_eps_is_broken_by_pgd_at_eps() -> robust_runtime::Resul
         .map(|s| s.index)
         .collect();
     assert!(certified.len() >= 40, "only {} certified", certified.len());
-    let subset = data.select(&certified)?;
-    let params = AttackParams {
-        steps: Some(50),
-        restarts: Some(2),
-        ..AttackParams::default()
-    };
-    let pgd = attack::build("pgd", eps, &params)?;
-    let mut rng = Rng::seed_from_u64(3);
-    let labels = Tensor::from_slice(subset.labels(), subset.len(), &Device::Cpu)?;
-    let batch = AttackBatch::untargeted(subset.inputs(), &labels, 10);
-    let adv = pgd.perturb(case.model(), &batch, &mut rng)?;
-    let predictions = case.model().predict(&adv)?;
-    let broken = predictions
-        .iter()
-        .zip(subset.labels())
-        .filter(|(p, y)| p != y)
-        .count();
-    assert_eq!(
-        broken,
-        0,
-        "PGD broke {broken} of {} certified samples",
-        certified.len()
-    );
+    common::assert_pgd_breaks_none(case.model(), &data, &certified, eps)?;
     Ok(())
 }
 

@@ -91,3 +91,37 @@ pub fn ibp_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
 pub fn noise_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
     zoo::layers::mnist_small_cnn().load(NOISE, &Device::Cpu)
 }
+
+/// Asserts that PGD (L∞, 40 steps, 2 restarts, seeded) at `eps` breaks none of the samples a
+/// certificate says it cannot break: the soundness claim, checked against an attack.
+pub fn assert_pgd_breaks_none(
+    model: &Model,
+    data: &Dataset,
+    certified: &[usize],
+    eps: f64,
+) -> robust_runtime::Result<()> {
+    use robust_runtime::attack::{self, AttackBatch, AttackParams};
+    let subset = data.select(certified)?;
+    let labels = Tensor::from_slice(subset.labels(), subset.len(), &Device::Cpu)?;
+    let params = AttackParams {
+        steps: Some(40),
+        restarts: Some(2),
+        ..AttackParams::default()
+    };
+    let pgd = attack::build("pgd", eps, &params)?;
+    let batch = AttackBatch::untargeted(subset.inputs(), &labels, 10);
+    let adv = pgd.perturb(model, &batch, &mut Rng::seed_from_u64(3))?;
+    let broken = model
+        .predict(&adv)?
+        .iter()
+        .zip(subset.labels())
+        .filter(|(p, y)| p != y)
+        .count();
+    assert_eq!(
+        broken,
+        0,
+        "PGD broke {broken} of {} certified samples",
+        certified.len()
+    );
+    Ok(())
+}
