@@ -1223,7 +1223,7 @@ mod should {
 
     use super::*;
 
-    const ALL_KEYS: &str = "`attack`, `perturbation`, `eps`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`";
+    const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`";
 
     fn spec(tokens: TokenStream) -> Spec {
         parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
@@ -1248,11 +1248,43 @@ mod should {
         match &spec.kind {
             Kind::Attack { eps, .. } => eps.iter().map(|e| e.value).collect(),
             Kind::Perturbation { eps, .. } => eps.iter().map(|e| e.value).collect(),
+            Kind::Certify { eps, radius, .. } => {
+                eps.iter().chain(radius).map(|e| e.value).collect()
+            }
         }
     }
 
     fn names(spec: &Spec) -> Vec<String> {
         spec.cases().into_iter().map(|case| case.name).collect()
+    }
+
+    #[test]
+    fn name_certification_tests_by_certifier_and_radius() {
+        let spec = spec(quote!(
+            certify = ["ibp", "crown", "smoothing"],
+            eps = [0.05, 0.1],
+            radius = 0.5,
+            sigma = 0.25,
+            min_certified_acc = 0.8
+        ));
+        assert_eq!(
+            names(&spec),
+            [
+                "ibp_eps_0_05",
+                "ibp_eps_0_1",
+                "crown_eps_0_05",
+                "crown_eps_0_1",
+                "smoothing_radius_0_5"
+            ]
+        );
+        assert_eq!(eps(&spec), [0.05, 0.1, 0.5]);
+        assert_eq!(spec.options.sigma, Some(0.25));
+    }
+
+    #[test]
+    fn reject_a_certification_test_without_its_threshold() {
+        let message = error(quote!(certify = "ibp", eps = 0.1));
+        assert!(message.contains("missing `min_certified_acc`"), "{message}");
     }
 
     #[test]
@@ -1411,7 +1443,12 @@ mod should {
         let expected: Vec<&str> = Options::KEYS
             .iter()
             .copied()
-            .filter(|k| !matches!(Options::scope(k), Scope::Attack))
+            .filter(|k| {
+                !matches!(
+                    Options::scope(k),
+                    Scope::Attack | Scope::Certify | Scope::Smoothing
+                )
+            })
             .collect();
         assert_eq!(written, expected);
         assert_eq!(
@@ -1865,7 +1902,7 @@ mod should {
         let all = errors(quote!(min_acc = 0.5));
         assert_eq!(all.len(), 1, "{all:#?}");
         assert!(
-            all[0].starts_with("missing `attack` or `perturbation`"),
+            all[0].starts_with("missing `attack`, `perturbation` or `certify`"),
             "{}",
             all[0]
         );
