@@ -1,7 +1,7 @@
 //! Certification: proofs that no perturbation in the threat model changes the prediction.
 //!
 //! An attack can only show that a model is *not* robust; a certificate shows that it is. Three
-//! certifiers, all on the same [`Model`] object (built from a [`Sequential`] for the first two):
+//! certifiers, all on the same [`Model`](crate::Model) object (built from a [`Sequential`] for the first two):
 //!
 //! - [`Method::Ibp`]: interval bound propagation ([`ibp`], Gowal et al. 2018). Cheap (about two
 //!   forward passes), loose unless the network was trained for it.

@@ -11,7 +11,7 @@
 //!   from [`ibp`](crate::certify::ibp), ε ramped up linearly from 0 and κ from 1 down to
 //!   `kappa` after a warm-up, as in the paper.
 //!
-//! Everything random (initialisation, batch order, noise) comes from one seeded [`Rng`], so a
+//! Everything random (initialisation, batch order, noise) comes from one seeded [`Rng`](crate::Rng), so a
 //! run is reproducible bit for bit on the CPU.
 
 mod train;

@@ -196,7 +196,7 @@ impl Module for Conv2d {
 
 /// The adjoint of `conv2d(·, weight, padding, stride)` applied to `y` (`n × c_out × oh × ow`),
 /// for inputs of spatial size `h × w`: what the input gradient of a convolution is, and what
-/// CROWN pushes its linear bounds through. On the CPU this is one GEMM plus col2im ([`col2im`]);
+/// CROWN pushes its linear bounds through. On the CPU this is one GEMM plus col2im;
 /// elsewhere it is candle's `conv_transpose2d`, with the output padding that restores the rows
 /// and columns the forward size formula dropped, cut back to `h × w`.
 pub fn conv_transpose2d(
