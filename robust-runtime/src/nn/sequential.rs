@@ -115,8 +115,26 @@ impl Layer {
                 stride,
                 padding,
             } => {
-                let y = x.conv2d(weight, *padding, *stride, 1, 1)?;
-                y.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)
+                let bias = bias.reshape((1, bias.elem_count(), 1, 1))?;
+                if weight.track_op() || bias.track_op() {
+                    // Training: candle's autograd, weight gradients included.
+                    return x
+                        .conv2d(weight, *padding, *stride, 1, 1)?
+                        .broadcast_add(&bias);
+                }
+                // Attacks: only the input gradient, through our adjoint. candle's backward would
+                // also compute the unused kernel gradient, take the input gradient through its
+                // slow CPU `conv_transpose2d`, and get its shape wrong when the size formula
+                // drops input rows.
+                let y = x
+                    .detach()
+                    .conv2d(weight, *padding, *stride, 1, 1)?
+                    .broadcast_add(&bias)?;
+                let (weight, padding, stride) = (weight.clone(), *padding, *stride);
+                super::graft::graft(x, y, "sequential-conv2d-input-grad", move |arg, _, grad| {
+                    let (_, _, h, w) = arg.dims4()?;
+                    super::conv_transpose2d(grad, &weight, padding, stride, (h, w))
+                })
             }
             Layer::Relu => x.relu(),
             Layer::Flatten => x.flatten_from(1),
@@ -557,6 +575,49 @@ mod tests {
         assert_eq!(net.output_shape(), &[10]);
         let y = net.forward(&Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu)?)?;
         assert_eq!(y.dims(), &[3, 10]);
+        Ok(())
+    }
+
+    /// Attacks differentiate the network with respect to its input only; the grafted gradient
+    /// of a strided convolution is the one candle's autograd computes where candle gets it
+    /// right, and has the input's shape where candle's does not (a 9 × 9 input at stride 2).
+    #[test]
+    fn give_strided_convolutions_the_input_gradient_of_autograd() -> Result<()> {
+        let dev = Device::Cpu;
+        for size in [28, 9] {
+            let mut tensors = std::collections::HashMap::new();
+            tensors.insert(
+                "0.weight".to_string(),
+                Tensor::randn(0f32, 1.0, (4, 2, 4, 4), &dev)?,
+            );
+            tensors.insert("0.bias".to_string(), Tensor::randn(0f32, 1.0, 4, &dev)?);
+            let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+            let net = Sequential::builder(&[2, size, size])
+                .conv2d(4, 4, 2, 1)
+                .build(vb)?;
+            let x = candle_core::Var::from_tensor(&Tensor::randn(
+                0f32,
+                1.0,
+                (3, 2, size, size),
+                &dev,
+            )?)?;
+            let y = net.forward(x.as_tensor())?;
+            let g = Tensor::randn(0f32, 1.0, y.dims(), &dev)?;
+            let grads = (y * &g)?.sum_all()?.backward()?;
+            let ours = grads.get(&x).expect("input gradient");
+            assert_eq!(ours.dims(), x.dims());
+            if size == 28 {
+                let Layer::Conv2d { weight, .. } = &net.layers()[0] else {
+                    unreachable!()
+                };
+                let plain = candle_core::Var::from_tensor(x.as_tensor())?;
+                let y = plain.as_tensor().conv2d(weight, 1, 2, 1, 1)?;
+                let grads = (y * &g)?.sum_all()?.backward()?;
+                let candle = grads.get(&plain).expect("input gradient");
+                let diff = (ours - candle)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-4, "{diff}");
+            }
+        }
         Ok(())
     }
 
