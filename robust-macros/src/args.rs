@@ -304,8 +304,8 @@ options! {
     queries: usize = integer(1) for ATTACK;
     /// `p_init = 0.8` (in (0, 1]): Square's initial square size, as a fraction of the pixels.
     p_init: f64 = positive_at_most(1.0) for ATTACK;
-    /// `confidence = 0.0` (≥ 0): the logit margin C&W's examples must reach.
-    confidence: f64 = non_negative() for ATTACK;
+    /// `kappa = 0.0` (≥ 0): the logit margin κ C&W's examples must reach.
+    kappa: f64 = non_negative() for ATTACK;
     /// `binary_search_steps = 9` (≥ 1): C&W's rounds of binary search over c.
     binary_search_steps: usize = integer(1) for ATTACK;
     /// `initial_const = 0.01` (> 0): C&W's first c.
@@ -356,6 +356,13 @@ options! {
     device: &'static str = one_of("device", DEVICES) for ANY;
     /// `masking_checks = "fail"`, `"warn"` or `"off"`: what gradient-masking symptoms do.
     masking_checks: &'static str = one_of("masking_checks", MASKING) for ATTACK;
+    /// `confidence = 0.95` (in (0, 1)): assert on the one-sided Clopper–Pearson bound at this
+    /// level instead of the measured share.
+    confidence: f64 = confidence_level() for ANY;
+    /// `baseline = true`: compare with the committed baseline in `robust-baselines/`.
+    baseline: bool = boolean() for ANY;
+    /// `tolerance = 0.02` (in [0, 1]): how far a metric may fall below its baseline.
+    tolerance: f64 = fraction() for ANY;
 }
 
 /// Parses the attribute's arguments, reporting every mistake at once.
@@ -502,6 +509,15 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
     // With neither, or both, the kind of test is unknown: its keys cannot be judged.
     if kind == Scope::Certify || has("attack") != has("perturbation") {
         check_scopes(&written, kind, perturbations.as_deref(), &mut errors);
+    }
+    if options.baseline == Some(false) {
+        if let Some((_, span)) = written.iter().find(|(k, _)| k == "tolerance") {
+            errors.at(
+                *span,
+                "`tolerance` is how far a metric may fall below its baseline, but `baseline = \
+                 false` turns the baseline off: drop one of them",
+            );
+        }
     }
     if let (Some(attacks), Some(eps)) = (&attacks, &eps) {
         check_distinct(attacks, eps, &mut errors);
@@ -961,6 +977,19 @@ impl Value<'_> {
     }
 
     // max_contrast = 0.2 (in (0, 1))
+    // confidence = 0.95 (in (0, 1))
+    fn confidence_level(&self) -> syn::Result<f64> {
+        let number = self.number()?;
+        if !(number.value > 0.0 && number.value < 1.0) {
+            return Err(self.error(format!(
+                "`confidence` is the confidence level of the assertions, in (0, 1) (e.g. 0.95), \
+                 found `{}`; C&W's logit margin κ is `kappa`",
+                number.text
+            )));
+        }
+        Ok(number.value)
+    }
+
     fn positive_below(&self, hi: f64) -> syn::Result<f64> {
         let value = self.positive()?;
         if value >= hi {
@@ -1223,7 +1252,7 @@ mod should {
 
     use super::*;
 
-    const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `confidence`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`";
+    const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `kappa`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`, `confidence`, `baseline`, `tolerance`";
 
     fn spec(tokens: TokenStream) -> Spec {
         parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
@@ -1335,6 +1364,30 @@ mod should {
     }
 
     #[test]
+    fn reject_a_tolerance_when_the_baseline_is_off() {
+        assert_eq!(
+            error(quote!(
+                attack = "pgd",
+                eps = 0.1,
+                min_acc = 0.5,
+                baseline = false,
+                tolerance = 0.02
+            )),
+            "`tolerance` is how far a metric may fall below its baseline, but `baseline = false` \
+             turns the baseline off: drop one of them"
+        );
+    }
+
+    #[test]
+    fn reject_a_confidence_level_outside_the_open_unit_interval() {
+        assert_eq!(
+            error(quote!(attack = "cw", eps = 0.1, min_acc = 0.5, confidence = 0.0)),
+            "`confidence` is the confidence level of the assertions, in (0, 1) (e.g. 0.95), \
+             found `0.0`; C&W's logit margin κ is `kappa`"
+        );
+    }
+
+    #[test]
     fn accept_every_option_with_its_type() {
         let spec = spec(quote!(
             attack = "pgd",
@@ -1349,7 +1402,7 @@ mod should {
             target_classes = 9,
             queries = 100,
             p_init = 0.5,
-            confidence = 0.0,
+            kappa = 0.0,
             binary_search_steps = 3,
             initial_const = 0.1,
             learning_rate = 0.05,
@@ -1361,6 +1414,9 @@ mod should {
             seed = 18446744073709551615,
             device = "auto",
             masking_checks = "warn",
+            confidence = 0.95,
+            baseline = true,
+            tolerance = 0.02,
         ));
         let o = &spec.options;
         assert_eq!(o.norm, Some("l2"));
@@ -1373,7 +1429,7 @@ mod should {
         assert_eq!(o.target_classes, Some(9));
         assert_eq!(o.queries, Some(100));
         assert_eq!(o.p_init, Some(0.5));
-        assert_eq!(o.confidence, Some(0.0));
+        assert_eq!(o.kappa, Some(0.0));
         assert_eq!(o.binary_search_steps, Some(3));
         assert_eq!(o.initial_const, Some(0.1));
         assert_eq!(o.learning_rate, Some(0.05));
@@ -1385,6 +1441,7 @@ mod should {
         assert_eq!(o.seed, Some(u64::MAX));
         assert_eq!(o.device, Some("auto"));
         assert_eq!(o.masking_checks, Some("warn"));
+        assert_eq!((o.confidence, o.baseline, o.tolerance), (Some(0.95), Some(true), Some(0.02)));
         // Every option of attack tests was written above, so every one must come back as a
         // builder call.
         let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();
@@ -1422,6 +1479,8 @@ mod should {
             batch_size = 512,
             seed = 3,
             device = "cpu",
+            confidence = 0.99,
+            baseline = false,
         ));
         let o = &spec.options;
         assert_eq!(eps(&spec), [0.05]);
@@ -1449,6 +1508,8 @@ mod should {
                     Scope::Attack | Scope::Certify | Scope::Smoothing
                 )
             })
+            // `tolerance` with `baseline = false` is an error of its own (tested below).
+            .filter(|k| *k != "tolerance")
             .collect();
         assert_eq!(written, expected);
         assert_eq!(

@@ -81,6 +81,7 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                 let eps = eps.value.into_token_stream();
                 quote! {
                     #private::TestSpec::new(#name, #attack, #eps,)
+                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                     #(#options)*
                     #sweep
                 }
@@ -99,6 +100,7 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                 };
                 quote! {
                     #private::CertifySpec::new(#name, #certifier, #value,)
+                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                     #(#options)*
                     #curve
                 }
@@ -112,7 +114,6 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                     }
                     _ => None,
                 };
-                // The regressions file lives beside the test crate's Cargo.toml.
                 quote! {
                     #private::InvarianceSpec::new(#name, #perturbation)
                     .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
@@ -177,6 +178,7 @@ mod should {
                                 "pgd",
                                 0.1f64,
                             )
+.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                             .min_acc(0.6f64),
                         );
                     }
@@ -200,6 +202,7 @@ mod should {
                             #attack,
                             #eps,
                         )
+.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                         .norm("l2")
                         .steps(20usize)
                         .random_start(true)
@@ -314,6 +317,7 @@ mod should {
                                 "fgsm",
                                 0.1f64,
                             )
+.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                             .max_drop(0.1f64),
                         );
                     }
@@ -339,6 +343,7 @@ mod should {
                             "pgd",
                             #eps,
                         )
+.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
                         .min_acc(0.99f64)
                         .sweep(&[0.3f64, 0.5f64]),
                     );

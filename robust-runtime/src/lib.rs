@@ -34,12 +34,14 @@
 #![warn(missing_docs)]
 
 pub mod attack;
+pub mod baseline;
 pub mod certify;
 pub mod data;
 pub mod defense;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod harness;
 pub mod model;
 pub mod nn;
 pub mod perturb;
@@ -68,46 +70,17 @@ pub mod prelude {
 /// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    use crate::certify::CertificationReport;
     pub use crate::eval::{CertifySpec, InvarianceSpec, TestSpec};
-    use crate::{InvarianceReport, Result, RobustnessCase, RobustnessReport};
+    pub use crate::harness::GeneratedTest;
+    use crate::{Result, RobustnessCase};
 
-    /// A kind of generated test: an attack test ([`TestSpec`]), a perturbation test
-    /// ([`InvarianceSpec`]) or a certification test ([`CertifySpec`]).
-    pub trait GeneratedTest {
-        /// What a passing run prints.
-        type Report: std::fmt::Display;
-        /// Builds the case, runs the test and checks its assertions.
-        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report>;
-    }
-
-    impl GeneratedTest for TestSpec {
-        type Report = RobustnessReport;
-        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
-            self.run(build)
-        }
-    }
-
-    impl GeneratedTest for CertifySpec {
-        type Report = CertificationReport;
-        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
-            self.run(build)
-        }
-    }
-
-    impl GeneratedTest for InvarianceSpec {
-        type Report = InvarianceReport;
-        fn execute(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<Self::Report> {
-            self.run(build)
-        }
-    }
-
-    /// Runs one generated test; panics with the report when it fails.
+    /// Runs one generated test: prints the report when it passes, panics with it (and the
+    /// paths of its report files) when it fails.
     #[track_caller]
     pub fn run_test<F: FnOnce() -> Result<RobustnessCase>, T: GeneratedTest>(build: F, spec: T) {
-        match spec.execute(build) {
-            Ok(report) => println!("{report}"),
-            Err(e) => panic!("{e}"),
+        match crate::harness::run(&spec, build) {
+            Ok(message) => println!("{message}"),
+            Err(message) => panic!("{message}"),
         }
     }
 }

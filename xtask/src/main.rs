@@ -5,6 +5,10 @@
 //!   the certified-training models `mnist_ibp` (IBP) and `mnist_noise` (Gaussian σ = 0.25), plus the
 //!   1,000 test digits as `tests/reference/mnist_test.safetensors` for the PyTorch reference script.
 //!   Tests never train: they load the committed files.
+//! - `review`: shows every pending baseline (`robust-baselines/*.json.new`, written by a local
+//!   `cargo test` whose metrics differ from the committed baseline) next to the baseline.
+//! - `bless [--reject] [FILTER]`: accepts the pending baselines (whose path contains FILTER),
+//!   or deletes them with `--reject`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +16,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use robust_runtime::baseline;
 use robust_runtime::certify::{self, Method, Smoothing};
 use robust_runtime::data::Dataset;
 use robust_runtime::defense::{self, init_like_pytorch, Regime, TrainConfig};
@@ -28,8 +33,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("fixtures") => fixtures(&args[1..]),
+        Some("review") => review(),
+        Some("bless") => bless(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise]");
+            eprintln!(
+                "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise]\n       \
+                 cargo xtask review\n       cargo xtask bless [--reject] [FILTER]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -40,6 +50,68 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every `robust-baselines/` folder of the workspace: the root package's and each member's.
+fn baseline_dirs() -> Vec<PathBuf> {
+    let root = root();
+    let mut dirs = vec![root.join(baseline::BASELINE_DIR)];
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        let mut members: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path().join(baseline::BASELINE_DIR)))
+            .filter(|p| p.is_dir())
+            .collect();
+        members.sort();
+        dirs.extend(members);
+    }
+    dirs
+}
+
+fn pending_baselines(filter: Option<&str>) -> Result<Vec<baseline::Pending>> {
+    let mut all = Vec::new();
+    for dir in baseline_dirs() {
+        all.extend(
+            baseline::pending(&dir)?
+                .into_iter()
+                .filter(|p| filter.is_none_or(|f| p.pending.to_string_lossy().contains(f))),
+        );
+    }
+    Ok(all)
+}
+
+fn review() -> Result<()> {
+    let pending = pending_baselines(None)?;
+    if pending.is_empty() {
+        println!("no pending baselines");
+        return Ok(());
+    }
+    for p in &pending {
+        println!("{}\n", p.describe()?);
+    }
+    println!(
+        "{} pending; accept with `cargo xtask bless`, discard with `cargo xtask bless --reject`",
+        pending.len()
+    );
+    Ok(())
+}
+
+fn bless(args: &[String]) -> Result<()> {
+    let reject = args.iter().any(|a| a == "--reject");
+    let filter = args.iter().find(|a| !a.starts_with("--")).map(String::as_str);
+    let pending = pending_baselines(filter)?;
+    for p in &pending {
+        if reject {
+            p.reject()?;
+            println!("discarded {}", p.pending.display());
+        } else {
+            p.accept()?;
+            println!("blessed   {}", p.baseline.display());
+        }
+    }
+    if pending.is_empty() {
+        println!("no pending baselines");
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {

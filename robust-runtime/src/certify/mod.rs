@@ -232,6 +232,13 @@ pub struct CertificationReport {
     /// The threshold the test asserted, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_certified_accuracy: Option<f64>,
+    /// `confidence`: the threshold is compared with the one-sided Clopper–Pearson lower bound
+    /// of the certified accuracy at this level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::eval::Fingerprint>,
     /// Wall time in seconds (the only field that differs between identical runs).
     pub seconds: f64,
 }
@@ -240,7 +247,21 @@ impl CertificationReport {
     /// Whether `min_certified_accuracy` holds (true when none was set).
     pub fn passed(&self) -> bool {
         self.min_certified_accuracy
-            .is_none_or(|min| self.certified_accuracy >= min)
+            .is_none_or(|min| self.asserted_accuracy() >= min)
+    }
+
+    /// Samples correct and certified.
+    pub fn certified(&self) -> usize {
+        self.per_sample.iter().filter(|s| s.certified).count()
+    }
+
+    /// What `min_certified_acc` is compared with: the certified accuracy, or its lower
+    /// confidence bound when `confidence` is set.
+    pub fn asserted_accuracy(&self) -> f64 {
+        match self.confidence {
+            Some(c) => crate::eval::lower_bound(self.certified(), self.samples, c),
+            None => self.certified_accuracy,
+        }
     }
 
     /// The same smoothing certificates read at another L2 radius.
@@ -257,10 +278,19 @@ impl CertificationReport {
 
     /// The message of a failed assertion: what was asserted, what was measured, the table.
     pub fn failure_message(&self) -> String {
+        let measured = match self.confidence {
+            Some(c) => format!(
+                "the {} lower bound of certified accuracy, {:.2}% (measured {:.2}% on {} samples),",
+                crate::eval::level(c),
+                100.0 * self.asserted_accuracy(),
+                100.0 * self.certified_accuracy,
+                self.samples
+            ),
+            None => format!("certified accuracy {:.2}%", 100.0 * self.certified_accuracy),
+        };
         format!(
-            "{} certified accuracy {:.2}% at {} {} is below min_certified_acc = {:.2}%\n{self}",
+            "{} {measured} at {} {} is below min_certified_acc = {:.2}%\n{self}",
             self.test,
-            100.0 * self.certified_accuracy,
             self.norm,
             self.radius,
             100.0 * self.min_certified_accuracy.unwrap_or(0.0),
@@ -298,6 +328,8 @@ impl CertificationReport {
             certified_accuracy: share(certified),
             abstained: 0,
             curve: Vec::new(),
+            confidence: None,
+            fingerprint: None,
             per_sample,
             min_certified_accuracy: None,
             seconds: started.elapsed().as_secs_f64(),
@@ -329,8 +361,9 @@ impl fmt::Display for CertificationReport {
         )?;
         writeln!(
             f,
-            "  certified accuracy  {:.2}%",
-            100.0 * self.certified_accuracy
+            "  certified accuracy  {:.2}%{}",
+            100.0 * self.certified_accuracy,
+            crate::eval::interval_note(self.certified(), self.samples, self.confidence)
         )?;
         if self.smoothing.is_some() {
             writeln!(f, "  abstained           {}", self.abstained)?;

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::spec::seed_or_env;
+use super::spec::{guard_setters, seed_or_env, Guard};
+use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
 use crate::device::{self, DeviceChoice};
 use crate::{Error, Result, RobustnessCase};
@@ -28,6 +29,7 @@ pub struct CertifySpec {
     n: Option<usize>,
     alpha: Option<f64>,
     curve: &'static [f64],
+    guard: Guard,
 }
 
 macro_rules! setters {
@@ -58,8 +60,11 @@ impl CertifySpec {
             n: None,
             alpha: None,
             curve: &[],
+            guard: Guard::default(),
         }
     }
+
+    guard_setters!();
 
     setters! {
         /// `min_certified_acc = 0.8`: the share of samples correct and certified.
@@ -135,9 +140,11 @@ impl CertifySpec {
                 None
             }
         };
+        self.guard.check()?;
         let seed = seed_or_env(self.seed)?;
         let device = device::select(DeviceChoice::from_name(self.device.unwrap_or("auto"))?)?;
         let case = device::with_current(&device, build)?;
+        let fingerprint = Fingerprint::of(&case, self.samples, 250, &device)?;
         let case = match self.samples {
             Some(n) => case.truncated(n)?,
             None => case,
@@ -151,6 +158,8 @@ impl CertifySpec {
         };
         report.test = self.name.to_string();
         report.min_certified_accuracy = Some(min);
+        report.confidence = self.guard.confidence;
+        report.fingerprint = Some(fingerprint);
         if report.passed() {
             Ok(report)
         } else {

@@ -18,8 +18,10 @@
 //! ```
 
 mod certify_spec;
+mod fingerprint;
 mod invariance;
 pub mod masking;
+pub mod progress;
 mod report;
 mod spec;
 
@@ -33,11 +35,13 @@ pub use invariance::{
     InvarianceSpec, ReplaySummary, CASES_VAR, MAX_IMAGES,
 };
 use report::within;
+pub use fingerprint::Fingerprint;
 pub use report::{
-    Check, CurvePoint, Minimal, PerturbationStats, RobustnessReport, SampleOutcome, Stage,
-    Thresholds,
+    interval, lower_bound, upper_bound, AdversarialExample, Check, CurvePoint, Minimal,
+    PerturbationStats, RobustnessReport, SampleOutcome, Stage, Thresholds, WORST_EXAMPLES,
 };
-pub use spec::{TestSpec, SEED_VAR};
+pub(crate) use report::{interval_note, level};
+pub use spec::{Guard, TestSpec, SEED_VAR};
 
 use crate::attack::kernel::{self, per_sample_l2, per_sample_linf};
 use crate::attack::{Attack, AttackBatch, Targeting};
@@ -162,6 +166,11 @@ pub fn evaluate(
     let mut classes: Option<usize> = None;
     // Robust samples after each member of an ensemble.
     let mut stage_robust: Vec<usize> = Vec::new();
+    let mut worst: Vec<AdversarialExample> = Vec::new();
+    let mut progress = progress::Progress::new(
+        cfg.test_name.as_deref().unwrap_or(model.name()),
+        data.len(),
+    );
 
     for batch in data.batches(cfg.batch_size, &cfg.device) {
         let batch = batch?;
@@ -235,10 +244,37 @@ pub fn evaluate(
             }
             (None, None) => attack.perturb(model, &attack_batch, &mut batch_rng)?,
         };
-        let adv_pred = model.predict(&adv)?;
+        let adv_logits = model.checked_logits(&adv)?;
+        let adv_pred: Vec<u32> = adv_logits.iter().map(|row| argmax(row)).collect();
         let delta = (&adv - &batch.inputs)?;
         let linf = per_sample_linf(&delta)?.to_vec1::<f32>()?;
         let l2 = per_sample_l2(&delta)?.to_vec1::<f32>()?;
+        for i in 0..labels.len() {
+            let y = labels[i] as usize;
+            let broken = argmax(&clean_logits[i]) == labels[i] && adv_pred[i] != labels[i];
+            let margin = adv_logits[i]
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != y)
+                .map(|(_, &z)| z)
+                .fold(f32::NEG_INFINITY, f32::max)
+                - adv_logits[i][y];
+            let full = worst.len() == WORST_EXAMPLES;
+            if broken && !(full && worst.last().is_some_and(|w| w.margin >= margin)) {
+                worst.push(AdversarialExample {
+                    index: batch.range.start + i,
+                    label: labels[i],
+                    adv_pred: adv_pred[i],
+                    margin,
+                    shape: batch.inputs.dims()[1..].to_vec(),
+                    clean: batch.inputs.get(i)?.flatten_all()?.to_vec1::<f32>()?,
+                    adversarial: adv.get(i)?.flatten_all()?.to_vec1::<f32>()?,
+                });
+                // Worst first; equal margins keep data order.
+                worst.sort_by(|a, b| b.margin.total_cmp(&a.margin));
+                worst.truncate(WORST_EXAMPLES);
+            }
+        }
         for i in 0..labels.len() {
             outcomes.push(SampleOutcome {
                 label: labels[i],
@@ -250,7 +286,9 @@ pub fn evaluate(
                 minimal: minimal_found.as_ref().map(|m| m[i]),
             });
         }
+        progress.advance(labels.len());
     }
+    progress.finish();
 
     let mut report = RobustnessReport::from_outcomes(
         cfg.test_name
@@ -262,6 +300,7 @@ pub fn evaluate(
         outcomes,
         started.elapsed().as_secs_f64(),
     );
+    report.worst = worst;
     if report.per_sample.iter().any(|s| s.minimal.is_some()) {
         let mut sweep = cfg.sweep.clone();
         sweep.push(attack.threat().eps);

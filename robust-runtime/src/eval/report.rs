@@ -115,6 +115,36 @@ pub struct Thresholds {
     pub min_acc: Option<f64>,
     /// Clean minus robust accuracy must be at most this (`max_drop`).
     pub max_drop: Option<f64>,
+    /// `confidence = 0.95`: assert on the one-sided Clopper–Pearson bound at this level instead
+    /// of the point estimate: the lower bound of the robust accuracy against `min_acc`, the upper
+    /// bound of the drop against `max_drop`. A test then passes only when the sample is large
+    /// enough to be this confident that the threshold holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+}
+
+/// One-sided lower confidence bound of the proportion `k / n` at level `confidence`
+/// (Clopper–Pearson; 0 when `n = 0`).
+pub fn lower_bound(k: usize, n: usize, confidence: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    crate::certify::stats::clopper_pearson_lower(k as u64, n as u64, 1.0 - confidence)
+}
+
+/// One-sided upper confidence bound of the proportion `k / n` at level `confidence`
+/// (Clopper–Pearson; 1 when `n = 0`).
+pub fn upper_bound(k: usize, n: usize, confidence: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    crate::certify::stats::clopper_pearson_upper(k as u64, n as u64, 1.0 - confidence)
+}
+
+/// The two-sided `confidence` interval of `k / n` (Clopper–Pearson), as reports show it.
+pub fn interval(k: usize, n: usize, confidence: f64) -> (f64, f64) {
+    let tail = 0.5 + 0.5 * confidence;
+    (lower_bound(k, n, tail), upper_bound(k, n, tail))
 }
 
 /// One assertion and whether it held.
@@ -169,6 +199,9 @@ pub struct RobustnessReport {
     pub perturbation: PerturbationStats,
     /// Wall time of the run in seconds (the only field that differs between identical runs).
     pub seconds: f64,
+    /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::eval::Fingerprint>,
     /// Robust accuracy over the ε-sweep, for minimal-perturbation attacks (read off one run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curve: Vec<CurvePoint>,
@@ -180,8 +213,38 @@ pub struct RobustnessReport {
     pub masking: Vec<super::masking::MaskingSymptom>,
     /// Assertions, filled by [`RobustnessReport::check`].
     pub checks: Vec<Check>,
+    /// The confidence level of the assertions (`confidence`), when they use bounds; the table
+    /// then shows each accuracy's two-sided interval at this level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
     /// Per-sample outcomes, in data order.
     pub per_sample: Vec<SampleOutcome>,
+    /// The successful adversarial examples the model was most confidently wrong about, worst
+    /// first (at most [`WORST_EXAMPLES`]): what the report's picture shows. Not serialised.
+    #[serde(skip)]
+    pub worst: Vec<AdversarialExample>,
+}
+
+/// How many adversarial examples a report keeps for its picture.
+pub const WORST_EXAMPLES: usize = 8;
+
+/// One adversarial example with its clean original, as pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdversarialExample {
+    /// Position in the evaluated data.
+    pub index: usize,
+    /// True label.
+    pub label: u32,
+    /// Prediction on the adversarial input.
+    pub adv_pred: u32,
+    /// `max_{j≠y} z_j − z_y` on the adversarial input: how confidently it is wrong.
+    pub margin: f32,
+    /// Shape of one input (`C × H × W` for images).
+    pub shape: Vec<usize>,
+    /// The clean input.
+    pub clean: Vec<f32>,
+    /// The adversarial input.
+    pub adversarial: Vec<f32>,
 }
 
 impl RobustnessReport {
@@ -230,38 +293,70 @@ impl RobustnessReport {
             success_rate: ratio(successes, clean_correct),
             perturbation,
             seconds,
+            fingerprint: None,
             curve: Vec::new(),
             stages: Vec::new(),
             masking: Vec::new(),
             checks: Vec::new(),
+            confidence: None,
             per_sample,
+            worst: Vec::new(),
         }
     }
 
     /// Evaluates the thresholds into [`RobustnessReport::checks`].
+    ///
+    /// With [`Thresholds::confidence`], `min_acc` is compared with the one-sided lower
+    /// Clopper–Pearson bound of the robust accuracy and `max_drop` with the upper bound of the
+    /// drop (the share of samples correct clean but broken, itself a binomial proportion).
     pub fn check(mut self, thresholds: &Thresholds) -> Self {
+        let n = self.samples;
+        let broken = self.clean_correct - self.robust_correct;
+        self.confidence = thresholds.confidence;
         if let Some(min) = thresholds.min_acc {
-            let measured = self.robust_accuracy;
+            let (measured, what) = match thresholds.confidence {
+                Some(c) => (
+                    lower_bound(self.robust_correct, n, c),
+                    format!(
+                        "the {} lower bound of robust accuracy {} (measured {} on {n} samples)",
+                        level(c),
+                        pct(lower_bound(self.robust_correct, n, c)),
+                        pct(self.robust_accuracy)
+                    ),
+                ),
+                None => (
+                    self.robust_accuracy,
+                    format!("robust accuracy {}", pct(self.robust_accuracy)),
+                ),
+            };
             self.checks.push(Check {
                 key: "min_acc".into(),
                 measured,
                 threshold: min,
                 passed: measured >= min,
-                description: format!("robust accuracy {} ≥ min_acc {}", pct(measured), pct(min)),
+                description: format!("{what} ≥ min_acc {}", pct(min)),
             });
         }
         if let Some(max) = thresholds.max_drop {
-            let measured = self.clean_accuracy - self.robust_accuracy;
+            let point = self.clean_accuracy - self.robust_accuracy;
+            let (measured, what) = match thresholds.confidence {
+                Some(c) => (
+                    upper_bound(broken, n, c),
+                    format!(
+                        "the {} upper bound of clean − robust accuracy {} (measured {})",
+                        level(c),
+                        pp(upper_bound(broken, n, c)),
+                        pp(point)
+                    ),
+                ),
+                None => (point, format!("clean − robust accuracy {}", pp(point))),
+            };
             self.checks.push(Check {
                 key: "max_drop".into(),
                 measured,
                 threshold: max,
                 passed: measured <= max,
-                description: format!(
-                    "clean − robust accuracy {} ≤ max_drop {}",
-                    pp(measured),
-                    pp(max)
-                ),
+                description: format!("{what} ≤ max_drop {}", pp(max)),
             });
         }
         self
@@ -334,6 +429,22 @@ fn pp(v: f64) -> String {
     format!("{:.2} pp", 100.0 * v)
 }
 
+/// `0.95` → `95 %`.
+pub(crate) fn level(confidence: f64) -> String {
+    format!("{} %", (1e6 * 100.0 * confidence).round() / 1e6)
+}
+
+/// `  [93.10 %, 96.20 %] at 95 %`, or nothing without a confidence level.
+pub(crate) fn interval_note(k: usize, n: usize, confidence: Option<f64>) -> String {
+    match confidence {
+        Some(c) => {
+            let (lo, hi) = interval(k, n, c);
+            format!("  [{}, {}] at {}", pct(lo), pct(hi), level(c))
+        }
+        None => String::new(),
+    }
+}
+
 impl fmt::Display for RobustnessReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.perturbation;
@@ -348,19 +459,21 @@ impl fmt::Display for RobustnessReport {
         writeln!(f, "  {:<18} {}", "samples", self.samples)?;
         writeln!(
             f,
-            "  {:<18} {:>8}  ({}/{})",
+            "  {:<18} {:>8}  ({}/{}){}",
             "clean accuracy",
             pct(self.clean_accuracy),
             self.clean_correct,
-            self.samples
+            self.samples,
+            interval_note(self.clean_correct, self.samples, self.confidence)
         )?;
         writeln!(
             f,
-            "  {:<18} {:>8}  ({}/{})",
+            "  {:<18} {:>8}  ({}/{}){}",
             "robust accuracy",
             pct(self.robust_accuracy),
             self.robust_correct,
-            self.samples
+            self.samples,
+            interval_note(self.robust_correct, self.samples, self.confidence)
         )?;
         writeln!(
             f,

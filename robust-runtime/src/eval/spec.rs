@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::masking::{self, MaskingPolicy};
-use super::{evaluate, RobustnessCase, RobustnessReport, RunConfig, Thresholds};
+use super::{evaluate, Fingerprint, RobustnessCase, RobustnessReport, RunConfig, Thresholds};
 use crate::attack::Attack;
 use crate::attack::{self, AttackParams, Loss, Norm, Targeting};
 use crate::device::{self, DeviceChoice};
@@ -14,6 +14,99 @@ use crate::{Error, Result};
 
 /// Environment variable that sets the seed of tests that do not set `seed`.
 pub const SEED_VAR: &str = "ROBUST_SEED";
+
+/// What every kind of generated test shares beyond its own thresholds: the confidence level of
+/// its assertions and its committed baseline (see [`crate::baseline`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Guard {
+    /// `confidence = 0.95`: thresholds are compared with one-sided Clopper–Pearson bounds at
+    /// this level (in (0, 1)) instead of the point estimates.
+    pub confidence: Option<f64>,
+    /// `baseline = true`: compare with (and record) the committed baseline.
+    pub baseline: Option<bool>,
+    /// `tolerance = 0.01`: how far (in accuracy, 0.01 = 1 percentage point) a metric may fall
+    /// below its baseline before the test fails; setting it turns the baseline on.
+    pub tolerance: Option<f64>,
+    /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`): baselines live in its
+    /// `robust-baselines/`, reports go to its `target/robust/`. Without it nothing is written.
+    pub manifest_dir: Option<&'static str>,
+}
+
+/// The default `tolerance`: one percentage point.
+pub const DEFAULT_TOLERANCE: f64 = 0.01;
+
+impl Guard {
+    /// Whether the test compares with a baseline: `baseline = true`, or a `tolerance` given.
+    pub fn uses_baseline(&self) -> bool {
+        self.baseline.unwrap_or(self.tolerance.is_some())
+    }
+
+    /// The tolerance, [`DEFAULT_TOLERANCE`] unless set.
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance.unwrap_or(DEFAULT_TOLERANCE)
+    }
+
+    /// Checks the values (the macro has checked them at compile time).
+    pub fn check(&self) -> Result<()> {
+        if let Some(c) = self.confidence {
+            if !(c > 0.0 && c < 1.0) {
+                return Err(Error::param(
+                    "confidence",
+                    c,
+                    "a confidence level in (0, 1), e.g. 0.95",
+                ));
+            }
+        }
+        if let Some(t) = self.tolerance {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(Error::param(
+                    "tolerance",
+                    t,
+                    "a fraction in [0, 1] (0.01 = one percentage point)",
+                ));
+            }
+            if self.baseline == Some(false) {
+                return Err(Error::param(
+                    "tolerance",
+                    t,
+                    "no tolerance when baseline = false (a tolerance is how far below the baseline a metric may fall)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The builder methods of [`Guard`]'s keys, shared by every spec type.
+macro_rules! guard_setters {
+    () => {
+        /// `confidence = 0.95`: assert on Clopper–Pearson bounds at this level.
+        pub fn confidence(mut self, value: f64) -> Self {
+            self.guard.confidence = Some(value);
+            self
+        }
+        /// `baseline = true`: compare with the committed baseline.
+        pub fn baseline(mut self, value: bool) -> Self {
+            self.guard.baseline = Some(value);
+            self
+        }
+        /// `tolerance = 0.02`: the largest allowed fall below the baseline (turns it on).
+        pub fn tolerance(mut self, value: f64) -> Self {
+            self.guard.tolerance = Some(value);
+            self
+        }
+        /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`).
+        pub fn manifest_dir(mut self, value: &'static str) -> Self {
+            self.guard.manifest_dir = Some(value);
+            self
+        }
+        /// The confidence level, baseline settings and folder of this test.
+        pub fn guard(&self) -> &$crate::eval::Guard {
+            &self.guard
+        }
+    };
+}
+pub(crate) use guard_setters;
 
 /// One generated robustness test. Built by `#[robustness_test]` with one builder call per key
 /// the user wrote; every other value is the runtime's default.
@@ -31,7 +124,7 @@ pub struct TestSpec {
     target_classes: Option<usize>,
     queries: Option<usize>,
     p_init: Option<f64>,
-    confidence: Option<f64>,
+    kappa: Option<f64>,
     binary_search_steps: Option<usize>,
     initial_const: Option<f64>,
     learning_rate: Option<f64>,
@@ -44,6 +137,7 @@ pub struct TestSpec {
     device: Option<&'static str>,
     masking_checks: Option<&'static str>,
     sweep: &'static [f64],
+    guard: Guard,
 }
 
 macro_rules! setters {
@@ -72,7 +166,7 @@ impl TestSpec {
             target_classes: None,
             queries: None,
             p_init: None,
-            confidence: None,
+            kappa: None,
             binary_search_steps: None,
             initial_const: None,
             learning_rate: None,
@@ -85,8 +179,11 @@ impl TestSpec {
             device: None,
             masking_checks: None,
             sweep: &[],
+            guard: Guard::default(),
         }
     }
+
+    guard_setters!();
 
     setters! {
         /// `norm = "linf" | "l2"` (default `"linf"`).
@@ -107,8 +204,8 @@ impl TestSpec {
         queries: usize => queries;
         /// `p_init = 0.8`: Square's initial square size (fraction of the pixels).
         p_init: f64 => p_init;
-        /// `confidence = 0.0`: C&W's logit margin κ.
-        confidence: f64 => confidence;
+        /// `kappa = 0.0`: C&W's logit margin κ.
+        kappa: f64 => kappa;
         /// `binary_search_steps = 9`: C&W's rounds of binary search over c.
         binary_search_steps: usize => binary_search_steps;
         /// `initial_const = 0.01`: C&W's first c.
@@ -181,7 +278,7 @@ impl TestSpec {
             target_classes: self.target_classes,
             queries: self.queries,
             p_init: self.p_init,
-            confidence: self.confidence,
+            confidence: self.kappa,
             binary_search_steps: self.binary_search_steps,
             initial_const: self.initial_const,
             learning_rate: self.learning_rate,
@@ -189,6 +286,7 @@ impl TestSpec {
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
+        self.guard.check()?;
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;
         Self::check_fraction("max_drop", self.thresholds.max_drop)?;
         if self.thresholds.min_acc.is_none() && self.thresholds.max_drop.is_none() {
@@ -202,6 +300,8 @@ impl TestSpec {
         let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
         let device = device::select(choice)?;
         let case = device::with_current(&device, build)?;
+        let batch_size = self.batch_size.unwrap_or(RunConfig::default().batch_size);
+        let fingerprint = Fingerprint::of(&case, self.samples, batch_size, &device)?;
         let cfg = RunConfig {
             samples: self.samples,
             batch_size: self.batch_size.unwrap_or(RunConfig::default().batch_size),
@@ -227,8 +327,13 @@ impl TestSpec {
             cfg.batch_size,
             self.targeted
         );
+        let thresholds = Thresholds {
+            confidence: self.guard.confidence,
+            ..self.thresholds
+        };
         let mut report =
-            shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&self.thresholds);
+            shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&thresholds);
+        report.fingerprint = Some(fingerprint);
         if policy != MaskingPolicy::Off {
             let group = format!(
                 "{}|{:?}|{}|{:?}|{}",
@@ -346,6 +451,20 @@ fn shared_minimal_run(
                 0.0,
             );
             report.curve = shared.curve.clone();
+            // The shared run's worst examples that fit in this test's ε.
+            report.worst = shared
+                .worst
+                .iter()
+                .filter(|w| {
+                    let diff = w.clean.iter().zip(&w.adversarial).map(|(c, a)| a - c);
+                    let norm = match threat.norm {
+                        Norm::Linf => diff.fold(0.0f32, |m, d| m.max(d.abs())),
+                        _ => diff.map(|d| d * d).sum::<f32>().sqrt(),
+                    };
+                    norm <= threat.eps as f32
+                })
+                .cloned()
+                .collect();
             Ok(report)
         }
     }

@@ -1,11 +1,20 @@
 //! Files a run leaves for people to look at, under `target/robust/`.
 //!
+//! - [`write`]: what every generated test leaves in `target/robust/<test>/`: `report.json`,
+//!   `summary.md`, `curve.svg` (accuracy against ε or radius) and `examples.png` (the worst
+//!   adversarial examples: original, adversarial, perturbation).
 //! - [`png_grid`]: images side by side in a PNG (original / perturbed / difference, adversarial
 //!   examples, …).
+//! - [`Outcome`]: what the three kinds of report offer files and baselines.
 //!
 //! [`output_dir`] finds `target/robust/` for the running test binary.
 
+mod files;
+mod outcome;
 pub mod png_grid;
+
+pub use files::{svg_plot, write, ReportFiles};
+pub use outcome::{Curve, Metric, Outcome, Provenance};
 
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@
 //!     PerturbParams { max_degrees: 15.0, ..PerturbParams::default() },
 //! )?;
 //! let cfg = InvarianceConfig { samples: Some(200), cases: 64, ..InvarianceConfig::default() };
-//! let report = evaluate_invariance(&case, &rotation, &cfg)?.check(Some(0.95));
+//! let report = evaluate_invariance(&case, &rotation, &cfg)?.check(Some(0.95), None);
 //! println!("{report}");
 //! # Ok::<(), robust_runtime::Error>(())
 //! ```
@@ -270,6 +270,7 @@ pub fn evaluate_strategy(
         replay,
         output: cfg.output.clone(),
         seconds: started.elapsed().as_secs_f64(),
+        fingerprint: None,
         checks: Vec::new(),
         counterexamples,
     })

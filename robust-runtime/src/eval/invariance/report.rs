@@ -93,6 +93,9 @@ pub struct InvarianceReport {
     pub output: Option<PathBuf>,
     /// Wall time in seconds (the only field that differs between identical runs).
     pub seconds: f64,
+    /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<crate::eval::Fingerprint>,
     /// Assertions, filled by [`InvarianceReport::check`].
     pub checks: Vec<Check>,
     /// One per sample that some perturbation flipped, by sample index.
@@ -105,15 +108,33 @@ fn pct(v: f64) -> String {
 
 impl InvarianceReport {
     /// Evaluates `min_invariance` into [`InvarianceReport::checks`].
-    pub fn check(mut self, min_invariance: Option<f64>) -> Self {
+    ///
+    /// With a `confidence` level, the one-sided Clopper–Pearson lower bound of the invariance
+    /// (a proportion of the correctly classified samples) is compared instead.
+    pub fn check(mut self, min_invariance: Option<f64>, confidence: Option<f64>) -> Self {
         if let Some(min) = min_invariance {
-            let measured = self.invariance;
+            let (measured, what) = match confidence {
+                Some(c) => {
+                    let lower = crate::eval::lower_bound(self.invariant, self.clean_correct, c);
+                    (
+                        lower,
+                        format!(
+                            "the {} lower bound of invariance {} (measured {} on {} samples)",
+                            crate::eval::level(c),
+                            pct(lower),
+                            pct(self.invariance),
+                            self.clean_correct
+                        ),
+                    )
+                }
+                None => (self.invariance, format!("invariance {}", pct(self.invariance))),
+            };
             self.checks.push(Check {
                 key: "min_invariance".into(),
                 measured,
                 threshold: min,
                 passed: measured >= min,
-                description: format!("invariance {} ≥ min_invariance {}", pct(measured), pct(min)),
+                description: format!("{what} ≥ min_invariance {}", pct(min)),
             });
         }
         self

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{evaluate_invariance, InvarianceConfig, InvarianceReport};
 use crate::device::{self, DeviceChoice};
-use crate::eval::spec::seed_or_env;
-use crate::eval::RobustnessCase;
+use crate::eval::spec::{guard_setters, seed_or_env, Guard};
+use crate::eval::{Fingerprint, RobustnessCase};
 use crate::perturb::regressions::{Regression, Regressions};
 use crate::perturb::{PerturbParams, PerturbationConfig};
 use crate::{Error, Result};
@@ -24,7 +24,7 @@ pub const REGRESSIONS_DIR: &str = "robust-regressions";
 pub struct InvarianceSpec {
     name: &'static str,
     perturbation: &'static str,
-    manifest_dir: Option<&'static str>,
+    guard: Guard,
     params: PerturbParams,
     cases: Option<usize>,
     min_invariance: Option<f64>,
@@ -51,7 +51,7 @@ impl InvarianceSpec {
         InvarianceSpec {
             name,
             perturbation,
-            manifest_dir: None,
+            guard: Guard::default(),
             params: PerturbParams::default(),
             cases: None,
             min_invariance: None,
@@ -92,11 +92,11 @@ impl InvarianceSpec {
         seed: u64 => seed as Some;
         /// `device = "cpu" | "cuda" | "auto"` (default "auto"; `ROBUST_DEVICE` overrides).
         device: &'static str => device as Some;
-        /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`): its
-        /// `robust-regressions/` holds the regressions file, and PNGs go to its `target/robust/`.
-        /// Without it, nothing is read or written.
-        manifest_dir: &'static str => manifest_dir as Some;
     }
+
+    // `manifest_dir`: its `robust-regressions/` holds the regressions file, and PNGs go to its
+    // `target/robust/`. Without it, nothing is read or written.
+    guard_setters!();
 
     /// The test's name.
     pub fn name(&self) -> &'static str {
@@ -106,7 +106,7 @@ impl InvarianceSpec {
     /// `robust-regressions/<test path>.txt` beside the test crate's `Cargo.toml`
     /// (`suite::mnist_cnn::rotation` → `robust-regressions/suite/mnist_cnn/rotation.txt`).
     pub fn regressions_path(&self) -> Option<PathBuf> {
-        let dir = Path::new(self.manifest_dir?).join(REGRESSIONS_DIR);
+        let dir = Path::new(self.guard.manifest_dir?).join(REGRESSIONS_DIR);
         let parts: Vec<String> = self.name.split("::").map(crate::report::sanitize).collect();
         let (file, folders) = parts.split_last()?;
         let dir = folders.iter().fold(dir, |dir, part| dir.join(part));
@@ -139,10 +139,15 @@ impl InvarianceSpec {
                 Err(_) => InvarianceConfig::default().cases,
             },
         };
+        self.guard.check()?;
         let seed = seed_or_env(self.seed)?;
         let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
         let device = device::select(choice)?;
         let case = device::with_current(&device, build)?;
+        let batch_size = self
+            .batch_size
+            .unwrap_or(InvarianceConfig::default().batch_size);
+        let fingerprint = Fingerprint::of(&case, self.samples, batch_size, &device)?;
         let cfg = InvarianceConfig {
             samples: self.samples,
             cases,
@@ -154,11 +159,14 @@ impl InvarianceSpec {
             test_name: Some(self.name.to_string()),
             regressions: self.regressions_path(),
             output: self
+                .guard
                 .manifest_dir
                 .map(|dir| crate::report::output_dir(Path::new(dir), self.name)),
             ..InvarianceConfig::default()
         };
-        let mut report = evaluate_invariance(&case, &config, &cfg)?.check(Some(min));
+        let mut report = evaluate_invariance(&case, &config, &cfg)?
+            .check(Some(min), self.guard.confidence);
+        report.fingerprint = Some(fingerprint);
         let passed = report.passed();
         if let (false, Some(path)) = (passed, &cfg.regressions) {
             let new: Vec<(Regression, String)> = report
@@ -177,22 +185,10 @@ impl InvarianceSpec {
                 .collect();
             report.replay.written = Regressions::load(path)?.append(&new)?;
         }
-        if let Some(dir) = &cfg.output {
-            write_json(&dir.join("report.json"), &report)?;
-        }
         if passed {
             Ok(report)
         } else {
             Err(Error::NotInvariant(Box::new(report)))
         }
     }
-}
-
-fn write_json(path: &Path, report: &InvarianceReport) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let json = serde_json::to_string_pretty(report)
-        .map_err(|e| Error::format("JSON", path, e.to_string()))?;
-    std::fs::write(path, json).map_err(|e| Error::io(path, e))
 }
