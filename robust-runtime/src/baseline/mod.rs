@@ -237,6 +237,8 @@ pub struct Change {
     pub before: Option<f64>,
     /// This run's value (`None`: no longer measured).
     pub after: Option<f64>,
+    /// Whether it is a gated share (compared with the tolerance) rather than a recorded norm.
+    pub gated: bool,
     /// Whether it is a gated metric that fell by more than the tolerance.
     pub regressed: bool,
 }
@@ -305,7 +307,8 @@ impl Comparison {
         for c in &self.changes {
             let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
             let delta = match (c.before, c.after) {
-                (Some(b), Some(a)) => format!("  ({:+.2} pp)", 100.0 * (a - b)),
+                (Some(b), Some(a)) if c.gated => format!("  ({:+.2} pp)", 100.0 * (a - b)),
+                (Some(b), Some(a)) => format!("  ({:+.4})", a - b),
                 _ => String::new(),
             };
             let _ = write!(
@@ -381,6 +384,7 @@ pub fn compare(
                     metric: name.clone(),
                     before: None,
                     after: Some(*v),
+                    gated: true,
                     regressed: false,
                 });
             }
@@ -400,6 +404,7 @@ pub fn compare(
                     metric: name.clone(),
                     before: old,
                     after: new,
+                    gated: true,
                     regressed,
                 });
             }
@@ -410,6 +415,7 @@ pub fn compare(
                         metric: name.clone(),
                         before: old,
                         after: Some(*new),
+                        gated: false,
                         regressed: false,
                     });
                 }
