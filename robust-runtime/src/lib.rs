@@ -45,6 +45,7 @@ pub mod harness;
 pub mod model;
 pub mod nn;
 pub mod perturb;
+pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod zoo;

@@ -289,7 +289,11 @@ impl Comparison {
             Verdict::WithinTolerance => format!(
                 "baseline {path}: within tolerance ({} pp){}",
                 pp(self.tolerance),
-                if self.changes.iter().any(|c| c.after > c.before && c.before.is_some()) {
+                if self
+                    .changes
+                    .iter()
+                    .any(|c| c.gated && c.before.is_some() && c.after > c.before)
+                {
                     "; improved, lock it in with `cargo xtask bless`"
                 } else {
                     ""
@@ -299,9 +303,9 @@ impl Comparison {
                 "baseline {path}: REGRESSED beyond the tolerance of {} pp",
                 pp(self.tolerance)
             ),
-            Verdict::Missing => format!(
-                "baseline {path}: missing (a test with a baseline needs one committed)"
-            ),
+            Verdict::Missing => {
+                format!("baseline {path}: missing (a test with a baseline needs one committed)")
+            }
             Verdict::Recorded => format!("baseline {path}: recorded"),
         };
         for c in &self.changes {
@@ -321,7 +325,10 @@ impl Comparison {
             );
         }
         for (field, before, now) in &self.provenance {
-            let _ = write!(s, "\n    changed since the baseline: {field} `{before}` → `{now}`");
+            let _ = write!(
+                s,
+                "\n    changed since the baseline: {field} `{before}` → `{now}`"
+            );
         }
         let wrote_pending = mode == UpdateMode::New
             && !matches!(self.verdict, Verdict::Unchanged | Verdict::Recorded);
@@ -399,7 +406,8 @@ pub fn compare(
                     continue;
                 }
                 // 1e-12 absorbs the rounding of a share printed and parsed back.
-                let regressed = matches!((old, new), (Some(o), Some(n)) if n < o - tolerance - 1e-12);
+                let regressed =
+                    matches!((old, new), (Some(o), Some(n)) if n < o - tolerance - 1e-12);
                 changes.push(Change {
                     metric: name.clone(),
                     before: old,
@@ -530,11 +538,31 @@ impl Pending {
         }
         if let Some(o) = &old {
             for (field, a, b) in [
-                ("seed", o.provenance.seed.to_string(), new.provenance.seed.to_string()),
-                ("samples", o.provenance.samples.to_string(), new.provenance.samples.to_string()),
-                ("data fingerprint", o.provenance.data_fingerprint.clone(), new.provenance.data_fingerprint.clone()),
-                ("model fingerprint", o.provenance.model_fingerprint.clone(), new.provenance.model_fingerprint.clone()),
-                ("configuration", o.provenance.config.clone(), new.provenance.config.clone()),
+                (
+                    "seed",
+                    o.provenance.seed.to_string(),
+                    new.provenance.seed.to_string(),
+                ),
+                (
+                    "samples",
+                    o.provenance.samples.to_string(),
+                    new.provenance.samples.to_string(),
+                ),
+                (
+                    "data fingerprint",
+                    o.provenance.data_fingerprint.clone(),
+                    new.provenance.data_fingerprint.clone(),
+                ),
+                (
+                    "model fingerprint",
+                    o.provenance.model_fingerprint.clone(),
+                    new.provenance.model_fingerprint.clone(),
+                ),
+                (
+                    "configuration",
+                    o.provenance.config.clone(),
+                    new.provenance.config.clone(),
+                ),
             ] {
                 if a != b {
                     let _ = write!(s, "\n  {field}: {a} → {b}");

@@ -403,8 +403,10 @@ pub fn bound_case(
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;
     let device = net.device();
+    let mut progress = crate::progress::Progress::new(case.model().name(), case.data().len());
     for batch in case.data().batches(batch_size, &device) {
         let batch = batch?;
+        progress.advance(0);
         let (start, labels) = (batch.range.start, &case.data().labels()[batch.range]);
         let x = batch.inputs.to_dtype(DType::F32)?;
         let predictions = model.predict(&x)?;
@@ -432,7 +434,9 @@ pub fn bound_case(
                 p_a_lower: None,
             });
         }
+        progress.advance(labels.len());
     }
+    progress.finish();
     Ok(CertificationReport::from_samples(
         case,
         method.label().into(),
@@ -465,6 +469,7 @@ pub fn smoothing_case(
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;
     let mut abstained = 0;
+    let mut progress = crate::progress::Progress::new(case.model().name(), case.data().len());
     for batch in case.data().batches(256, device) {
         let batch = batch?;
         let (start, labels) = (batch.range.start, &case.data().labels()[batch.range]);
@@ -474,6 +479,7 @@ pub fn smoothing_case(
             clean_correct += usize::from(clean == label);
             let mut sample_rng = rng.fork();
             let cert = smoothing.certify(model, &x.get(i)?, &mut sample_rng)?;
+            progress.advance(1);
             abstained += usize::from(cert.prediction.is_none());
             per_sample.push(CertifiedSample {
                 index: start + i,

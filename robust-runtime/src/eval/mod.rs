@@ -21,7 +21,6 @@ mod certify_spec;
 mod fingerprint;
 mod invariance;
 pub mod masking;
-pub mod progress;
 mod report;
 mod spec;
 
@@ -30,12 +29,12 @@ use std::time::Instant;
 use candle_core::{Device, Module, Tensor};
 
 pub use certify_spec::{CertifySpec, CERTIFIERS};
+pub use fingerprint::Fingerprint;
 pub use invariance::{
     evaluate_invariance, evaluate_strategy, Counterexample, InvarianceConfig, InvarianceReport,
     InvarianceSpec, ReplaySummary, CASES_VAR, MAX_IMAGES,
 };
 use report::within;
-pub use fingerprint::Fingerprint;
 pub use report::{
     interval, lower_bound, upper_bound, AdversarialExample, Check, CurvePoint, Minimal,
     PerturbationStats, RobustnessReport, SampleOutcome, Stage, Thresholds, WORST_EXAMPLES,
@@ -167,7 +166,7 @@ pub fn evaluate(
     // Robust samples after each member of an ensemble.
     let mut stage_robust: Vec<usize> = Vec::new();
     let mut worst: Vec<AdversarialExample> = Vec::new();
-    let mut progress = progress::Progress::new(
+    let mut progress = crate::progress::Progress::new(
         cfg.test_name.as_deref().unwrap_or(model.name()),
         data.len(),
     );

@@ -331,8 +331,7 @@ impl TestSpec {
             confidence: self.guard.confidence,
             ..self.thresholds
         };
-        let mut report =
-            shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&thresholds);
+        let mut report = shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&thresholds);
         report.fingerprint = Some(fingerprint);
         if policy != MaskingPolicy::Off {
             let group = format!(

@@ -127,7 +127,10 @@ impl InvarianceReport {
                         ),
                     )
                 }
-                None => (self.invariance, format!("invariance {}", pct(self.invariance))),
+                None => (
+                    self.invariance,
+                    format!("invariance {}", pct(self.invariance)),
+                ),
             };
             self.checks.push(Check {
                 key: "min_invariance".into(),

@@ -164,8 +164,8 @@ impl InvarianceSpec {
                 .map(|dir| crate::report::output_dir(Path::new(dir), self.name)),
             ..InvarianceConfig::default()
         };
-        let mut report = evaluate_invariance(&case, &config, &cfg)?
-            .check(Some(min), self.guard.confidence);
+        let mut report =
+            evaluate_invariance(&case, &config, &cfg)?.check(Some(min), self.guard.confidence);
         report.fingerprint = Some(fingerprint);
         let passed = report.passed();
         if let (false, Some(path)) = (passed, &cfg.regressions) {
