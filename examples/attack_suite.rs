@@ -81,7 +81,9 @@ fn main() -> robust_runtime::Result<()> {
             report.clean_accuracy,
             report.robust_accuracy,
             report.seconds,
-            process_cpu_seconds().zip(cpu_before).map(|(after, before)| after - before),
+            process_cpu_seconds()
+                .zip(cpu_before)
+                .map(|(after, before)| after - before),
         ));
     }
     println!("mnist_{model}, {samples} test digits");

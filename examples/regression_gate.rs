@@ -66,12 +66,20 @@ fn main() -> robust_runtime::Result<()> {
     // … but CI (`UpdateMode::No`: nothing written) compares it with the baseline.
     let verdict = baseline::compare(&after, &path, 0.01, UpdateMode::No)?;
     println!("{}\n", verdict.describe(UpdateMode::No));
-    let files = report::write(&dir.join("report"), &after, &verdict.describe(UpdateMode::No))?;
+    let files = report::write(
+        &dir.join("report"),
+        &after,
+        &verdict.describe(UpdateMode::No),
+    )?;
     println!("{}", files.describe());
     println!(
         "\nthresholds {}, baseline {}: the build is {}",
         if after.passed() { "hold" } else { "fail" },
-        if verdict.failed() { "regressed" } else { "holds" },
+        if verdict.failed() {
+            "regressed"
+        } else {
+            "holds"
+        },
         if after.passed() && !verdict.failed() {
             "green"
         } else {

@@ -61,7 +61,10 @@ fn files_in(dir: &Path) -> Vec<String> {
 #[test]
 fn measure_what_the_baseline_records() {
     let r = report("t");
-    assert_eq!((r.clean_correct, r.robust_correct, r.samples), (187, 95, 200));
+    assert_eq!(
+        (r.clean_correct, r.robust_correct, r.samples),
+        (187, 95, 200)
+    );
 }
 
 #[test]
@@ -117,7 +120,11 @@ fn a_regression_beyond_the_tolerance_fails_and_one_within_passes() {
         .map(|ch| ch.metric.as_str())
         .collect();
     assert_eq!(regressed, ["robust_accuracy"]);
-    assert!(c.describe(UpdateMode::No).contains("-2.00 pp"), "{}", c.describe(UpdateMode::No));
+    assert!(
+        c.describe(UpdateMode::No).contains("-2.00 pp"),
+        "{}",
+        c.describe(UpdateMode::No)
+    );
     // A 3 pp tolerance lets the same 2 pp fall through, and so does exactly the fall allowed.
     let c = baseline::compare(&r, &path, 0.03, UpdateMode::No).unwrap();
     assert_eq!(c.verdict, Verdict::WithinTolerance);
@@ -164,7 +171,10 @@ fn new_mode_leaves_a_pending_file_that_bless_accepts_and_reject_discards() {
     let folder = path.parent().unwrap();
     assert_eq!(files_in(folder), ["t.json", "t.json.new"]);
     // The baseline itself is untouched until blessed.
-    assert_eq!(Baseline::read(&path).unwrap().metrics["robust_accuracy"], 0.6);
+    assert_eq!(
+        Baseline::read(&path).unwrap().metrics["robust_accuracy"],
+        0.6
+    );
 
     let pending = baseline::pending(folder).unwrap();
     assert_eq!(pending.len(), 1);
@@ -202,7 +212,10 @@ fn corrupt_or_hand_edited_baselines_give_clear_errors() {
         "{e}"
     );
     let e = err(&good.replace("\"format\": 1", "\"format\": 7"));
-    assert!(e.contains("format 7 is not understood; expected format 1"), "{e}");
+    assert!(
+        e.contains("format 7 is not understood; expected format 1"),
+        "{e}"
+    );
     let e = err(&good.replace("\"metrics\"", "\"metrix\""));
     assert!(e.contains("metrix"), "{e}");
     let e = err(&good.replace("\"test\": \"t\"", "\"test\": \"other::test\""));
@@ -233,7 +246,8 @@ fn a_changed_data_set_or_configuration_is_reported() {
     let text = c.describe(UpdateMode::No);
     assert!(text.contains("changed since the baseline: data fingerprint `0123456789abcdef`"));
     // A different data set gives a different fingerprint.
-    let other = RobustnessCase::from_model(common::mlp().unwrap(), common::test_digits(199).unwrap());
+    let other =
+        RobustnessCase::from_model(common::mlp().unwrap(), common::test_digits(199).unwrap());
     let fp = Fingerprint::of(&other, None, 250, &Device::Cpu).unwrap();
     assert_ne!(Some(&fp), r.fingerprint.as_ref());
 }
@@ -244,13 +258,22 @@ fn update_modes_follow_the_environment_like_insta() {
     assert_eq!(mode(None, None, None).unwrap(), UpdateMode::New);
     assert_eq!(mode(None, None, Some("true")).unwrap(), UpdateMode::No);
     assert_eq!(mode(None, Some("auto"), Some("1")).unwrap(), UpdateMode::No);
-    assert_eq!(mode(None, Some("always"), Some("1")).unwrap(), UpdateMode::Always);
-    assert_eq!(mode(Some("1"), None, Some("1")).unwrap(), UpdateMode::Always);
+    assert_eq!(
+        mode(None, Some("always"), Some("1")).unwrap(),
+        UpdateMode::Always
+    );
+    assert_eq!(
+        mode(Some("1"), None, Some("1")).unwrap(),
+        UpdateMode::Always
+    );
     assert_eq!(mode(None, Some("no"), None).unwrap(), UpdateMode::No);
     assert_eq!(mode(None, Some("new"), Some("1")).unwrap(), UpdateMode::New);
     assert_eq!(mode(None, None, Some("false")).unwrap(), UpdateMode::New);
     let e = mode(None, Some("sometimes"), None).unwrap_err().to_string();
-    assert!(e.contains("ROBUST_UPDATE") && e.contains("auto, always, new, no"), "{e}");
+    assert!(
+        e.contains("ROBUST_UPDATE") && e.contains("auto, always, new, no"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -270,8 +293,15 @@ fn confidence_bounds_decide_thresholds_that_point_estimates_pass() {
         ..Thresholds::default()
     });
     assert!(!bounded.passed());
-    assert!((bounded.checks[0].measured - 0.414992937965042).abs() < 1e-9, "{}", bounded.checks[0].measured);
-    assert!(bounded.to_string().contains("[40.41 %, 54.66 %] at 95 %"), "{bounded}");
+    assert!(
+        (bounded.checks[0].measured - 0.414992937965042).abs() < 1e-9,
+        "{}",
+        bounded.checks[0].measured
+    );
+    assert!(
+        bounded.to_string().contains("[40.41 %, 54.66 %] at 95 %"),
+        "{bounded}"
+    );
     let lower = r.check(&Thresholds {
         min_acc: Some(0.41),
         confidence: Some(0.95),
@@ -283,7 +313,8 @@ fn confidence_bounds_decide_thresholds_that_point_estimates_pass() {
 #[test]
 fn a_generated_test_leaves_its_report_files_and_names_them_when_it_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let folder: &'static str = Box::leak(dir.path().to_string_lossy().into_owned().into_boxed_str());
+    let folder: &'static str =
+        Box::leak(dir.path().to_string_lossy().into_owned().into_boxed_str());
     let spec = TestSpec::new("files::mnist_mlp::fgsm_eps_0_05", "fgsm", 0.05)
         .manifest_dir(folder)
         .min_acc(0.9)
@@ -291,8 +322,14 @@ fn a_generated_test_leaves_its_report_files_and_names_them_when_it_fails() {
         .masking_checks("off");
     let message = harness::run(&spec, case).unwrap_err();
     let out = robust_runtime::report::output_dir(dir.path(), "files::mnist_mlp::fgsm_eps_0_05");
-    assert!(message.contains("robust accuracy 47.50 % ≥ min_acc 90.00 %"), "{message}");
-    assert!(message.contains(&out.join("summary.md").display().to_string()), "{message}");
+    assert!(
+        message.contains("robust accuracy 47.50 % ≥ min_acc 90.00 %"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&out.join("summary.md").display().to_string()),
+        "{message}"
+    );
     assert_eq!(
         files_in(&out),
         ["curve.svg", "examples.png", "report.json", "summary.md"]
@@ -305,13 +342,17 @@ fn a_generated_test_leaves_its_report_files_and_names_them_when_it_fails() {
     let svg = std::fs::read_to_string(out.join("curve.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("robust accuracy"));
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    assert!(md.starts_with("# files::mnist_mlp::fgsm_eps_0_05: FAILED"), "{md}");
+    assert!(
+        md.starts_with("# files::mnist_mlp::fgsm_eps_0_05: FAILED"),
+        "{md}"
+    );
 }
 
 #[test]
 fn a_generated_test_fails_on_a_regressed_baseline_even_above_its_threshold() {
     let dir = tempfile::tempdir().unwrap();
-    let folder: &'static str = Box::leak(dir.path().to_string_lossy().into_owned().into_boxed_str());
+    let folder: &'static str =
+        Box::leak(dir.path().to_string_lossy().into_owned().into_boxed_str());
     let name = "regress::mnist_mlp::fgsm_eps_0_05";
     let spec = TestSpec::new(name, "fgsm", 0.05)
         .manifest_dir(folder)
@@ -328,7 +369,13 @@ fn a_generated_test_fails_on_a_regressed_baseline_even_above_its_threshold() {
     });
     let message = harness::run(&spec, case).unwrap_err();
     assert!(message.contains("fell below its baseline"), "{message}");
-    assert!(message.contains("REGRESSED beyond the tolerance of 1 pp"), "{message}");
+    assert!(
+        message.contains("REGRESSED beyond the tolerance of 1 pp"),
+        "{message}"
+    );
     // The threshold itself held.
-    assert!(message.contains("✓ robust accuracy 47.50 % ≥ min_acc 40.00 %"), "{message}");
+    assert!(
+        message.contains("✓ robust accuracy 47.50 % ≥ min_acc 40.00 %"),
+        "{message}"
+    );
 }

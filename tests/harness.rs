@@ -110,13 +110,19 @@ fn list_every_case_and_filter_like_cargo_test() {
         listed(&["--ignored"]),
         ["robustness::mnist_cnn::autoattack_eps_0_1"]
     );
-    assert_eq!(listed(&["--skip", "mnist_cnn", "--skip", "mnist_ibp"]).len(), 4);
+    assert_eq!(
+        listed(&["--skip", "mnist_cnn", "--skip", "mnist_ibp"]).len(),
+        4
+    );
     // nextest lists with `--format terse`.
     let out = Command::new(suite_binary())
         .args(["--list", "--format", "terse"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), ALL.len());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().count(),
+        ALL.len()
+    );
 }
 
 fn parse(text: &str) -> Result<Vec<SuiteCase>, String> {
@@ -127,13 +133,20 @@ fn parse(text: &str) -> Result<Vec<SuiteCase>, String> {
 
 #[test]
 fn reject_bad_suite_files_with_what_was_expected() {
-    let e = parse("[[test]]\nmodel = \"m\"\nattack = \"pgd\"\neps = 0.1\nmin_ac = 0.5\n").unwrap_err();
+    let e =
+        parse("[[test]]\nmodel = \"m\"\nattack = \"pgd\"\neps = 0.1\nmin_ac = 0.5\n").unwrap_err();
     assert!(e.contains("unknown field `min_ac`"), "{e}");
     let e = parse("[[test]]\nmodel = \"m\"\nattack = \"pgd\"\n").unwrap_err();
-    assert!(e.contains("[[test]] number 1: an attack test needs `eps`"), "{e}");
+    assert!(
+        e.contains("[[test]] number 1: an attack test needs `eps`"),
+        "{e}"
+    );
     let e = parse("[[test]]\nmodel = \"m\"\nattack = \"pgd\"\ncertify = \"ibp\"\neps = 0.1\n")
         .unwrap_err();
-    assert!(e.contains("exactly one of `attack`, `certify` and `perturbation`"), "{e}");
+    assert!(
+        e.contains("exactly one of `attack`, `certify` and `perturbation`"),
+        "{e}"
+    );
     let e = parse("[[test]]\nmodel = \"m\"\ncertify = \"crwn\"\neps = 0.1\n").unwrap_err();
     assert!(e.contains("unknown certifier `crwn`"), "{e}");
     let e = parse("[[test]]\nattack = \"pgd\"\neps = 0.1\n").unwrap_err();

@@ -1381,7 +1381,12 @@ mod should {
     #[test]
     fn reject_a_confidence_level_outside_the_open_unit_interval() {
         assert_eq!(
-            error(quote!(attack = "cw", eps = 0.1, min_acc = 0.5, confidence = 0.0)),
+            error(quote!(
+                attack = "cw",
+                eps = 0.1,
+                min_acc = 0.5,
+                confidence = 0.0
+            )),
             "`confidence` is the confidence level of the assertions, in (0, 1) (e.g. 0.95), \
              found `0.0`; C&W's logit margin κ is `kappa`"
         );
@@ -1441,7 +1446,10 @@ mod should {
         assert_eq!(o.seed, Some(u64::MAX));
         assert_eq!(o.device, Some("auto"));
         assert_eq!(o.masking_checks, Some("warn"));
-        assert_eq!((o.confidence, o.baseline, o.tolerance), (Some(0.95), Some(true), Some(0.02)));
+        assert_eq!(
+            (o.confidence, o.baseline, o.tolerance),
+            (Some(0.95), Some(true), Some(0.02))
+        );
         // Every option of attack tests was written above, so every one must come back as a
         // builder call.
         let written: Vec<&str> = o.written().into_iter().map(|(key, _)| key).collect();

@@ -165,25 +165,25 @@ mod should {
                 pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
             },
             quote! {
-                /// Builds the case.
-                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
+                            /// Builds the case.
+                            pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
 
-                pub mod mnist_mlp {
-                    #[::core::prelude::v1::test]
-                    fn pgd_eps_0_1() {
-                        ::robust_runtime::__private::run_test(
-                            super::mnist_mlp,
-                            ::robust_runtime::__private::TestSpec::new(
-                                ::core::concat!(::core::module_path!(), "::pgd_eps_0_1"),
-                                "pgd",
-                                0.1f64,
-                            )
-.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                            .min_acc(0.6f64),
-                        );
-                    }
-                }
-            },
+                            pub mod mnist_mlp {
+                                #[::core::prelude::v1::test]
+                                fn pgd_eps_0_1() {
+                                    ::robust_runtime::__private::run_test(
+                                        super::mnist_mlp,
+                                        ::robust_runtime::__private::TestSpec::new(
+                                            ::core::concat!(::core::module_path!(), "::pgd_eps_0_1"),
+                                            "pgd",
+                                            0.1f64,
+                                        )
+            .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                                        .min_acc(0.6f64),
+                                    );
+                                }
+                            }
+                        },
         );
     }
 
@@ -193,26 +193,26 @@ mod should {
             let test = format_ident!("{}", name);
             let path = format!("::{name}");
             quote! {
-                #[::core::prelude::v1::test]
-                fn #test() {
-                    ::robust_runtime::__private::run_test(
-                        super::mnist_cnn,
-                        ::robust_runtime::__private::TestSpec::new(
-                            ::core::concat!(::core::module_path!(), #path),
-                            #attack,
-                            #eps,
-                        )
-.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                        .norm("l2")
-                        .steps(20usize)
-                        .random_start(true)
-                        .min_acc(0.6f64)
-                        .samples(500usize)
-                        .seed(7u64)
-                        .sweep(&[0.05f64, 1f64]),
-                    );
-                }
-            }
+                            #[::core::prelude::v1::test]
+                            fn #test() {
+                                ::robust_runtime::__private::run_test(
+                                    super::mnist_cnn,
+                                    ::robust_runtime::__private::TestSpec::new(
+                                        ::core::concat!(::core::module_path!(), #path),
+                                        #attack,
+                                        #eps,
+                                    )
+            .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                                    .norm("l2")
+                                    .steps(20usize)
+                                    .random_start(true)
+                                    .min_acc(0.6f64)
+                                    .samples(500usize)
+                                    .seed(7u64)
+                                    .sweep(&[0.05f64, 1f64]),
+                                );
+                            }
+                        }
         };
         let tests = [
             test("fgsm_eps_0_05", "fgsm", 0.05),
@@ -306,23 +306,23 @@ mod should {
                 }
             ),
             quote! {
-                fn case() -> rt::Result<RobustnessCase> { unreachable!() }
-                mod case {
-                    #[::core::prelude::v1::test]
-                    fn fgsm_eps_0_1() {
-                        ::renamed::rt::__private::run_test(
-                            super::case,
-                            ::renamed::rt::__private::TestSpec::new(
-                                ::core::concat!(::core::module_path!(), "::fgsm_eps_0_1"),
-                                "fgsm",
-                                0.1f64,
-                            )
-.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                            .max_drop(0.1f64),
-                        );
-                    }
-                }
-            },
+                            fn case() -> rt::Result<RobustnessCase> { unreachable!() }
+                            mod case {
+                                #[::core::prelude::v1::test]
+                                fn fgsm_eps_0_1() {
+                                    ::renamed::rt::__private::run_test(
+                                        super::case,
+                                        ::renamed::rt::__private::TestSpec::new(
+                                            ::core::concat!(::core::module_path!(), "::fgsm_eps_0_1"),
+                                            "fgsm",
+                                            0.1f64,
+                                        )
+            .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                                        .max_drop(0.1f64),
+                                    );
+                                }
+                            }
+                        },
         );
     }
 
@@ -332,23 +332,23 @@ mod should {
             let test = format_ident!("{}", name);
             let path = format!("::{name}");
             quote! {
-                #[::core::prelude::v1::test]
-                #[should_panic(expected = "robust accuracy")]
-                #[ignore]
-                fn #test() {
-                    ::robust_runtime::__private::run_test(
-                        super::fragile,
-                        ::robust_runtime::__private::TestSpec::new(
-                            ::core::concat!(::core::module_path!(), #path),
-                            "pgd",
-                            #eps,
-                        )
-.manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                        .min_acc(0.99f64)
-                        .sweep(&[0.3f64, 0.5f64]),
-                    );
-                }
-            }
+                            #[::core::prelude::v1::test]
+                            #[should_panic(expected = "robust accuracy")]
+                            #[ignore]
+                            fn #test() {
+                                ::robust_runtime::__private::run_test(
+                                    super::fragile,
+                                    ::robust_runtime::__private::TestSpec::new(
+                                        ::core::concat!(::core::module_path!(), #path),
+                                        "pgd",
+                                        #eps,
+                                    )
+            .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                                    .min_acc(0.99f64)
+                                    .sweep(&[0.3f64, 0.5f64]),
+                                );
+                            }
+                        }
         };
         let (first, second) = (test("pgd_eps_0_3", 0.3), test("pgd_eps_0_5", 0.5));
         assert_expands(

@@ -97,7 +97,10 @@ fn review() -> Result<()> {
 
 fn bless(args: &[String]) -> Result<()> {
     let reject = args.iter().any(|a| a == "--reject");
-    let filter = args.iter().find(|a| !a.starts_with("--")).map(String::as_str);
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(String::as_str);
     let pending = pending_baselines(filter)?;
     for p in &pending {
         if reject {

@@ -289,7 +289,9 @@ impl Suite {
             let model = match entry.zoo.as_str() {
                 "mnist_mlp" => Model::new(zoo::MnistMlp::load(&weights, &dev)?),
                 "mnist_cnn" => Model::new(zoo::MnistCnn::load(&weights, &dev)?),
-                "mnist_small_cnn" => Model::new(zoo::layers::mnist_small_cnn().load(&weights, &dev)?),
+                "mnist_small_cnn" => {
+                    Model::new(zoo::layers::mnist_small_cnn().load(&weights, &dev)?)
+                }
                 other => {
                     return Err(Error::param(
                         "zoo",
@@ -302,7 +304,10 @@ impl Suite {
                 "mnist_sample" => Dataset::mnist_sample()?.test_split(),
                 other => return Err(Error::param("data", other, "mnist_sample")),
             };
-            Ok(RobustnessCase::from_model(model.named(model_name.clone()), data))
+            Ok(RobustnessCase::from_model(
+                model.named(model_name.clone()),
+                data,
+            ))
         }))
     }
 
@@ -323,7 +328,11 @@ impl Suite {
                 .as_ref()
                 .ok_or_else(|| at("no `model`; expected model = \"<name>\" or a list"))?
                 .to_vec();
-            let kinds = [t.attack.is_some(), t.certify.is_some(), t.perturbation.is_some()];
+            let kinds = [
+                t.attack.is_some(),
+                t.certify.is_some(),
+                t.perturbation.is_some(),
+            ];
             if kinds.iter().filter(|&&k| k).count() != 1 {
                 return Err(at(
                     "expected exactly one of `attack`, `certify` and `perturbation`",
@@ -344,7 +353,8 @@ impl Suite {
                                 name_part(&attack),
                                 name_part(&e.to_string())
                             );
-                            let spec = self.attack_spec(t, leak(&name), leak(&attack), e, &eps, dir);
+                            let spec =
+                                self.attack_spec(t, leak(&name), leak(&attack), e, &eps, dir);
                             out.push((name, model.clone(), Runnable::Attack(spec), t.ignore));
                         }
                     }
@@ -365,11 +375,10 @@ impl Suite {
                             .ok_or_else(|| at(&format!("`{certifier}` needs `{key}`")))?
                             .to_vec();
                         for &r in &radii {
-                            let name = format!(
-                                "{group}::{certifier}_{key}_{}",
-                                name_part(&r.to_string())
-                            );
-                            let spec = self.certify_spec(t, leak(&name), leak(&certifier), r, &radii, dir);
+                            let name =
+                                format!("{group}::{certifier}_{key}_{}", name_part(&r.to_string()));
+                            let spec =
+                                self.certify_spec(t, leak(&name), leak(&certifier), r, &radii, dir);
                             out.push((name, model.clone(), Runnable::Certify(spec), t.ignore));
                         }
                     }
@@ -405,7 +414,16 @@ impl Suite {
             ($($key:ident),*) => {$(if let Some(v) = &t.$key { s = s.$key(leak(v)); })*};
         }
         set!(min_acc, max_drop, confidence, baseline, tolerance, samples, batch_size, seed);
-        set!(steps, step_size, restarts, random_start, target_classes, queries, kappa, overshoot);
+        set!(
+            steps,
+            step_size,
+            restarts,
+            random_start,
+            target_classes,
+            queries,
+            kappa,
+            overshoot
+        );
         set_str!(device, norm, loss, masking_checks);
         if let Some(v) = t.targeted {
             s = s.targeted(v);
@@ -428,7 +446,15 @@ impl Suite {
         macro_rules! set {
             ($($key:ident),*) => {$(if let Some(v) = t.$key.clone() { s = s.$key(v); })*};
         }
-        set!(min_certified_acc, confidence, baseline, tolerance, samples, batch_size, seed);
+        set!(
+            min_certified_acc,
+            confidence,
+            baseline,
+            tolerance,
+            samples,
+            batch_size,
+            seed
+        );
         set!(sigma, n0, n, alpha);
         if let Some(v) = &t.device {
             s = s.device(leak(v));
@@ -447,8 +473,25 @@ impl Suite {
         macro_rules! set {
             ($($key:ident),*) => {$(if let Some(v) = t.$key.clone() { s = s.$key(v); })*};
         }
-        set!(min_invariance, confidence, baseline, tolerance, samples, batch_size, seed);
-        set!(sigma, cases, pixels, max_brightness, max_contrast, max_shift, max_degrees, patch);
+        set!(
+            min_invariance,
+            confidence,
+            baseline,
+            tolerance,
+            samples,
+            batch_size,
+            seed
+        );
+        set!(
+            sigma,
+            cases,
+            pixels,
+            max_brightness,
+            max_contrast,
+            max_shift,
+            max_degrees,
+            patch
+        );
         if let Some(v) = t.eps.as_ref().map(OneOrMany::to_vec) {
             if let Some(&e) = v.first() {
                 s = s.eps(e);

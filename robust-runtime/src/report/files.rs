@@ -141,7 +141,13 @@ fn image_shape(shape: &[usize]) -> (usize, usize, usize) {
 fn write_examples(path: &Path, examples: &[AdversarialExample]) -> Result<()> {
     let deltas: Vec<Vec<f32>> = examples
         .iter()
-        .map(|e| e.adversarial.iter().zip(&e.clean).map(|(a, c)| a - c).collect())
+        .map(|e| {
+            e.adversarial
+                .iter()
+                .zip(&e.clean)
+                .map(|(a, c)| a - c)
+                .collect()
+        })
         .collect();
     let mut rows = Vec::new();
     for (e, delta) in examples.iter().zip(&deltas) {
@@ -276,7 +282,10 @@ mod should {
             marked: Some(0.1),
         });
         // x: 64 + 432·x/0.2; y: 40 + 244·(1 − acc).
-        assert!(svg.contains("points=\"64.0,40.0 280.0,162.0 496.0,284.0\""), "{svg}");
+        assert!(
+            svg.contains("points=\"64.0,40.0 280.0,162.0 496.0,284.0\""),
+            "{svg}"
+        );
         assert!(svg.contains("mnist &lt;mlp&gt;"));
         assert!(svg.contains("stroke-dasharray"));
     }

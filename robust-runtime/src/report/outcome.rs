@@ -215,7 +215,10 @@ impl Outcome for CertificationReport {
     }
 
     fn curve(&self) -> Option<Curve> {
-        let mut points = vec![(0.0, self.clean_accuracy), (self.radius, self.certified_accuracy)];
+        let mut points = vec![
+            (0.0, self.clean_accuracy),
+            (self.radius, self.certified_accuracy),
+        ];
         points.extend(self.curve.iter().map(|p| (p.radius, p.certified_accuracy)));
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         points.dedup_by(|a, b| a.0 == b.0);
