@@ -26,6 +26,7 @@ use std::any::Any;
 
 use candle_core::{DType, Module, Tensor};
 
+use crate::defense::Preprocessed;
 use crate::nn::Sequential;
 
 use crate::{Error, Result};
@@ -142,6 +143,9 @@ pub struct Model {
     inner: Box<dyn Module>,
     /// The same network as layers, when the module is a [`Sequential`]: what certifiers bound.
     network: Option<Sequential>,
+    /// The BPDA twin, when the module is a [`Preprocessed`] model whose preprocessing blocks
+    /// gradients: what evaluations attack it through besides the plain attack.
+    adaptive: Option<Preprocessed>,
     normalize: Option<Normalize>,
     domain: InputDomain,
     name: String,
@@ -163,9 +167,14 @@ impl Model {
     /// not certified.
     pub fn new<M: Module + 'static>(module: M) -> Self {
         let network = (&module as &dyn Any).downcast_ref::<Sequential>().cloned();
+        let adaptive = (&module as &dyn Any)
+            .downcast_ref::<Preprocessed>()
+            .filter(|p| !p.is_bpda() && p.masks_gradients())
+            .map(Preprocessed::bpda);
         Model {
             inner: Box::new(module),
             network,
+            adaptive,
             normalize: None,
             domain: InputDomain::default(),
             name: "model".into(),
@@ -198,6 +207,18 @@ impl Model {
     /// The input domain.
     pub fn domain(&self) -> InputDomain {
         self.domain
+    }
+
+    /// The model to attack adaptively: for a model behind preprocessing that blocks gradients
+    /// (a [`Preprocessed`] median filter or bit-depth reduction), its BPDA twin, with the same
+    /// forward pass, normalisation, domain and name (`<name> (BPDA)`); `None` otherwise.
+    pub fn adaptive(&self) -> Option<Model> {
+        let twin = self.adaptive.clone()?;
+        let mut model = Model::new(twin)
+            .with_domain(self.domain)
+            .named(format!("{} (BPDA)", self.name));
+        model.normalize = self.normalize.clone();
+        Some(model)
     }
 
     /// The network as the certifiers see it: the [`Sequential`] the model was built from, with

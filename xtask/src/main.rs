@@ -1,9 +1,10 @@
 //! `cargo xtask <task>`: the project's maintenance tasks.
 //!
-//! - `fixtures [mlp|cnn|ibp|noise]…`: trains the reference models deterministically on the 4,000
+//! - `fixtures [mlp|cnn|ibp|noise|pgd]…`: trains the reference models deterministically on the 4,000
 //!   training digits of the MNIST sample and writes `tests/fixtures/mnist_{mlp,cnn}.safetensors`,
 //!   the certified-training models `mnist_ibp` (IBP) and `mnist_noise` (Gaussian σ = 0.25), plus the
-//!   1,000 test digits as `tests/reference/mnist_test.safetensors` for the PyTorch reference script.
+//!   1,000 test digits as `tests/reference/mnist_test.safetensors` for the PyTorch reference script;
+//!   `pgd` runs `examples/adversarial_training.rs` to write `mnist_cnn_pgd` (PGD-AT, ε = 0.1).
 //!   Tests never train: they load the committed files.
 //! - `review`: shows every pending baseline (`robust-baselines/*.json.new`, written by a local
 //!   `cargo test` whose metrics differ from the committed baseline) next to the baseline.
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         Some("bless") => bless(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise]\n       \
+                "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise] [pgd]\n       \
                  cargo xtask review\n       cargo xtask bless [--reject] [FILTER]"
             );
             return ExitCode::from(2);
@@ -171,6 +172,29 @@ fn fixtures(which: &[String]) -> Result<()> {
             train_certified(name, &config, &split.train, &split.test, &path)?;
         }
     }
+    // The adversarially trained CNN is what `examples/adversarial_training.rs` produces: the
+    // example is the recipe, so the two cannot drift apart.
+    if which.is_empty()
+        || which
+            .iter()
+            .any(|w| ["pgd", "cnn_pgd", "mnist_cnn_pgd"].contains(&w.as_str()))
+    {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--release",
+                "--example",
+                "adversarial_training",
+                "--",
+                "--out",
+            ])
+            .arg(root.join("tests/fixtures/mnist_cnn_pgd.safetensors"))
+            .current_dir(&root)
+            .status()?;
+        if !status.success() {
+            return Err(format!("adversarial training failed: {status}").into());
+        }
+    }
     Ok(())
 }
 
@@ -262,7 +286,7 @@ fn train_certified(
             )?;
             println!("{report}");
         }
-        Regime::Standard => {}
+        _ => {}
     }
     println!("wrote {}", path.display());
     Ok(())

@@ -11,9 +11,20 @@
 //!   from [`ibp`](crate::certify::ibp), ε ramped up linearly from 0 and κ from 1 down to
 //!   `kappa` after a warm-up, as in the paper.
 //!
+//! - [`Regime::Pgd`]: PGD adversarial training (Madry et al. 2018), cross-entropy on the PGD
+//!   example of each batch against the current weights.
+//! - [`Regime::Trades`]: TRADES (Zhang et al. 2019), clean cross-entropy plus β times the KL
+//!   divergence between the clean and the adversarial predictions.
+//!
+//! [`Preprocessed`] puts preprocessing defences ([`Preprocessor`]: median filter, bit-depth
+//! reduction, Gaussian blur) in front of a model; evaluations attack it plainly *and* through
+//! its BPDA twin (Athalye et al. 2018), so a defence that only breaks gradients cannot pass.
+//!
 //! Everything random (initialisation, batch order, noise) comes from one seeded [`Rng`](crate::Rng), so a
 //! run is reproducible bit for bit on the CPU.
 
+mod preprocess;
 mod train;
 
+pub use preprocess::{Preprocessed, Preprocessor};
 pub use train::{init_like_pytorch, train, EpochStats, Regime, TrainConfig};

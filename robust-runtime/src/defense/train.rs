@@ -1,14 +1,16 @@
 //! The training loop shared by every regime.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
+use crate::attack::{kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel};
 use crate::certify::{self, ibp};
 use crate::nn::{Sequential, SequentialBuilder};
-use crate::{Dataset, Error, InputDomain, Result, Rng};
+use crate::{Dataset, Error, InputDomain, Model, Result, Rng};
 
 /// What the loss is computed on.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Regime {
     /// Clean inputs.
     Standard,
@@ -27,6 +29,30 @@ pub enum Regime {
         ramp_epochs: usize,
         /// Final weight of the clean loss.
         kappa: f64,
+    },
+    /// PGD adversarial training (Madry et al. 2018): cross-entropy on the L∞ PGD example of
+    /// each batch, found against the current weights (random start, `steps` steps of
+    /// `step_size`, default 2.5·ε/steps).
+    Pgd {
+        /// Training radius (L∞, input units).
+        eps: f64,
+        /// PGD iterations per batch.
+        steps: usize,
+        /// Step α; `None`: 2.5·ε/steps.
+        step_size: Option<f64>,
+    },
+    /// TRADES (Zhang et al. 2019): `CE(f(x), y) + β·KL(f(x) ‖ f(x'))`, with `x'` maximising the
+    /// KL term in the L∞ ε-ball (start `x + 0.001·N(0, 1)`, `steps` sign-gradient steps of
+    /// `step_size`, default 2.5·ε/steps).
+    Trades {
+        /// Training radius (L∞, input units).
+        eps: f64,
+        /// Inner maximisation steps per batch.
+        steps: usize,
+        /// Step α; `None`: 2.5·ε/steps.
+        step_size: Option<f64>,
+        /// Weight β of the robustness term (the paper uses 1 to 6).
+        beta: f64,
     },
 }
 
@@ -67,6 +93,34 @@ impl TrainConfig {
                 return Err(Error::param("sigma", sigma, "a finite noise level > 0"));
             }
             Regime::GaussianNoise { .. } => {}
+            Regime::Pgd {
+                eps,
+                steps,
+                step_size,
+            }
+            | Regime::Trades {
+                eps,
+                steps,
+                step_size,
+                ..
+            } => {
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(Error::param("eps", eps, "a finite radius > 0"));
+                }
+                if steps == 0 {
+                    return Err(Error::param("steps", steps, "at least 1"));
+                }
+                if let Some(a) = step_size {
+                    if !(a.is_finite() && a > 0.0) {
+                        return Err(Error::param("step_size", a, "a finite step > 0"));
+                    }
+                }
+                if let Regime::Trades { beta, .. } = self.regime {
+                    if !(beta.is_finite() && beta >= 0.0) {
+                        return Err(Error::param("beta", beta, "a finite weight ≥ 0"));
+                    }
+                }
+            }
             Regime::Ibp { eps, kappa, .. } => {
                 if !(eps.is_finite() && eps > 0.0) {
                     return Err(Error::param("eps", eps, "a finite radius > 0"));
@@ -138,6 +192,34 @@ pub fn train(
                     let noise = (Tensor::from_vec(noise, x.shape(), &device)? * sigma)?;
                     ce(&net.forward(&(x + noise)?)?, &batch.labels)?
                 }
+                Regime::Pgd {
+                    eps,
+                    steps,
+                    step_size,
+                } => {
+                    let adv = pgd_examples(
+                        &net,
+                        &x,
+                        &batch.labels,
+                        domain,
+                        eps,
+                        steps,
+                        step_size,
+                        &mut rng,
+                    )?;
+                    ce(&net.forward(&adv)?, &batch.labels)?
+                }
+                Regime::Trades {
+                    eps,
+                    steps,
+                    step_size,
+                    beta,
+                } => {
+                    let logits = net.forward(&x)?;
+                    let adv = trades_examples(&net, &x, domain, eps, steps, step_size, &mut rng)?;
+                    let robust = kl_clean_to_adv(&logits, &net.forward(&adv)?)?;
+                    (ce(&logits, &batch.labels)? + (robust * beta)?)?
+                }
                 Regime::Ibp {
                     eps,
                     warmup_epochs,
@@ -182,6 +264,78 @@ pub fn train(
         )?;
     }
     Ok((varmap, net))
+}
+
+/// The L∞ PGD examples of a batch against the current weights (detached: the attack computes
+/// input gradients only).
+#[allow(clippy::too_many_arguments)]
+fn pgd_examples(
+    net: &Sequential,
+    x: &Tensor,
+    labels: &Tensor,
+    domain: InputDomain,
+    eps: f64,
+    steps: usize,
+    step_size: Option<f64>,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    let frozen = Model::new(net.detach()).with_domain(domain);
+    let classes = net.output_shape().last().copied().unwrap_or(1);
+    let pgd = Pgd::new(PgdConfig {
+        eps,
+        steps,
+        step_size,
+        ..PgdConfig::default()
+    })?;
+    let batch = AttackBatch::untargeted(x, labels, classes);
+    Ok(pgd.perturb(&frozen, &batch, rng)?.detach())
+}
+
+/// TRADES' inner maximisation: sign-gradient ascent on `KL(f(x) ‖ f(x'))` from
+/// `x + 0.001·N(0, 1)`, projected onto the L∞ ε-ball and the domain after every step.
+fn trades_examples(
+    net: &Sequential,
+    x: &Tensor,
+    domain: InputDomain,
+    eps: f64,
+    steps: usize,
+    step_size: Option<f64>,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    let frozen = net.detach();
+    let threat = ThreatModel {
+        norm: Norm::Linf,
+        eps,
+    };
+    let alpha = step_size.unwrap_or(2.5 * eps / steps as f64);
+    let clean = frozen.forward(x)?.detach();
+    let noise = Tensor::from_vec(rng.normal_vec(x.elem_count()), x.shape(), x.device())?;
+    let mut adv = kernel::project(&(x + (noise * 0.001)?)?, x, &threat, domain)?;
+    for _ in 0..steps {
+        let var = Var::from_tensor(&adv)?;
+        let kl = kl_clean_to_adv(&clean, &frozen.forward(var.as_tensor())?)?;
+        let grads = kl.backward()?;
+        let grad = match grads.get(var.as_tensor()) {
+            Some(g) => g.clone(),
+            None => adv.zeros_like()?,
+        };
+        adv = kernel::project(
+            &kernel::ascend(&adv, &grad, Norm::Linf, alpha)?,
+            x,
+            &threat,
+            domain,
+        )?;
+    }
+    Ok(adv.detach())
+}
+
+/// `KL(softmax(clean) ‖ softmax(adv))`, averaged over the batch (PyTorch's
+/// `KLDivLoss(reduction="batchmean")` on `log_softmax(adv)` and `softmax(clean)`, as TRADES).
+fn kl_clean_to_adv(clean: &Tensor, adv: &Tensor) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(clean, D::Minus1)?;
+    let log_q = candle_nn::ops::log_softmax(adv, D::Minus1)?;
+    let n = clean.dim(0)? as f64;
+    Ok(((log_p.exp()? * (log_p - log_q)?)?.sum_all()? / n)?)
 }
 
 fn ce(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {

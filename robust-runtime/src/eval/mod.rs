@@ -139,6 +139,25 @@ impl Default for RunConfig {
     }
 }
 
+/// Share of `data` that `model` classifies correctly, in batches of 250 on the data's device.
+pub fn clean_accuracy(model: &Model, data: &Dataset) -> Result<f64> {
+    if data.is_empty() {
+        return Err(Error::Data("no samples to measure accuracy on".into()));
+    }
+    let mut correct = 0usize;
+    for batch in data.batches(250, &data.inputs().device().clone()) {
+        let batch = batch?;
+        let labels = &data.labels()[batch.range.clone()];
+        correct += model
+            .predict(&batch.inputs)?
+            .iter()
+            .zip(labels)
+            .filter(|(p, y)| p == y)
+            .count();
+    }
+    Ok(correct as f64 / data.len() as f64)
+}
+
 /// Attacks the case's data batch by batch and measures the outcome. The report has no checks
 /// yet: see [`RobustnessReport::check`].
 pub fn evaluate(
@@ -158,8 +177,22 @@ pub fn evaluate(
         Some(n) => case.data.take(n)?,
         None => case.data.clone(),
     };
+    let plain = attack_model(&case.model, &data, attack, cfg)?;
+    let Some(twin) = case.model.adaptive() else {
+        return Ok(plain);
+    };
+    let adaptive = attack_model(&twin, &data, attack, cfg)?;
+    Ok(report::combine_adaptive(plain, adaptive, attack, cfg))
+}
+
+/// [`evaluate`] on `data` with `model`, without the adaptive second run.
+fn attack_model(
+    model: &Model,
+    data: &Dataset,
+    attack: &dyn Attack,
+    cfg: &RunConfig,
+) -> Result<RobustnessReport> {
     let started = Instant::now();
-    let model = &case.model;
     let mut rng = Rng::seed_from_u64(cfg.seed);
     let mut outcomes = Vec::with_capacity(data.len());
     let mut classes: Option<usize> = None;

@@ -208,6 +208,10 @@ pub struct RobustnessReport {
     /// For ensembles: robust accuracy after each member of the cascade.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<Stage>,
+    /// For a model behind gradient-blocking preprocessing: the plain attack and the attack
+    /// through the BPDA twin, side by side (the report's numbers count the worse of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<Adaptive>,
     /// Signs of gradient masking found by [`super::masking::diagnose`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masking: Vec<super::masking::MaskingSymptom>,
@@ -223,6 +227,88 @@ pub struct RobustnessReport {
     /// first (at most [`WORST_EXAMPLES`]): what the report's picture shows. Not serialised.
     #[serde(skip)]
     pub worst: Vec<AdversarialExample>,
+}
+
+/// The two runs of an adaptive evaluation (Athalye et al. 2018).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// How the second run got its gradients (`BPDA (straight-through)`).
+    pub method: String,
+    /// Samples robust under the plain attack (gradients through the preprocessing).
+    pub plain_robust_correct: usize,
+    /// `plain_robust_correct / samples`.
+    pub plain_robust_accuracy: f64,
+    /// Samples robust under the adaptive attack.
+    pub adaptive_robust_correct: usize,
+    /// `adaptive_robust_correct / samples`.
+    pub adaptive_robust_accuracy: f64,
+}
+
+/// One report from the plain and the adaptive run of the same attack: each sample counts as
+/// broken if either run broke it (for minimal attacks, the smaller successful perturbation).
+pub(crate) fn combine_adaptive(
+    plain: RobustnessReport,
+    adaptive: RobustnessReport,
+    attack: &dyn Attack,
+    cfg: &RunConfig,
+) -> RobustnessReport {
+    let threat = attack.threat();
+    let outcomes: Vec<SampleOutcome> = plain
+        .per_sample
+        .iter()
+        .zip(&adaptive.per_sample)
+        .map(|(p, a)| {
+            let minimal = match (p.minimal, a.minimal) {
+                (Some(mp), Some(ma)) => {
+                    let broken = |m: &Minimal| m.pred != p.label;
+                    Some(match (broken(&mp), broken(&ma)) {
+                        (true, true) if ma.norm(threat.norm) < mp.norm(threat.norm) => ma,
+                        (true, _) => mp,
+                        _ => ma,
+                    })
+                }
+                (m, other) => m.or(other),
+            };
+            let chosen = if !p.is_robust() && p.is_clean_correct() {
+                p
+            } else {
+                a
+            };
+            SampleOutcome {
+                minimal,
+                ..chosen.clone()
+            }
+        })
+        .collect();
+    let mut report = RobustnessReport::from_outcomes(
+        plain.test.clone(),
+        plain.model.clone(),
+        attack,
+        cfg,
+        outcomes,
+        plain.seconds + adaptive.seconds,
+    );
+    if report.per_sample.iter().any(|s| s.minimal.is_some()) {
+        let mut sweep = cfg.sweep.clone();
+        sweep.push(threat.eps);
+        report.curve = curve(&report.per_sample, threat.norm, &sweep);
+    }
+    report.stages = adaptive.stages.clone();
+    let mut worst: Vec<AdversarialExample> =
+        plain.worst.into_iter().chain(adaptive.worst).collect();
+    worst.sort_by(|a, b| b.margin.total_cmp(&a.margin));
+    let mut seen = std::collections::HashSet::new();
+    worst.retain(|w| seen.insert(w.index));
+    worst.truncate(WORST_EXAMPLES);
+    report.worst = worst;
+    report.adaptive = Some(Adaptive {
+        method: "BPDA (straight-through)".into(),
+        plain_robust_correct: plain.robust_correct,
+        plain_robust_accuracy: plain.robust_accuracy,
+        adaptive_robust_correct: adaptive.robust_correct,
+        adaptive_robust_accuracy: adaptive.robust_accuracy,
+    });
+    report
 }
 
 /// How many adversarial examples a report keeps for its picture.
@@ -295,6 +381,7 @@ impl RobustnessReport {
             seconds,
             fingerprint: None,
             curve: Vec::new(),
+            adaptive: None,
             stages: Vec::new(),
             masking: Vec::new(),
             checks: Vec::new(),
@@ -505,6 +592,20 @@ impl fmt::Display for RobustnessReport {
                 .map(|p| format!("ε {}: {}", p.eps, pct(p.robust_accuracy)))
                 .collect();
             writeln!(f, "  {:<18} {}", "robustness curve", points.join(", "))?;
+        }
+        if let Some(a) = &self.adaptive {
+            writeln!(
+                f,
+                "  {:<18} {:>8}  ({}/{}) under the plain attack, {} ({}/{}) through {}",
+                "adaptive",
+                pct(a.plain_robust_accuracy),
+                a.plain_robust_correct,
+                self.samples,
+                pct(a.adaptive_robust_accuracy),
+                a.adaptive_robust_correct,
+                self.samples,
+                a.method
+            )?;
         }
         for (i, stage) in self.stages.iter().enumerate() {
             writeln!(

@@ -349,14 +349,21 @@ impl TestSpec {
                 Arc::clone(all.entry(group).or_default())
             };
             let mut shared = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Behind gradient-blocking preprocessing, the gradients to judge are the BPDA
+            // twin's, which the evaluation attacked through.
+            let twin = case
+                .model()
+                .adaptive()
+                .map(|m| RobustnessCase::from_model(m, case.data().clone()));
+            let judged = twin.as_ref().unwrap_or(&case);
             if shared.is_none() {
-                *shared = Some(masking::diagnose_model(&case, params.norm, &cfg)?);
+                *shared = Some(masking::diagnose_model(judged, params.norm, &cfg)?);
             }
             report.masking = shared.clone().unwrap_or_default();
             drop(shared);
             report
                 .masking
-                .extend(masking::diagnose_eps(&case, attack.threat(), &cfg)?);
+                .extend(masking::diagnose_eps(judged, attack.threat(), &cfg)?);
             if let Some(ensemble) = attack.as_ensemble() {
                 let black_box: Vec<bool> = ensemble
                     .members()
