@@ -171,6 +171,30 @@ fn feature_squeezing_is_evaluated_through_bpda_too() {
     );
 }
 
+/// A randomized defence (fresh Gaussian noise on every forward pass) is attacked twice: with
+/// the gradient of one draw, and with EOT (gradients averaged over 16 draws).
+#[test]
+fn a_randomized_defence_is_evaluated_with_eot() {
+    let model = Model::new(
+        Preprocessed::new(
+            vec![Preprocessor::GaussianNoise { sigma: 0.5 }],
+            common::cnn().unwrap(),
+        )
+        .unwrap()
+        .with_seed(3),
+    );
+    assert_eq!(model.adaptive_method(), Some("EOT"));
+    assert_eq!(model.adaptive().unwrap().eot_draws(), 16);
+    let report = run(model, 40, &pgd(0.1, 5));
+    println!("{report}");
+    let a = report.adaptive.as_ref().expect("adaptive evaluation ran");
+    assert_eq!(a.method, "EOT");
+    assert!(
+        a.adaptive_robust_accuracy < a.plain_robust_accuracy,
+        "{report}"
+    );
+}
+
 /// A differentiable preprocessing (Gaussian blur) needs no BPDA: one plain run.
 #[test]
 fn a_differentiable_preprocessing_is_attacked_directly() {
@@ -199,6 +223,61 @@ fn a_generated_test_on_a_defended_model_reports_the_adaptive_numbers() {
         .to_string();
     assert!(err.contains("min_acc 85.00 % does not hold"), "{err}");
     assert!(err.contains("under the plain attack"), "{err}");
+}
+
+/// A run interrupted after epoch 1 resumes at epoch 2 from its checkpoint; a checkpoint of
+/// another configuration is refused.
+#[test]
+fn training_resumes_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Dataset::mnist_sample()
+        .unwrap()
+        .train_split()
+        .take(200)
+        .unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 20,
+        learning_rate: 1e-3,
+        seed: 1,
+        regime: Regime::Standard,
+    };
+    let train = |config: &TrainConfig, stop_after: usize, seen: &mut Vec<usize>| {
+        defense::train_resumable(
+            zoo::layers::mnist_mlp(),
+            &data,
+            InputDomain::default(),
+            config,
+            Some(dir.path()),
+            |_, stats| {
+                seen.push(stats.epoch);
+                if stats.epoch == stop_after {
+                    Err(robust_runtime::Error::Data("interrupted".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .map(|(_, net)| net)
+    };
+    let mut seen = Vec::new();
+    assert!(train(&config, 1, &mut seen).is_err());
+    assert_eq!(seen, [1]);
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"epoch\": 1"), "{state}");
+    let mut seen = Vec::new();
+    let net = train(&config, 0, &mut seen).unwrap();
+    assert_eq!(seen, [2], "the resumed run starts at epoch 2");
+    assert!(robust_runtime::eval::clean_accuracy(&Model::new(net.detach()), &data).unwrap() > 0.5);
+    let other = TrainConfig {
+        learning_rate: 1e-2,
+        ..config
+    };
+    let e = train(&other, 0, &mut Vec::new())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("it was written by"), "{e}");
 }
 
 #[test]

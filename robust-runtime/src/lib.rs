@@ -54,7 +54,7 @@ pub use data::Dataset;
 pub use error::{Error, Result};
 pub use eval::{InvarianceReport, RobustnessCase, RobustnessReport};
 pub use model::{InputDomain, Model, Normalize};
-pub use rng::Rng;
+pub use rng::{Rng, RngState};
 pub use robust_macros::robustness_test;
 
 /// What a robustness test file needs: `use robust_runtime::prelude::*;`.

@@ -146,6 +146,8 @@ pub struct Model {
     /// The BPDA twin, when the module is a [`Preprocessed`] model whose preprocessing blocks
     /// gradients: what evaluations attack it through besides the plain attack.
     adaptive: Option<Preprocessed>,
+    /// Gradient draws attacks average over (EOT): > 1 for the twin of a randomized defence.
+    eot: usize,
     normalize: Option<Normalize>,
     domain: InputDomain,
     name: String,
@@ -167,14 +169,16 @@ impl Model {
     /// not certified.
     pub fn new<M: Module + 'static>(module: M) -> Self {
         let network = (&module as &dyn Any).downcast_ref::<Sequential>().cloned();
-        let adaptive = (&module as &dyn Any)
-            .downcast_ref::<Preprocessed>()
-            .filter(|p| !p.is_bpda() && p.masks_gradients())
+        let preprocessed = (&module as &dyn Any).downcast_ref::<Preprocessed>();
+        let adaptive = preprocessed
+            .filter(|p| !p.is_bpda() && (p.masks_gradients() || p.is_randomized()))
             .map(Preprocessed::bpda);
+        let eot = preprocessed.map_or(1, Preprocessed::eot_draws);
         Model {
             inner: Box::new(module),
             network,
             adaptive,
+            eot,
             normalize: None,
             domain: InputDomain::default(),
             name: "model".into(),
@@ -210,15 +214,28 @@ impl Model {
     }
 
     /// The model to attack adaptively: for a model behind preprocessing that blocks gradients
-    /// (a [`Preprocessed`] median filter or bit-depth reduction), its BPDA twin, with the same
-    /// forward pass, normalisation, domain and name (`<name> (BPDA)`); `None` otherwise.
+    /// (a [`Preprocessed`] median filter or bit-depth reduction) or is random, its BPDA/EOT
+    /// twin, with the same forward pass, normalisation, domain and name (`<name> (BPDA)`);
+    /// `None` otherwise.
     pub fn adaptive(&self) -> Option<Model> {
         let twin = self.adaptive.clone()?;
+        let method = twin.adaptive_method();
         let mut model = Model::new(twin)
             .with_domain(self.domain)
-            .named(format!("{} (BPDA)", self.name));
+            .named(format!("{} ({method})", self.name));
         model.normalize = self.normalize.clone();
         Some(model)
+    }
+
+    /// How [`Model::adaptive`]'s gradients are obtained (`BPDA (straight-through)`, `EOT`, …).
+    pub fn adaptive_method(&self) -> Option<&'static str> {
+        self.adaptive.as_ref().map(Preprocessed::adaptive_method)
+    }
+
+    /// Gradient draws attacks average over: 1, or [`crate::defense::EOT_DRAWS`] for the
+    /// adaptive twin of a randomized defence (Expectation over Transformation).
+    pub fn eot_draws(&self) -> usize {
+        self.eot
     }
 
     /// The network as the certifiers see it: the [`Sequential`] the model was built from, with

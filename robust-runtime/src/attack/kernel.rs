@@ -38,15 +38,31 @@ pub(crate) fn objective_grad_logits(
     x: &Tensor,
     objective: &Objective,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let var = Var::from_tensor(&x.detach())?;
-    let logits = model.logits(var.as_tensor())?;
-    let per_sample = objective.per_sample(&logits)?;
-    let grads = per_sample.sum_all()?.backward()?;
-    let grad = match grads.get(var.as_tensor()) {
-        Some(g) => g.clone(),
-        None => x.zeros_like()?,
-    };
-    Ok((per_sample.detach(), grad, logits.detach()))
+    // A randomized model (the EOT twin of a randomized defence) is differentiated in
+    // expectation: objective, gradient and logits averaged over its draws.
+    let draws = model.eot_draws().max(1);
+    let mut total: Option<(Tensor, Tensor, Tensor)> = None;
+    for _ in 0..draws {
+        let var = Var::from_tensor(&x.detach())?;
+        let logits = model.logits(var.as_tensor())?;
+        let per_sample = objective.per_sample(&logits)?;
+        let grads = per_sample.sum_all()?.backward()?;
+        let grad = match grads.get(var.as_tensor()) {
+            Some(g) => g.clone(),
+            None => x.zeros_like()?,
+        };
+        let (v, l) = (per_sample.detach(), logits.detach());
+        total = Some(match total {
+            None => (v, grad, l),
+            Some((tv, tg, tl)) => ((tv + v)?, (tg + grad)?, (tl + l)?),
+        });
+    }
+    let (v, g, l) = total.expect("at least one draw");
+    if draws == 1 {
+        return Ok((v, g, l));
+    }
+    let n = draws as f64;
+    Ok(((v / n)?, (g / n)?, (l / n)?))
 }
 
 /// The logits at `x` (`N × C`, f32) and the input gradient of every class logit, stacked as

@@ -26,5 +26,5 @@
 mod preprocess;
 mod train;
 
-pub use preprocess::{Preprocessed, Preprocessor};
-pub use train::{init_like_pytorch, train, EpochStats, Regime, TrainConfig};
+pub use preprocess::{Preprocessed, Preprocessor, EOT_DRAWS};
+pub use train::{init_like_pytorch, train, train_resumable, EpochStats, Regime, TrainConfig};

@@ -18,12 +18,12 @@
 //! a [`Preprocessed`] model twice, plainly and through its BPDA twin, and counts a sample
 //! robust only if both fail; the report shows both numbers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Module, Tensor};
 
 use crate::model::Model;
-use crate::{Error, Result};
+use crate::{Error, Result, Rng};
 
 /// One input transformation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +44,16 @@ pub enum Preprocessor {
         /// Standard deviation, in pixels.
         sigma: f64,
     },
+    /// Randomized: adds fresh `N(0, σ²)` noise to every input on every forward pass (a
+    /// randomized defence; evaluated with EOT).
+    GaussianNoise {
+        /// Standard deviation, in input units.
+        sigma: f64,
+    },
 }
+
+/// Gradient draws EOT averages for a randomized defence (Athalye et al. 2018, §4.3).
+pub const EOT_DRAWS: usize = 16;
 
 impl Preprocessor {
     /// Rejects parameters no defence can use.
@@ -59,13 +68,24 @@ impl Preprocessor {
             Preprocessor::GaussianBlur { sigma } if !(sigma.is_finite() && sigma > 0.0) => Err(
                 Error::param("sigma", sigma, "a finite standard deviation > 0, in pixels"),
             ),
+            Preprocessor::GaussianNoise { sigma } if !(sigma.is_finite() && sigma > 0.0) => Err(
+                Error::param("sigma", sigma, "a finite noise level > 0, in input units"),
+            ),
             _ => Ok(()),
         }
     }
 
-    /// Whether candle can differentiate through it (only the blur).
+    /// Whether candle can differentiate through it (the blur and the noise).
     pub fn is_differentiable(&self) -> bool {
-        matches!(self, Preprocessor::GaussianBlur { .. })
+        matches!(
+            self,
+            Preprocessor::GaussianBlur { .. } | Preprocessor::GaussianNoise { .. }
+        )
+    }
+
+    /// Whether it is random (a new draw on every forward pass).
+    pub fn is_randomized(&self) -> bool {
+        matches!(self, Preprocessor::GaussianNoise { .. })
     }
 
     /// `name(parameter)`, for reports.
@@ -74,12 +94,18 @@ impl Preprocessor {
             Preprocessor::MedianFilter { kernel } => format!("median filter {kernel}×{kernel}"),
             Preprocessor::BitDepth { bits } => format!("bit depth {bits}"),
             Preprocessor::GaussianBlur { sigma } => format!("Gaussian blur σ = {sigma}"),
+            Preprocessor::GaussianNoise { sigma } => format!("Gaussian noise σ = {sigma}"),
         }
     }
 
-    /// Applies it to a batch `N × C × H × W` (or `N × H × W`).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    /// Applies it to a batch `N × C × H × W` (or `N × H × W`); random steps draw from `rng`.
+    pub fn apply(&self, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         self.check()?;
+        if let Preprocessor::GaussianNoise { sigma } = *self {
+            let noise = Tensor::from_vec(rng.normal_vec(x.elem_count()), x.shape(), x.device())?
+                .to_dtype(x.dtype())?;
+            return Ok((x + (noise * sigma)?)?);
+        }
         let dims = x.dims().to_vec();
         let (n, c, h, w) = match dims.as_slice() {
             [n, c, h, w] => (*n, *c, *h, *w),
@@ -96,6 +122,7 @@ impl Preprocessor {
             }
         };
         match *self {
+            Preprocessor::GaussianNoise { .. } => unreachable!("handled above"),
             Preprocessor::BitDepth { bits } => {
                 let levels = ((1u32 << bits) - 1) as f32;
                 let values: Vec<f32> = x
@@ -183,6 +210,10 @@ pub struct Preprocessed {
     steps: Vec<Preprocessor>,
     model: Arc<Model>,
     straight_through: bool,
+    eot: usize,
+    /// The stream random steps draw from, shared with the adaptive twin so a run's draws
+    /// follow one seeded sequence.
+    rng: Arc<Mutex<Rng>>,
 }
 
 impl std::fmt::Debug for Preprocessed {
@@ -191,6 +222,7 @@ impl std::fmt::Debug for Preprocessed {
             .field("steps", &self.steps)
             .field("model", &self.model.name())
             .field("straight_through", &self.straight_through)
+            .field("eot", &self.eot)
             .finish()
     }
 }
@@ -212,19 +244,29 @@ impl Preprocessed {
             steps,
             model: Arc::new(model),
             straight_through: false,
+            eot: 1,
+            rng: Arc::new(Mutex::new(Rng::seed_from_u64(0))),
         })
     }
 
-    /// The BPDA twin: the same forward pass, with the identity as the backward pass of every
-    /// non-differentiable step (differentiable steps keep their true gradient).
+    /// Seeds the random steps (default 0).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = Arc::new(Mutex::new(Rng::seed_from_u64(seed)));
+        self
+    }
+
+    /// The adaptive twin: the same forward pass, with the identity as the backward pass of every
+    /// non-differentiable step (BPDA; differentiable steps keep their true gradient), and, when
+    /// a step is random, gradients averaged over [`EOT_DRAWS`] draws (EOT).
     pub fn bpda(&self) -> Self {
         Preprocessed {
             straight_through: true,
+            eot: if self.is_randomized() { EOT_DRAWS } else { 1 },
             ..self.clone()
         }
     }
 
-    /// Whether this is the BPDA twin.
+    /// Whether this is the adaptive twin.
     pub fn is_bpda(&self) -> bool {
         self.straight_through
     }
@@ -232,6 +274,27 @@ impl Preprocessed {
     /// Whether some step blocks gradients (so a BPDA evaluation is needed).
     pub fn masks_gradients(&self) -> bool {
         self.steps.iter().any(|s| !s.is_differentiable())
+    }
+
+    /// Whether some step is random (so an EOT evaluation is needed).
+    pub fn is_randomized(&self) -> bool {
+        self.steps.iter().any(Preprocessor::is_randomized)
+    }
+
+    /// Gradient draws an attack should average over (1 unless this is the twin of a randomized
+    /// defence).
+    pub fn eot_draws(&self) -> usize {
+        self.eot
+    }
+
+    /// How the twin's gradients are obtained, for reports.
+    pub fn adaptive_method(&self) -> &'static str {
+        match (self.masks_gradients(), self.is_randomized()) {
+            (true, true) => "BPDA + EOT",
+            (true, false) => "BPDA (straight-through)",
+            (false, true) => "EOT",
+            (false, false) => "exact gradients",
+        }
     }
 
     /// The steps, in order.
@@ -248,7 +311,10 @@ impl Preprocessed {
     fn preprocess(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.clone();
         for step in &self.steps {
-            let next = step.apply(&y)?;
+            let next = {
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                step.apply(&y, &mut rng)?
+            };
             y = if self.straight_through && !step.is_differentiable() {
                 // Forward: next. Backward: identity.
                 (&y + (next - &y)?.detach())?
@@ -284,7 +350,9 @@ mod should {
     fn median_filter_like_scipy_with_reflected_borders() {
         // scipy.ndimage.median_filter(np.arange(16.).reshape(4, 4), size=3, mode="reflect")
         let x = image(&(0..16).map(|v| v as f32).collect::<Vec<_>>(), 4, 4);
-        let y = Preprocessor::MedianFilter { kernel: 3 }.apply(&x).unwrap();
+        let y = Preprocessor::MedianFilter { kernel: 3 }
+            .apply(&x, &mut Rng::seed_from_u64(0))
+            .unwrap();
         assert_eq!(
             values(&y),
             [1., 2., 3., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 12., 13., 14.]
@@ -293,7 +361,7 @@ mod should {
         let mut spike = vec![0.0f32; 25];
         spike[12] = 1.0;
         let y = Preprocessor::MedianFilter { kernel: 3 }
-            .apply(&image(&spike, 5, 5))
+            .apply(&image(&spike, 5, 5), &mut Rng::seed_from_u64(0))
             .unwrap();
         assert!(values(&y).iter().all(|&v| v == 0.0));
     }
@@ -301,9 +369,13 @@ mod should {
     #[test]
     fn bit_depth_rounds_to_the_levels_half_to_even() {
         let x = image(&[0.0, 0.1, 0.5, 0.74, 0.76, 1.0], 2, 3);
-        let y = Preprocessor::BitDepth { bits: 1 }.apply(&x).unwrap();
+        let y = Preprocessor::BitDepth { bits: 1 }
+            .apply(&x, &mut Rng::seed_from_u64(0))
+            .unwrap();
         assert_eq!(values(&y), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
-        let y = Preprocessor::BitDepth { bits: 2 }.apply(&x).unwrap();
+        let y = Preprocessor::BitDepth { bits: 2 }
+            .apply(&x, &mut Rng::seed_from_u64(0))
+            .unwrap();
         assert_eq!(values(&y), [0.0, 0.0, 2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0, 1.0]);
     }
 
@@ -311,14 +383,14 @@ mod should {
     fn gaussian_blur_keeps_constants_and_spreads_a_spike_symmetrically() {
         let flat = image(&[0.5; 25], 5, 5);
         let y = Preprocessor::GaussianBlur { sigma: 1.0 }
-            .apply(&flat)
+            .apply(&flat, &mut Rng::seed_from_u64(0))
             .unwrap();
         assert!(values(&y).iter().all(|v| (v - 0.5).abs() < 1e-6));
         let mut spike = vec![0.0f32; 49];
         spike[24] = 1.0;
         let y = values(
             &Preprocessor::GaussianBlur { sigma: 1.0 }
-                .apply(&image(&spike, 7, 7))
+                .apply(&image(&spike, 7, 7), &mut Rng::seed_from_u64(0))
                 .unwrap(),
         );
         // Separable weights: centre g(0)², neighbour g(0)·g(1), with g normalised over ±3.

@@ -1,5 +1,7 @@
 //! The training loop shared by every regime.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
@@ -155,6 +157,36 @@ pub fn train(
     data: &Dataset,
     domain: InputDomain,
     config: &TrainConfig,
+    on_epoch: impl FnMut(&Sequential, EpochStats) -> Result<()>,
+) -> Result<(VarMap, Sequential)> {
+    train_resumable(layers, data, domain, config, None, on_epoch)
+}
+
+/// What a checkpoint folder holds besides the weights (`weights.safetensors`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CheckpointState {
+    /// Epochs completed.
+    epoch: usize,
+    /// Optimiser steps taken.
+    step: usize,
+    /// The configuration that produced it, as text: a checkpoint of another run is refused.
+    config: String,
+    /// The RNG right after the last completed epoch.
+    rng: crate::rng::RngState,
+}
+
+/// [`train`] that writes a checkpoint into `checkpoint` after every epoch (`weights.safetensors`
+/// and `state.json`) and, when one is there, resumes after its last completed epoch with the
+/// same weights, step count and RNG position, so batch order, noise and attack starts continue
+/// where they stopped. AdamW's moment estimates are not in the checkpoint (candle keeps them
+/// private), so they restart at the resumed epoch: a resumed run is close to, not bit-identical
+/// with, an uninterrupted one. A checkpoint written with another configuration is an error.
+pub fn train_resumable(
+    layers: SequentialBuilder,
+    data: &Dataset,
+    domain: InputDomain,
+    config: &TrainConfig,
+    checkpoint: Option<&Path>,
     mut on_epoch: impl FnMut(&Sequential, EpochStats) -> Result<()>,
 ) -> Result<(VarMap, Sequential)> {
     config.check()?;
@@ -176,7 +208,40 @@ pub fn train(
     let started = std::time::Instant::now();
     let mut step = 0usize;
     let mut eps_now = 0.0;
-    for epoch in 1..=config.epochs {
+    let mut first_epoch = 1;
+    let described = format!("{config:?}, {} samples", data.len());
+    if let Some(dir) = checkpoint {
+        let state_path = dir.join("state.json");
+        if state_path.exists() {
+            let text =
+                std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+            let state: CheckpointState = serde_json::from_str(&text)
+                .map_err(|e| Error::format("checkpoint", &state_path, e.to_string()))?;
+            if state.config != described {
+                return Err(Error::format(
+                    "checkpoint",
+                    &state_path,
+                    format!(
+                        "it was written by `{}`; expected `{described}` (use another folder or \
+                         delete it)",
+                        state.config
+                    ),
+                ));
+            }
+            let mut vm = varmap.clone();
+            vm.load(dir.join("weights.safetensors"))?;
+            rng = Rng::from_state(&state.rng).ok_or_else(|| {
+                Error::format("checkpoint", &state_path, "an unreadable RNG state")
+            })?;
+            first_epoch = state.epoch + 1;
+            step = state.step;
+        }
+    }
+    for epoch in first_epoch..=config.epochs {
+        let mut progress = crate::progress::Progress::new(
+            &format!("training epoch {epoch}/{}", config.epochs),
+            data.len(),
+        );
         let mut order: Vec<usize> = (0..data.len()).collect();
         rng.shuffle(&mut order);
         let shuffled = data.select(&order)?;
@@ -244,7 +309,9 @@ pub fn train(
             opt.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? as f64 * batch.range.len() as f64;
             step += 1;
+            progress.advance(batch.range.len());
         }
+        progress.finish();
         let loss = total / data.len() as f64;
         if !loss.is_finite() {
             return Err(Error::param(
@@ -252,6 +319,18 @@ pub fn train(
                 config.learning_rate,
                 format!("a rate at which training converges (epoch {epoch} has loss {loss})"),
             ));
+        }
+        if let Some(dir) = checkpoint {
+            save_checkpoint(
+                dir,
+                &varmap,
+                &CheckpointState {
+                    epoch,
+                    step,
+                    config: described.clone(),
+                    rng: rng.state(),
+                },
+            )?;
         }
         on_epoch(
             &net,
@@ -264,6 +343,22 @@ pub fn train(
         )?;
     }
     Ok((varmap, net))
+}
+
+/// Writes the weights and the state, each to a temporary file renamed into place, so an
+/// interruption leaves the previous checkpoint whole.
+fn save_checkpoint(dir: &Path, varmap: &VarMap, state: &CheckpointState) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let weights = dir.join("weights.safetensors");
+    let tmp = dir.join("weights.safetensors.tmp");
+    varmap.save(&tmp)?;
+    std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+    let path = dir.join("state.json");
+    let tmp = dir.join("state.json.tmp");
+    let json = serde_json::to_string_pretty(state)
+        .map_err(|e| Error::format("checkpoint", &path, e.to_string()))?;
+    std::fs::write(&tmp, json).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
 /// The L∞ PGD examples of a batch against the current weights (detached: the attack computes

@@ -182,7 +182,10 @@ pub fn evaluate(
         return Ok(plain);
     };
     let adaptive = attack_model(&twin, &data, attack, cfg)?;
-    Ok(report::combine_adaptive(plain, adaptive, attack, cfg))
+    let method = case.model.adaptive_method().unwrap_or("adaptive");
+    Ok(report::combine_adaptive(
+        plain, adaptive, attack, cfg, method,
+    ))
 }
 
 /// [`evaluate`] on `data` with `model`, without the adaptive second run.

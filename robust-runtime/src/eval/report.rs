@@ -251,6 +251,7 @@ pub(crate) fn combine_adaptive(
     adaptive: RobustnessReport,
     attack: &dyn Attack,
     cfg: &RunConfig,
+    method: &str,
 ) -> RobustnessReport {
     let threat = attack.threat();
     let outcomes: Vec<SampleOutcome> = plain
@@ -302,7 +303,7 @@ pub(crate) fn combine_adaptive(
     worst.truncate(WORST_EXAMPLES);
     report.worst = worst;
     report.adaptive = Some(Adaptive {
-        method: "BPDA (straight-through)".into(),
+        method: method.into(),
         plain_robust_correct: plain.robust_correct,
         plain_robust_accuracy: plain.robust_accuracy,
         adaptive_robust_correct: adaptive.robust_correct,
