@@ -271,6 +271,7 @@ pub fn evaluate_strategy(
         output: cfg.output.clone(),
         seconds: started.elapsed().as_secs_f64(),
         fingerprint: None,
+        confidence: None,
         checks: Vec::new(),
         counterexamples,
     })

@@ -96,6 +96,10 @@ pub struct InvarianceReport {
     /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<crate::eval::Fingerprint>,
+    /// The confidence level of the assertion, when it uses a bound; the table then shows the
+    /// invariance's two-sided interval at this level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
     /// Assertions, filled by [`InvarianceReport::check`].
     pub checks: Vec<Check>,
     /// One per sample that some perturbation flipped, by sample index.
@@ -112,6 +116,7 @@ impl InvarianceReport {
     /// With a `confidence` level, the one-sided Clopper–Pearson lower bound of the invariance
     /// (a proportion of the correctly classified samples) is compared instead.
     pub fn check(mut self, min_invariance: Option<f64>, confidence: Option<f64>) -> Self {
+        self.confidence = confidence;
         if let Some(min) = min_invariance {
             let (measured, what) = match confidence {
                 Some(c) => {
@@ -183,11 +188,12 @@ impl fmt::Display for InvarianceReport {
         )?;
         writeln!(
             f,
-            "  {:<18} {:>8}  ({}/{} correctly classified samples keep their prediction under every case)",
+            "  {:<18} {:>8}  ({}/{} correctly classified samples keep their prediction under every case){}",
             "invariance",
             pct(self.invariance),
             self.invariant,
-            self.clean_correct
+            self.clean_correct,
+            crate::eval::interval_note(self.invariant, self.clean_correct, self.confidence)
         )?;
         writeln!(
             f,
