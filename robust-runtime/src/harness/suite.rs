@@ -221,8 +221,15 @@ impl Suite {
             .collect())
     }
 
-    /// The trials libtest-mimic runs.
+    /// The trials libtest-mimic runs. A passing trial's report goes to the report files, and
+    /// to standard output only with `--nocapture` (libtest-mimic does not capture output, so
+    /// this keeps `cargo test` as quiet as for ordinary tests); a failing trial's message is
+    /// always shown.
     pub fn trials(&self) -> Result<Vec<Trial>> {
+        self.trials_printing(false)
+    }
+
+    fn trials_printing(&self, print_passes: bool) -> Result<Vec<Trial>> {
         let mut trials = Vec::new();
         for (name, model, runnable, ignored) in self.runnables()? {
             let build = self.builder(&model)?;
@@ -234,7 +241,9 @@ impl Suite {
                 };
                 match verdict {
                     Ok(message) => {
-                        println!("{message}");
+                        if print_passes {
+                            println!("{message}");
+                        }
                         Ok(())
                     }
                     Err(message) => Err(message.into()),
@@ -253,7 +262,7 @@ impl Suite {
 
     /// Runs the suite with the given libtest arguments.
     pub fn run_with(self, args: Arguments) -> Result<ExitCode> {
-        let trials = self.trials()?;
+        let trials = self.trials_printing(args.nocapture)?;
         let conclusion = libtest_mimic::run(&args, trials);
         Ok(if conclusion.has_failed() {
             ExitCode::from(101)
