@@ -9,6 +9,34 @@ use robust_runtime::defense::{self, Preprocessed, Preprocessor, Regime, TrainCon
 use robust_runtime::eval::{evaluate, RunConfig, TestSpec};
 use robust_runtime::prelude::*;
 
+/// What a user writes when a robustness test fails: the plain CNN does not keep 80 % at
+/// ε = 0.1 …
+#[robustness_test(attack = "pgd", eps = 0.1, min_acc = 0.8, samples = 100, steps = 20)]
+#[should_panic(expected = "robust accuracy")]
+fn plain_cnn() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::new(
+        common::cnn()?,
+        Dataset::mnist_sample()?.test_split(),
+    ))
+}
+
+/// … and the adversarially trained one does, at 95 % confidence.
+#[robustness_test(
+    attack = "pgd",
+    eps = 0.1,
+    min_acc = 0.8,
+    samples = 100,
+    steps = 20,
+    confidence = 0.95
+)]
+fn adversarially_trained_cnn() -> robust_runtime::Result<RobustnessCase> {
+    let net = zoo::layers::mnist_cnn().load(CNN_PGD, &robust_runtime::device::current())?;
+    Ok(RobustnessCase::new(
+        net,
+        Dataset::mnist_sample()?.test_split(),
+    ))
+}
+
 const CNN_PGD: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/mnist_cnn_pgd.safetensors"
@@ -36,9 +64,10 @@ fn run(model: Model, samples: usize, attack: &Pgd) -> RobustnessReport {
     .unwrap()
 }
 
-/// The committed PGD-trained CNN (`cargo xtask fixtures pgd`, 10 epochs of PGD-10 at ε = 0.1)
-/// keeps far more digits than the plain CNN under PGD-40 at ε = 0.1 on the first 200 test
-/// digits.
+/// The committed PGD-trained CNN (`cargo xtask fixtures pgd`, 10 epochs of PGD-10 at ε = 0.1,
+/// 29 min on 2 shared cores) keeps far more digits than the plain CNN under PGD-40 at ε = 0.1:
+/// 91.0 % against 65.0 % of the first 200 test digits (92.5 % against 66.9 % on all 1,000, both
+/// 97.9 % clean).
 #[test]
 fn the_pgd_trained_cnn_is_far_more_robust_than_the_plain_one() {
     let attack = pgd(0.1, 40);
@@ -51,7 +80,7 @@ fn the_pgd_trained_cnn_is_far_more_robust_than_the_plain_one() {
     let robust = run(trained, 200, &attack);
     println!("{plain}\n\n{robust}");
     assert_eq!(plain.robust_correct, 130, "plain CNN: 65.0 % robust");
-    assert!(robust.robust_accuracy >= 0.85, "{robust}");
+    assert!(robust.robust_accuracy >= 0.88, "{robust}");
     assert!(robust.robust_accuracy >= plain.robust_accuracy + 0.2);
     assert!(robust.clean_accuracy >= 0.95, "{robust}");
 }
