@@ -405,7 +405,13 @@ fn failing_seeds_are_stored_then_replayed_first() {
     let Err(Error::NotInvariant(first)) = spec(0, 16).run(build) else {
         panic!("a 30° rotation must break the MLP")
     };
-    let message = Error::NotInvariant(first.clone()).to_string();
+    // What the macro's runtime makes of it: the message, and the report files (report.json).
+    let message = robust_runtime::harness::conclude(
+        &spec(0, 16),
+        Err(Error::NotInvariant(first.clone())),
+    )
+    .unwrap_err();
+    assert!(message.contains("report.json"), "{message}");
     println!("{message}");
     let file = dir.join("robust-regressions/suite/mnist_mlp/rotation.txt");
     assert_eq!(first.replay.path.as_deref(), Some(file.as_path()));
