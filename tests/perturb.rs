@@ -406,11 +406,9 @@ fn failing_seeds_are_stored_then_replayed_first() {
         panic!("a 30° rotation must break the MLP")
     };
     // What the macro's runtime makes of it: the message, and the report files (report.json).
-    let message = robust_runtime::harness::conclude(
-        &spec(0, 16),
-        Err(Error::NotInvariant(first.clone())),
-    )
-    .unwrap_err();
+    let message =
+        robust_runtime::harness::conclude(&spec(0, 16), Err(Error::NotInvariant(first.clone())))
+            .unwrap_err();
     assert!(message.contains("report.json"), "{message}");
     println!("{message}");
     let file = dir.join("robust-regressions/suite/mnist_mlp/rotation.txt");

@@ -94,10 +94,31 @@ pub trait Outcome: fmt::Display + Serialize {
     }
 }
 
-fn fingerprints(fp: &Option<Fingerprint>) -> (String, String) {
-    fp.as_ref()
-        .map(|f| (f.data.clone(), f.model.clone()))
-        .unwrap_or_default()
+impl Provenance {
+    /// The provenance of a run of `kind` (this crate's version, the fingerprints if measured).
+    fn of(
+        kind: &str,
+        config: String,
+        model: &str,
+        seed: u64,
+        samples: usize,
+        fingerprint: &Option<Fingerprint>,
+    ) -> Self {
+        let (data, model_fp) = fingerprint
+            .as_ref()
+            .map(|f| (f.data.clone(), f.model.clone()))
+            .unwrap_or_default();
+        Provenance {
+            kind: kind.into(),
+            config,
+            model: model.into(),
+            seed,
+            samples,
+            data_fingerprint: data,
+            model_fingerprint: model_fp,
+            robust_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
 }
 
 impl Outcome for RobustnessReport {
@@ -128,21 +149,18 @@ impl Outcome for RobustnessReport {
     }
 
     fn provenance(&self) -> Provenance {
-        let (data, model) = fingerprints(&self.fingerprint);
-        Provenance {
-            kind: "attack".into(),
-            config: format!(
+        Provenance::of(
+            "attack",
+            format!(
                 "{}{}",
                 self.attack_description,
                 if self.targeted { ", targeted" } else { "" }
             ),
-            model: self.model.clone(),
-            seed: self.seed,
-            samples: self.samples,
-            data_fingerprint: data,
-            model_fingerprint: model,
-            robust_version: env!("CARGO_PKG_VERSION").into(),
-        }
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
     }
 
     fn curve(&self) -> Option<Curve> {
@@ -194,7 +212,6 @@ impl Outcome for CertificationReport {
     }
 
     fn provenance(&self) -> Provenance {
-        let (data, model) = fingerprints(&self.fingerprint);
         let config = match &self.smoothing {
             Some(s) => format!(
                 "{} (σ = {}, n0 = {}, n = {}, α = {}), {} radius {}",
@@ -202,16 +219,14 @@ impl Outcome for CertificationReport {
             ),
             None => format!("{}, {} ε = {}", self.certifier, self.norm, self.radius),
         };
-        Provenance {
-            kind: "certification".into(),
+        Provenance::of(
+            "certification",
             config,
-            model: self.model.clone(),
-            seed: self.seed,
-            samples: self.samples,
-            data_fingerprint: data,
-            model_fingerprint: model,
-            robust_version: env!("CARGO_PKG_VERSION").into(),
-        }
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
     }
 
     fn curve(&self) -> Option<Curve> {
@@ -250,17 +265,14 @@ impl Outcome for InvarianceReport {
     }
 
     fn provenance(&self) -> Provenance {
-        let (data, model) = fingerprints(&self.fingerprint);
-        Provenance {
-            kind: "perturbation".into(),
-            config: format!("{}, {} cases per sample", self.description, self.cases),
-            model: self.model.clone(),
-            seed: self.seed,
-            samples: self.samples,
-            data_fingerprint: data,
-            model_fingerprint: model,
-            robust_version: env!("CARGO_PKG_VERSION").into(),
-        }
+        Provenance::of(
+            "perturbation",
+            format!("{}, {} cases per sample", self.description, self.cases),
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
     }
 
     /// Random perturbations have no radius to sweep: no curve.
