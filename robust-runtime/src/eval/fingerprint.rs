@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::RobustnessCase;
-use crate::{Error, Result};
+use crate::Result;
 
 /// 64-bit FNV-1a hashes, in hex, of the evaluated data and of the model's behaviour on it.
 ///
@@ -33,17 +33,7 @@ impl Fingerprint {
         batch_size: usize,
         device: &Device,
     ) -> Result<Fingerprint> {
-        let data = match samples {
-            Some(n) if n == 0 || n > case.data().len() => {
-                return Err(Error::param(
-                    "samples",
-                    n,
-                    format!("1..={} (the size of the data set)", case.data().len()),
-                ))
-            }
-            Some(n) => case.data().take(n)?,
-            None => case.data().clone(),
-        };
+        let data = case.evaluated(samples)?;
         let mut data_hash = Fnv::default();
         let mut model_hash = Fnv::default();
         for batch in data.batches(batch_size.max(1), device) {

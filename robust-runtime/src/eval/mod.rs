@@ -89,6 +89,20 @@ impl RobustnessCase {
     }
 
     /// The same case on the first `n` samples.
+    /// The first `samples` samples of the data (all of them for `None`): what a run
+    /// evaluates. An error for 0 or more than the data holds.
+    pub(crate) fn evaluated(&self, samples: Option<usize>) -> Result<Dataset> {
+        match samples {
+            Some(n) if n == 0 || n > self.data.len() => Err(Error::param(
+                "samples",
+                n,
+                format!("1..={} (the size of the data set)", self.data.len()),
+            )),
+            Some(n) => self.data.take(n),
+            None => Ok(self.data.clone()),
+        }
+    }
+
     pub(crate) fn truncated(mut self, n: usize) -> Result<Self> {
         self.data = self.data.take(n.min(self.data.len()))?;
         Ok(self)
@@ -166,17 +180,7 @@ pub fn evaluate(
     cfg: &RunConfig,
 ) -> Result<RobustnessReport> {
     crate::attack::check_at_least_one("batch_size", cfg.batch_size)?;
-    let data = match cfg.samples {
-        Some(n) if n == 0 || n > case.data.len() => {
-            return Err(Error::param(
-                "samples",
-                n,
-                format!("1..={} (the size of the data set)", case.data.len()),
-            ))
-        }
-        Some(n) => case.data.take(n)?,
-        None => case.data.clone(),
-    };
+    let data = case.evaluated(cfg.samples)?;
     let plain = attack_model(&case.model, &data, attack, cfg)?;
     let Some(twin) = case.model.adaptive() else {
         return Ok(plain);

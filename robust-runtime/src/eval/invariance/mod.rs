@@ -123,17 +123,7 @@ pub fn evaluate_strategy(
 ) -> Result<InvarianceReport> {
     crate::attack::check_at_least_one("cases", cfg.cases)?;
     crate::attack::check_at_least_one("batch_size", cfg.batch_size)?;
-    let data = match cfg.samples {
-        Some(n) if n == 0 || n > case.data().len() => {
-            return Err(Error::param(
-                "samples",
-                n,
-                format!("1..={} (the size of the data set)", case.data().len()),
-            ))
-        }
-        Some(n) => case.data().take(n)?,
-        None => case.data().clone(),
-    };
+    let data = case.evaluated(cfg.samples)?;
     let started = Instant::now();
     let model = case.model();
     let shape = ImageShape::from_dims(data.sample_shape())?;
