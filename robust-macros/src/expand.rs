@@ -9,6 +9,10 @@ use syn::ReturnType;
 use crate::args::{self, CaseKind, Kind, Spec};
 use crate::item::{self, TestFn};
 
+/// Why a `_cuda` variant is ignored by default, as libtest prints it.
+const CUDA_IGNORE_REASON: &str =
+    "CUDA variant: needs a GPU; run with `cargo test --features cuda -- --ignored _cuda`";
+
 /// The whole attribute: parse → validate → render.
 pub(crate) fn robustness_test(args: TokenStream, item: TokenStream) -> TokenStream {
     let spec = args::parse(args);
@@ -70,64 +74,90 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
         }
         _ => None,
     };
+    // `device = "cpu"` asks for the CPU alone: no CUDA variant.
+    let cpu_only = spec.options.device == Some("cpu");
+    let ignored = forwarded.iter().any(|a| a.path().is_ident("ignore"));
     let tests = spec.cases().into_iter().map(|case| {
         let test = format_ident!("{}", case.name);
         // The runtime reports and files results under the test's full path, as libtest shows it.
-        let suffix = format!("::{}", case.name);
-        let name = quote!(::core::concat!(::core::module_path!(), #suffix));
-        let test_spec = match case.test {
-            CaseKind::Attack { attack, eps } => {
-                let attack = attack.name;
-                let eps = eps.value.into_token_stream();
-                quote! {
-                    #private::TestSpec::new(#name, #attack, #eps,)
-                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                    #(#options)*
-                    #sweep
-                }
-            }
-            CaseKind::Certify { certifier, radius } => {
-                let certifier = certifier.name;
-                let value = radius.value.into_token_stream();
-                let curve = match &spec.kind {
-                    Kind::Certify { radius, .. }
-                        if certifier == "smoothing" && radius.len() > 1 =>
-                    {
-                        let all = radius.iter().map(|e| e.value.into_token_stream());
-                        Some(quote!(.curve(&[#(#all),*])))
+        let test_spec = |test: &str| {
+            let suffix = format!("::{test}");
+            let name = quote!(::core::concat!(::core::module_path!(), #suffix));
+            match &case.test {
+                CaseKind::Attack { attack, eps } => {
+                    let attack = attack.name;
+                    let eps = eps.value.into_token_stream();
+                    quote! {
+                        #private::TestSpec::new(#name, #attack, #eps,)
+                        .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                        #(#options)*
+                        #sweep
                     }
-                    _ => None,
-                };
-                quote! {
-                    #private::CertifySpec::new(#name, #certifier, #value,)
-                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                    #(#options)*
-                    #curve
                 }
-            }
-            CaseKind::Perturbation { perturbation } => {
-                let perturbation = &perturbation.name;
-                let eps = match &spec.kind {
-                    Kind::Perturbation { eps: Some(eps), .. } => {
-                        let eps = eps.value.into_token_stream();
-                        Some(quote!(.eps(#eps)))
+                CaseKind::Certify { certifier, radius } => {
+                    let certifier = certifier.name;
+                    let value = radius.value.into_token_stream();
+                    let curve = match &spec.kind {
+                        Kind::Certify { radius, .. }
+                            if certifier == "smoothing" && radius.len() > 1 =>
+                        {
+                            let all = radius.iter().map(|e| e.value.into_token_stream());
+                            Some(quote!(.curve(&[#(#all),*])))
+                        }
+                        _ => None,
+                    };
+                    quote! {
+                        #private::CertifySpec::new(#name, #certifier, #value,)
+                        .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                        #(#options)*
+                        #curve
                     }
-                    _ => None,
-                };
-                quote! {
-                    #private::InvarianceSpec::new(#name, #perturbation)
-                    .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                    #eps
-                    #(#options)*
+                }
+                CaseKind::Perturbation { perturbation } => {
+                    let perturbation = &perturbation.name;
+                    let eps = match &spec.kind {
+                        Kind::Perturbation { eps: Some(eps), .. } => {
+                            let eps = eps.value.into_token_stream();
+                            Some(quote!(.eps(#eps)))
+                        }
+                        _ => None,
+                    };
+                    quote! {
+                        #private::InvarianceSpec::new(#name, #perturbation)
+                        .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                        #eps
+                        #(#options)*
+                    }
                 }
             }
         };
+        // The CUDA variant exists only where robust-runtime has its `cuda` feature (the
+        // runtime's macro drops it otherwise), runs on the GPU whatever `device` says, and is
+        // ignored unless asked for: whether a GPU is there is only known at run time, and a
+        // test that cannot run must not pass.
+        let cuda = (!cpu_only).then(|| {
+            let variant = format_ident!("{}_cuda", case.name);
+            let test_spec = test_spec(&variant.to_string());
+            let ignore = (!ignored).then(|| quote!(#[ignore = #CUDA_IGNORE_REASON]));
+            quote! {
+                #private::cuda_variant! {
+                    #[::core::prelude::v1::test]
+                    #(#forwarded)*
+                    #ignore
+                    fn #variant() {
+                        #private::run_test(#build, #test_spec.cuda_variant(),);
+                    }
+                }
+            }
+        });
+        let test_spec = test_spec(&case.name);
         quote! {
             #[::core::prelude::v1::test]
             #(#forwarded)*
             fn #test() {
                 #private::run_test(#build, #test_spec,);
             }
+            #cuda
         }
     });
 
@@ -145,10 +175,40 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
 mod should {
     use super::*;
 
+    /// The expansion without its `…::cuda_variant! { … }` blocks, which
+    /// [`emit_cuda_variants_ignored_unless_the_test_is_cpu_only`] checks on their own.
+    fn without_cuda_variants(tokens: TokenStream) -> TokenStream {
+        use proc_macro2::{Group, TokenTree};
+        let mut out: Vec<TokenTree> = Vec::new();
+        let mut tokens = tokens.into_iter().peekable();
+        while let Some(tt) = tokens.next() {
+            match tt {
+                TokenTree::Ident(ref i) if i == "cuda_variant" => {
+                    // Drop the path before it (`::robust_runtime::__private::`), `!` and `{…}`.
+                    while matches!(out.last(), Some(TokenTree::Ident(_)))
+                        || matches!(out.last(), Some(TokenTree::Punct(p)) if p.as_char() == ':')
+                    {
+                        out.pop();
+                    }
+                    tokens.next();
+                    tokens.next();
+                }
+                TokenTree::Group(g) => {
+                    let mut inner = Group::new(g.delimiter(), without_cuda_variants(g.stream()));
+                    inner.set_span(g.span());
+                    out.push(TokenTree::Group(inner));
+                }
+                other => out.push(other),
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Compares token streams through their canonical string form, which ignores spans and
     /// formatting: the expected side is written with `quote!` and reads like the expansion.
+    /// The CUDA variants are left out (see [`expand_one_attack_and_one_eps`] for one in full).
     fn assert_expands(args: TokenStream, item: TokenStream, expected: TokenStream) {
-        let actual = robustness_test(args, item).to_string();
+        let actual = without_cuda_variants(robustness_test(args, item)).to_string();
         let expected = expected.to_string();
         assert!(
             actual == expected,
@@ -158,6 +218,80 @@ mod should {
 
     #[test]
     fn expand_one_attack_and_one_eps() {
+        let spec = |name: &str| {
+            let path = format!("::{name}");
+            quote! {
+                ::robust_runtime::__private::TestSpec::new(
+                    ::core::concat!(::core::module_path!(), #path),
+                    "pgd",
+                    0.1f64,
+                )
+                .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
+                .min_acc(0.6f64)
+            }
+        };
+        let (base, variant) = (spec("pgd_eps_0_1"), spec("pgd_eps_0_1_cuda"));
+        let actual = robustness_test(
+            quote!(attack = "pgd", eps = 0.1, min_acc = 0.6),
+            quote!(
+                pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> {
+                    unreachable!()
+                }
+            ),
+        );
+        let expected = quote! {
+            pub fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> { unreachable!() }
+
+            pub mod mnist_mlp {
+                #[::core::prelude::v1::test]
+                fn pgd_eps_0_1() {
+                    ::robust_runtime::__private::run_test(super::mnist_mlp, #base,);
+                }
+                ::robust_runtime::__private::cuda_variant! {
+                    #[::core::prelude::v1::test]
+                    #[ignore = "CUDA variant: needs a GPU; run with `cargo test --features cuda -- --ignored _cuda`"]
+                    fn pgd_eps_0_1_cuda() {
+                        ::robust_runtime::__private::run_test(super::mnist_mlp, #variant.cuda_variant(),);
+                    }
+                }
+            }
+        };
+        assert_eq!(actual.to_string(), expected.to_string());
+    }
+
+    #[test]
+    fn emit_cuda_variants_ignored_unless_the_test_is_cpu_only() {
+        let item = quote!(
+            fn case() -> Result<RobustnessCase> {
+                unreachable!()
+            }
+        );
+        let text = robustness_test(
+            quote!(attack = "pgd", eps = 0.1, min_acc = 0.6, device = "cpu"),
+            item.clone(),
+        )
+        .to_string();
+        assert!(!text.contains("_cuda"), "{text}");
+        // The user's own `#[ignore]` is the only one on both tests.
+        let text = robustness_test(
+            quote!(attack = "pgd", eps = 0.1, min_acc = 0.6),
+            quote!(
+                #[ignore]
+                #[should_panic]
+                fn case() -> Result<RobustnessCase> {
+                    unreachable!()
+                }
+            ),
+        )
+        .to_string();
+        assert!(text.contains("fn pgd_eps_0_1_cuda"), "{text}");
+        assert_eq!(text.matches("ignore").count(), 2, "{text}");
+        assert_eq!(text.matches("should_panic").count(), 2, "{text}");
+        assert!(!text.contains("CUDA variant"), "{text}");
+    }
+
+    #[test]
+    fn expand_one_attack_and_one_eps_without_the_variant() {
         assert_expands(
             quote!(attack = "pgd", eps = 0.1, min_acc = 0.6),
             quote! {

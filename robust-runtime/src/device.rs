@@ -51,20 +51,43 @@ impl DeviceChoice {
     }
 }
 
+/// The device for `choice`, without the `ROBUST_DEVICE` override (for code that is told
+/// its device, such as training).
+pub fn select_exactly(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => cuda_device(),
+        DeviceChoice::Auto => Ok(cuda().unwrap_or(Device::Cpu)),
+    }
+}
+
 /// The device for `choice`, after the `ROBUST_DEVICE` override.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
     let choice = match std::env::var(DEVICE_VAR) {
         Ok(v) if !v.trim().is_empty() => DeviceChoice::from_name(v.trim())?,
         _ => choice,
     };
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda => cuda().map_err(|reason| Error::DeviceUnavailable {
-            requested: "cuda".into(),
-            reason,
-        }),
-        DeviceChoice::Auto => Ok(cuda().unwrap_or(Device::Cpu)),
-    }
+    select_exactly(choice)
+}
+
+/// The first CUDA device, whatever `ROBUST_DEVICE` says; a typed error saying why when there is
+/// none (built without the `cuda` feature, no driver, no GPU).
+pub fn cuda_device() -> Result<Device> {
+    cuda().map_err(|reason| Error::DeviceUnavailable {
+        requested: "cuda".into(),
+        reason,
+    })
+}
+
+/// Whether robust-runtime was built with its `cuda` feature.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Why CUDA cannot run here, `None` when it can: what the `_cuda` variants of the suite
+/// harness print when they are skipped.
+pub fn cuda_unavailable() -> Option<String> {
+    // Probed once per process: creating a CUDA context takes a moment.
+    static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| cuda().err()).clone()
 }
 
 fn cuda() -> std::result::Result<Device, String> {

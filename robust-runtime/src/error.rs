@@ -86,6 +86,18 @@ pub enum Error {
         /// What candle said.
         source: candle_core::Error,
     },
+    /// The model's weights are on another device than the inputs the test moved to its device.
+    #[error(
+        "the model and its inputs are on different devices ({detail}); the test runs on \
+         {device}: build the model on `robust_runtime::device::current()`, the device the test \
+         selected, instead of a fixed one"
+    )]
+    ModelDevice {
+        /// The device the inputs are on (the test's).
+        device: String,
+        /// What candle said.
+        detail: String,
+    },
     /// Weights in a file do not fit the architecture that loads them.
     #[error("cannot load {model} weights from {path}: {source}")]
     Weights {

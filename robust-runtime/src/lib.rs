@@ -71,6 +71,7 @@ pub mod prelude {
 /// What `#[robustness_test]` expansions call. Not a public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::__robust_cuda_variant as cuda_variant;
     pub use crate::eval::{CertifySpec, InvarianceSpec, TestSpec};
     pub use crate::harness::GeneratedTest;
     use crate::{Result, RobustnessCase};
@@ -84,4 +85,22 @@ pub mod __private {
             Err(message) => panic!("{message}"),
         }
     }
+}
+
+/// The `_cuda` variants the macro emits: kept with the `cuda` feature, dropped without it, so
+/// that a crate built without CUDA lists no tests it could never run.
+#[cfg(feature = "cuda")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __robust_cuda_variant {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// The `_cuda` variants the macro emits: kept with the `cuda` feature, dropped without it, so
+/// that a crate built without CUDA lists no tests it could never run.
+#[cfg(not(feature = "cuda"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __robust_cuda_variant {
+    ($($item:tt)*) => {};
 }

@@ -266,13 +266,19 @@ impl Model {
             Some(n) => n.apply(x)?,
             None => x.clone(),
         };
-        let logits = self
-            .inner
-            .forward(&input)
-            .map_err(|source| Error::ModelInput {
-                input: x.dims().to_vec(),
-                source,
-            })?;
+        let logits = self.inner.forward(&input).map_err(|source| {
+            let detail = source.to_string();
+            match detail.lines().next() {
+                Some(first) if first.contains("device mismatch") => Error::ModelDevice {
+                    device: crate::device::name(x.device()),
+                    detail: first.to_string(),
+                },
+                _ => Error::ModelInput {
+                    input: x.dims().to_vec(),
+                    source,
+                },
+            }
+        })?;
         match logits.dims() {
             [n, c] if *n == batch && *c > 0 => Ok(logits),
             found => Err(Error::LogitsShape {

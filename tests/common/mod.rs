@@ -14,12 +14,16 @@ pub const CNN: &str = concat!(
     "/tests/fixtures/mnist_cnn.safetensors"
 );
 
+/// The MLP fixture, on the device the running robustness test selected (the CPU elsewhere).
 pub fn mlp() -> robust_runtime::Result<Model> {
-    Ok(Model::new(zoo::MnistMlp::load(MLP, &Device::Cpu)?).named("mnist_mlp"))
+    let dev = robust_runtime::device::current();
+    Ok(Model::new(zoo::MnistMlp::load(MLP, &dev)?).named("mnist_mlp"))
 }
 
+/// The CNN fixture, on the device the running robustness test selected (the CPU elsewhere).
 pub fn cnn() -> robust_runtime::Result<Model> {
-    Ok(Model::new(zoo::MnistCnn::load(CNN, &Device::Cpu)?).named("mnist_cnn"))
+    let dev = robust_runtime::device::current();
+    Ok(Model::new(zoo::MnistCnn::load(CNN, &dev)?).named("mnist_cnn"))
 }
 
 /// The first `n` digits of the MNIST sample's test split.

@@ -368,7 +368,9 @@ pub fn compare(
     let pending = pending_path(path);
     let before = if path.exists() {
         let b = Baseline::read(path)?;
-        if b.test != now.test {
+        // A test's `_cuda` variant is compared with the test's own baseline.
+        let variant_of = now.test.strip_suffix(crate::eval::CUDA_SUFFIX);
+        if b.test != now.test && variant_of != Some(b.test.as_str()) {
             return Err(Error::format(
                 "baseline",
                 path,

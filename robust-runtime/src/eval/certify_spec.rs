@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use super::spec::{guard_setters, seed_or_env, Guard};
 use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
-use crate::device::{self, DeviceChoice};
+use crate::device;
 use crate::{Error, Result, RobustnessCase};
 
 /// Certifiers `certify = "…"` accepts.
@@ -142,7 +142,7 @@ impl CertifySpec {
         };
         self.guard.check()?;
         let seed = seed_or_env(self.seed)?;
-        let device = device::select(DeviceChoice::from_name(self.device.unwrap_or("auto"))?)?;
+        let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;
         let fingerprint = Fingerprint::of(&case, self.samples, 250, &device)?;
         let case = match self.samples {
@@ -177,12 +177,13 @@ impl CertifySpec {
         device: &candle_core::Device,
     ) -> Result<CertificationReport> {
         let key = format!(
-            "{}|{:?}|{seed}|{:?}",
+            "{}|{:?}|{seed}|{:?}|{}",
             self.name
                 .rsplit_once("::")
                 .map_or(self.name, |(group, _)| group),
             smoothing,
-            self.samples
+            self.samples,
+            device::name(device)
         );
         let slot = {
             let mut all = SHARED.lock().unwrap_or_else(|p| p.into_inner());

@@ -40,7 +40,7 @@ pub use report::{
     PerturbationStats, RobustnessReport, SampleOutcome, Stage, Thresholds, WORST_EXAMPLES,
 };
 pub(crate) use report::{interval_note, level};
-pub use spec::{Guard, TestSpec, SEED_VAR};
+pub use spec::{Guard, TestSpec, CUDA_SUFFIX, SEED_VAR};
 
 use crate::attack::kernel::{self, per_sample_l2, per_sample_linf};
 use crate::attack::{Attack, AttackBatch, Targeting};
@@ -153,13 +153,14 @@ impl Default for RunConfig {
     }
 }
 
-/// Share of `data` that `model` classifies correctly, in batches of 250 on the data's device.
-pub fn clean_accuracy(model: &Model, data: &Dataset) -> Result<f64> {
+/// Share of `data` that `model` classifies correctly, in batches of 250 moved to `device` (the
+/// model's).
+pub fn clean_accuracy(model: &Model, data: &Dataset, device: &Device) -> Result<f64> {
     if data.is_empty() {
         return Err(Error::Data("no samples to measure accuracy on".into()));
     }
     let mut correct = 0usize;
-    for batch in data.batches(250, &data.inputs().device().clone()) {
+    for batch in data.batches(250, device) {
         let batch = batch?;
         let labels = &data.labels()[batch.range.clone()];
         correct += model

@@ -30,7 +30,15 @@ pub struct Guard {
     /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`): baselines live in its
     /// `robust-baselines/`, reports go to its `target/robust/`. Without it nothing is written.
     pub manifest_dir: Option<&'static str>,
+    /// This is the `_cuda` variant of a test (the macro emits one per test when built with the
+    /// `cuda` feature): it runs on the first CUDA device whatever `device` and `ROBUST_DEVICE`
+    /// say, compares with the baseline of the test it is a variant of and never writes one.
+    pub cuda_variant: bool,
 }
+
+/// The suffix of a test's CUDA variant: `pgd_eps_0_1` runs on the CPU or where `device` says,
+/// `pgd_eps_0_1_cuda` on the GPU.
+pub const CUDA_SUFFIX: &str = "_cuda";
 
 /// The default `tolerance`: one percentage point.
 pub const DEFAULT_TOLERANCE: f64 = 0.01;
@@ -44,6 +52,23 @@ impl Guard {
     /// The tolerance, [`DEFAULT_TOLERANCE`] unless set.
     pub fn tolerance(&self) -> f64 {
         self.tolerance.unwrap_or(DEFAULT_TOLERANCE)
+    }
+
+    /// The device a test with `device = choice` (default `"auto"`) runs on: the first CUDA
+    /// device for a `_cuda` variant, else [`device::select`] (which applies `ROBUST_DEVICE`).
+    pub fn device(&self, choice: Option<&str>) -> Result<candle_core::Device> {
+        if self.cuda_variant {
+            return device::cuda_device();
+        }
+        device::select(DeviceChoice::from_name(choice.unwrap_or("auto"))?)
+    }
+
+    /// The name baselines are filed under: a `_cuda` variant shares its test's baseline.
+    pub fn baseline_name<'a>(&self, test: &'a str) -> &'a str {
+        match test.strip_suffix(CUDA_SUFFIX) {
+            Some(base) if self.cuda_variant => base,
+            _ => test,
+        }
     }
 
     /// Checks the values (the macro has checked them at compile time).
@@ -98,6 +123,24 @@ macro_rules! guard_setters {
         /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`).
         pub fn manifest_dir(mut self, value: &'static str) -> Self {
             self.guard.manifest_dir = Some(value);
+            self
+        }
+        /// Makes this the `_cuda` variant of its test: it runs on the first CUDA device
+        /// whatever `device` or `ROBUST_DEVICE` say, and compares with (never writes) the
+        /// baseline of the test it varies.
+        pub fn cuda_variant(mut self) -> Self {
+            self.guard.cuda_variant = true;
+            self
+        }
+        /// The `device` asked for, if any.
+        #[allow(dead_code)]
+        pub(crate) fn device_name(&self) -> Option<&'static str> {
+            self.device
+        }
+        /// The same test under another name (the suite harness names its `_cuda` variants).
+        #[allow(dead_code)]
+        pub(crate) fn renamed(mut self, name: &'static str) -> Self {
+            self.name = name;
             self
         }
         /// The confidence level, baseline settings and folder of this test.
@@ -297,8 +340,7 @@ impl TestSpec {
             ));
         }
         let seed = seed_or_env(self.seed)?;
-        let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
-        let device = device::select(choice)?;
+        let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;
         let batch_size = self.batch_size.unwrap_or(RunConfig::default().batch_size);
         let fingerprint = Fingerprint::of(&case, self.samples, batch_size, &device)?;
@@ -317,8 +359,9 @@ impl TestSpec {
         };
         let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
         let key = format!(
-            "{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
+            "{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
             self.name.rsplit_once("::").map_or("", |(group, _)| group),
+            device::name(&cfg.device),
             self.attack,
             params,
             self.sweep,

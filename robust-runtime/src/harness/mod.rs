@@ -166,12 +166,12 @@ pub fn conclude<T: GeneratedTest>(
             ));
         };
         let mode = UpdateMode::from_env().map_err(|e| e.to_string())?;
-        let mode = if failure.is_some() {
+        let mode = if failure.is_some() || guard.cuda_variant {
             UpdateMode::No
         } else {
             mode
         };
-        let path = baseline::path_for(Path::new(dir), name);
+        let path = baseline::path_for(Path::new(dir), guard.baseline_name(name));
         let comparison = baseline::compare(report, &path, guard.tolerance(), mode)
             .map_err(|e| format!("robustness test `{name}`: {e}"))?;
         baseline_failed = comparison.failed();

@@ -140,6 +140,29 @@ enum Runnable {
     Perturbation(InvarianceSpec),
 }
 
+impl Runnable {
+    /// Whether the case asks for `device = "cpu"`.
+    fn cpu_only(&self) -> bool {
+        let device = match self {
+            Runnable::Attack(s) => s.device_name(),
+            Runnable::Certify(s) => s.device_name(),
+            Runnable::Perturbation(s) => s.device_name(),
+        };
+        device == Some("cpu")
+    }
+
+    /// The case's `_cuda` variant, named `name`.
+    fn cuda_variant(&self, name: &'static str) -> Runnable {
+        match self {
+            Runnable::Attack(s) => Runnable::Attack(s.clone().renamed(name).cuda_variant()),
+            Runnable::Certify(s) => Runnable::Certify(s.clone().renamed(name).cuda_variant()),
+            Runnable::Perturbation(s) => {
+                Runnable::Perturbation(s.clone().renamed(name).cuda_variant())
+            }
+        }
+    }
+}
+
 /// Suite-file strings live as long as the test process: the specs hold `&'static str`s, like
 /// the literals the macro gives them. A suite is read once per process, so this is bounded by
 /// the size of the file.
@@ -263,6 +286,11 @@ impl Suite {
     /// Runs the suite with the given libtest arguments.
     pub fn run_with(self, args: Arguments) -> Result<ExitCode> {
         let trials = self.trials_printing(args.nocapture)?;
+        if let (true, Some(reason)) = (device::CUDA_BUILT, device::cuda_unavailable()) {
+            if !args.list {
+                eprintln!("robust: the `_cuda` trials are ignored, no GPU is usable: {reason}");
+            }
+        }
         let conclusion = libtest_mimic::run(&args, trials);
         Ok(if conclusion.has_failed() {
             ExitCode::from(101)
@@ -320,8 +348,30 @@ impl Suite {
         }))
     }
 
-    /// Every case with its spec: (trial name, model, spec, ignored). Checks the file.
+    /// Every case with its spec: (trial name, model, spec, ignored), each followed by its
+    /// `_cuda` variant when robust-runtime has the `cuda` feature and the case does not ask for
+    /// `device = "cpu"`. The variants are ignored when no GPU is usable at run time.
     fn runnables(&self) -> Result<Vec<(String, String, Runnable, bool)>> {
+        let cases = self.cases_in_file()?;
+        if !device::CUDA_BUILT {
+            return Ok(cases);
+        }
+        let no_gpu = device::cuda_unavailable().is_some();
+        let mut out = Vec::with_capacity(2 * cases.len());
+        for (name, model, runnable, ignored) in cases {
+            let variant = (!runnable.cpu_only()).then(|| {
+                let name = format!("{name}{}", crate::eval::CUDA_SUFFIX);
+                let spec = runnable.cuda_variant(leak(&name));
+                (name, model.clone(), spec, ignored || no_gpu)
+            });
+            out.push((name, model, runnable, ignored));
+            out.extend(variant);
+        }
+        Ok(out)
+    }
+
+    /// The cases the file describes, in file order.
+    fn cases_in_file(&self) -> Result<Vec<(String, String, Runnable, bool)>> {
         let mut out = Vec::new();
         let dir = leak(&self.manifest_dir.to_string_lossy());
         for (i, t) in self.file.tests.iter().enumerate() {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{evaluate_invariance, InvarianceConfig, InvarianceReport};
-use crate::device::{self, DeviceChoice};
+use crate::device;
 use crate::eval::spec::{guard_setters, seed_or_env, Guard};
 use crate::eval::{Fingerprint, RobustnessCase};
 use crate::perturb::regressions::{Regression, Regressions};
@@ -141,8 +141,7 @@ impl InvarianceSpec {
         };
         self.guard.check()?;
         let seed = seed_or_env(self.seed)?;
-        let choice = DeviceChoice::from_name(self.device.unwrap_or("auto"))?;
-        let device = device::select(choice)?;
+        let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;
         let batch_size = self
             .batch_size
