@@ -14,11 +14,12 @@ use std::time::Instant;
 
 use robust_runtime::attack::{Pgd, PgdConfig};
 use robust_runtime::defense::{self, Regime, TrainConfig};
+use robust_runtime::device::DeviceChoice;
 use robust_runtime::eval::{evaluate, RunConfig};
 use robust_runtime::prelude::*;
 
 /// The recipe of the committed fixture.
-fn recipe(regime: &str, epochs: usize) -> TrainConfig {
+fn recipe(regime: &str, epochs: usize, device: DeviceChoice) -> TrainConfig {
     let (eps, steps) = (0.1, 10);
     TrainConfig {
         epochs,
@@ -38,6 +39,7 @@ fn recipe(regime: &str, epochs: usize) -> TrainConfig {
                 step_size: None,
             },
         },
+        device,
     }
 }
 
@@ -45,6 +47,7 @@ fn pgd_accuracy(
     model: Model,
     name: &str,
     samples: usize,
+    device: &Device,
 ) -> robust_runtime::Result<RobustnessReport> {
     let case = RobustnessCase::from_model(model.named(name), Dataset::mnist_sample()?.test_split());
     let pgd = Pgd::new(PgdConfig {
@@ -56,14 +59,20 @@ fn pgd_accuracy(
         &pgd,
         &RunConfig {
             samples: Some(samples),
+            device: device.clone(),
             ..RunConfig::default()
         },
     )
 }
 
 fn main() -> robust_runtime::Result<()> {
-    let (mut regime, mut epochs, mut out, mut samples) =
-        ("pgd".to_string(), 10usize, None, 1000usize);
+    let (mut regime, mut epochs, mut out, mut samples, mut device) = (
+        "pgd".to_string(),
+        10usize,
+        None,
+        1000usize,
+        DeviceChoice::Cpu,
+    );
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -72,15 +81,17 @@ fn main() -> robust_runtime::Result<()> {
             "--epochs" => epochs = value.parse().expect("--epochs takes a number"),
             "--out" => out = Some(value),
             "--samples" => samples = value.parse().expect("--samples takes a number"),
+            "--device" => device = DeviceChoice::from_name(&value)?,
             _ => {
-                eprintln!("usage: adversarial_training [--regime pgd|trades] [--epochs N] [--out FILE] [--samples N]");
+                eprintln!("usage: adversarial_training [--regime pgd|trades] [--epochs N] [--out FILE] [--samples N] [--device cpu|cuda]");
                 std::process::exit(2);
             }
         }
     }
     let data = Dataset::mnist_sample()?;
     let (train, test) = (data.clone().train_split(), data.test_split());
-    let config = recipe(&regime, epochs);
+    let config = recipe(&regime, epochs, device);
+    let device = robust_runtime::device::select_exactly(device)?;
     println!("training the MNIST CNN: {config:?}");
     let started = Instant::now();
     let (varmap, net) = defense::train(
@@ -89,7 +100,8 @@ fn main() -> robust_runtime::Result<()> {
         InputDomain::default(),
         &config,
         |net, stats| {
-            let acc = robust_runtime::eval::clean_accuracy(&Model::new(net.detach()), &test)?;
+            let acc =
+                robust_runtime::eval::clean_accuracy(&Model::new(net.detach()), &test, &device)?;
             println!(
                 "epoch {:>2}: loss {:.4}, test accuracy {:.2} % ({:.0} s)",
                 stats.epoch,
@@ -110,10 +122,10 @@ fn main() -> robust_runtime::Result<()> {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/mnist_cnn.safetensors"
         ),
-        &Device::Cpu,
+        &device,
     )?);
-    let before = pgd_accuracy(plain, "mnist_cnn", samples)?;
-    let after = pgd_accuracy(Model::new(net.detach()), "mnist_cnn_pgd", samples)?;
+    let before = pgd_accuracy(plain, "mnist_cnn", samples, &device)?;
+    let after = pgd_accuracy(Model::new(net.detach()), "mnist_cnn_pgd", samples, &device)?;
     println!("{before}\n\n{after}\n");
     println!(
         "PGD-40 at ε = 0.1 on {samples} test digits: plain CNN {:.1} % robust ({:.1} % clean), \

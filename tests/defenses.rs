@@ -6,6 +6,7 @@ mod common;
 
 use robust_runtime::attack::{Pgd, PgdConfig};
 use robust_runtime::defense::{self, Preprocessed, Preprocessor, Regime, TrainConfig};
+use robust_runtime::device::DeviceChoice;
 use robust_runtime::eval::{evaluate, RunConfig, TestSpec};
 use robust_runtime::prelude::*;
 
@@ -97,6 +98,7 @@ fn train_mlp(regime: Regime) -> Model {
         learning_rate: 1e-3,
         seed: 7,
         regime,
+        device: DeviceChoice::Cpu,
     };
     let (_, net) = defense::train(
         zoo::layers::mnist_mlp(),
@@ -270,6 +272,7 @@ fn training_resumes_from_a_checkpoint() {
         learning_rate: 1e-3,
         seed: 1,
         regime: Regime::Standard,
+        device: DeviceChoice::Cpu,
     };
     let train = |config: &TrainConfig, stop_after: usize, seen: &mut Vec<usize>| {
         defense::train_resumable(
@@ -297,7 +300,11 @@ fn training_resumes_from_a_checkpoint() {
     let mut seen = Vec::new();
     let net = train(&config, 0, &mut seen).unwrap();
     assert_eq!(seen, [2], "the resumed run starts at epoch 2");
-    assert!(robust_runtime::eval::clean_accuracy(&Model::new(net.detach()), &data).unwrap() > 0.5);
+    assert!(
+        robust_runtime::eval::clean_accuracy(&Model::new(net.detach()), &data, &Device::Cpu)
+            .unwrap()
+            > 0.5
+    );
     let other = TrainConfig {
         learning_rate: 1e-2,
         ..config
@@ -327,6 +334,7 @@ fn bad_training_and_preprocessing_parameters_are_typed_errors() {
                 learning_rate,
                 seed: 0,
                 regime,
+                device: DeviceChoice::Cpu,
             },
             |_, _| Ok(()),
         )

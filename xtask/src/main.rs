@@ -21,6 +21,7 @@ use robust_runtime::baseline;
 use robust_runtime::certify::{self, Method, Smoothing};
 use robust_runtime::data::Dataset;
 use robust_runtime::defense::{self, init_like_pytorch, Regime, TrainConfig};
+use robust_runtime::device::DeviceChoice;
 use robust_runtime::eval::RobustnessCase;
 use robust_runtime::zoo::{MnistCnn, MnistMlp};
 use robust_runtime::{zoo, InputDomain, Model, Rng};
@@ -36,10 +37,12 @@ fn main() -> ExitCode {
         Some("fixtures") => fixtures(&args[1..]),
         Some("review") => review(),
         Some("bless") => bless(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise] [pgd]\n       \
-                 cargo xtask review\n       cargo xtask bless [--reject] [FILTER]"
+                 cargo xtask review\n       cargo xtask bless [--reject] [FILTER]\n       \
+                 cargo xtask bench [-- bench options, see examples/bench.rs]"
             );
             return ExitCode::from(2);
         }
@@ -51,6 +54,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask bench [ARGS]`: robust and PyTorch side by side (`examples/bench.rs`), the table
+/// also written to `target/bench/BENCH.md`. PyTorch comes from `$ROBUST_TORCH_PYTHON`, else
+/// `python3`; without torch its column says why.
+fn bench(args: &[String]) -> Result<()> {
+    let root = root();
+    let mut args: Vec<String> = args.iter().filter(|a| *a != "--").cloned().collect();
+    if !args.iter().any(|a| a == "--out") {
+        args.push("--out".into());
+        args.push(root.join("target/bench/BENCH.md").display().to_string());
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--release", "--example", "bench", "--"])
+        .args(&args)
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        return Err(format!("the benchmark failed: {status}").into());
+    }
+    Ok(())
 }
 
 /// Every `robust-baselines/` folder of the workspace: the root package's and each member's.
@@ -215,6 +239,7 @@ fn certified_recipes() -> [(&'static str, TrainConfig); 2] {
                     ramp_epochs: 25,
                     kappa: 0.5,
                 },
+                device: DeviceChoice::Cpu,
             },
         ),
         (
@@ -225,6 +250,7 @@ fn certified_recipes() -> [(&'static str, TrainConfig); 2] {
                 learning_rate: 1e-3,
                 seed: TRAIN_SEED,
                 regime: Regime::GaussianNoise { sigma: 0.25 },
+                device: DeviceChoice::Cpu,
             },
         ),
     ]

@@ -2,11 +2,12 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var, D};
+use candle_core::{DType, Module, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
 use crate::attack::{kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel};
 use crate::certify::{self, ibp};
+use crate::device::DeviceChoice;
 use crate::nn::{Sequential, SequentialBuilder};
 use crate::{Dataset, Error, InputDomain, Model, Result, Rng};
 
@@ -71,6 +72,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// The loss.
     pub regime: Regime,
+    /// Where to train: [`DeviceChoice::Cpu`], or CUDA (needs the `cuda` feature). Noise,
+    /// shuffling and attack starts come from the host's seeded RNG on every device; a
+    /// checkpoint written on one device resumes on another.
+    pub device: DeviceChoice,
 }
 
 impl TrainConfig {
@@ -193,7 +198,7 @@ pub fn train_resumable(
     if data.is_empty() {
         return Err(Error::Data("no training samples".into()));
     }
-    let device = Device::Cpu;
+    let device = crate::device::select_exactly(config.device)?;
     let mut rng = Rng::seed_from_u64(config.seed);
     let varmap = VarMap::new();
     let net = layers.build(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
@@ -209,7 +214,12 @@ pub fn train_resumable(
     let mut step = 0usize;
     let mut eps_now = 0.0;
     let mut first_epoch = 1;
-    let described = format!("{config:?}, {} samples", data.len());
+    // The device is left out: a checkpoint resumes wherever the run continues.
+    let on_cpu = TrainConfig {
+        device: DeviceChoice::Cpu,
+        ..*config
+    };
+    let described = format!("{on_cpu:?}, {} samples", data.len());
     if let Some(dir) = checkpoint {
         let state_path = dir.join("state.json");
         if state_path.exists() {
