@@ -97,6 +97,170 @@ impl Module for MnistCnn {
     }
 }
 
+/// ResNet-18 for 3×32×32 inputs (CIFAR-10's; He et al. 2016 with the 3×3 stem of the CIFAR
+/// variants): a 3×3 convolution to 64 channels, four stages of two basic blocks (64, 128, 256,
+/// 512 channels, the last three starting with stride 2 and a 1×1 projection shortcut), 4×4
+/// average pooling and a linear layer. Batch norm runs in evaluation mode and is folded into
+/// the convolution before it when the weights load, so each conv + BN is one convolution.
+///
+/// Parameter names are torchvision's `resnet18` (`conv1.weight`, `bn1.running_mean`,
+/// `layer2.0.downsample.0.weight`, `fc.bias`, …); `tests/reference/bench_torch.py` defines the
+/// same module in PyTorch. [`ResNet18::random_weights`] makes a seeded, untrained set of weights
+/// for benchmarks (11.2 M parameters).
+#[derive(Debug, Clone)]
+pub struct ResNet18 {
+    stem: Conv2d,
+    blocks: Vec<BasicBlock>,
+    fc: Linear,
+}
+
+/// Two 3×3 convolutions and the identity (or a 1×1 strided projection) added back.
+#[derive(Debug, Clone)]
+struct BasicBlock {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+/// Channels and first stride of ResNet-18's four stages.
+const RESNET18_STAGES: [(usize, usize); 4] = [(64, 1), (128, 2), (256, 2), (512, 2)];
+
+/// Batch norm's ε, PyTorch's default.
+const BN_EPS: f64 = 1e-5;
+
+impl ResNet18 {
+    /// Builds the model from a var builder with torchvision's `resnet18` names and `classes`
+    /// outputs.
+    pub fn new(vb: VarBuilder, classes: usize) -> candle_core::Result<Self> {
+        let stem = conv_bn(3, 64, 3, 1, vb.pp("conv1"), vb.pp("bn1"))?;
+        let mut blocks = Vec::new();
+        let mut c_in = 64;
+        for (stage, (c_out, stride)) in RESNET18_STAGES.into_iter().enumerate() {
+            for b in 0..2 {
+                let vb = vb.pp(format!("layer{}.{b}", stage + 1));
+                let s = if b == 0 { stride } else { 1 };
+                let shortcut = if s != 1 || c_in != c_out {
+                    Some(conv_bn(
+                        c_in,
+                        c_out,
+                        1,
+                        s,
+                        vb.pp("downsample.0"),
+                        vb.pp("downsample.1"),
+                    )?)
+                } else {
+                    None
+                };
+                blocks.push(BasicBlock {
+                    conv1: conv_bn(c_in, c_out, 3, s, vb.pp("conv1"), vb.pp("bn1"))?,
+                    conv2: conv_bn(c_out, c_out, 3, 1, vb.pp("conv2"), vb.pp("bn2"))?,
+                    shortcut,
+                });
+                c_in = c_out;
+            }
+        }
+        let fc = Linear::load(512, classes, vb.pp("fc"))?;
+        Ok(ResNet18 { stem, blocks, fc })
+    }
+
+    /// Loads 10-class weights from a safetensors file.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        load_with("ResNet18", path.as_ref(), device, |vb| Self::new(vb, 10))
+    }
+
+    /// Untrained weights for `classes` outputs drawn from `rng`, by torchvision's names: He
+    /// (fan-out) normal convolutions, batch-norm scales in [0.5, 1.5], shifts, means in
+    /// ±0.1 and variances in [0.5, 1.5] (so that folding them is exercised), PyTorch's default
+    /// uniform init for the linear layer. On the CPU; for benchmarks and tests.
+    pub fn random_weights(
+        rng: &mut crate::Rng,
+        classes: usize,
+    ) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut w = std::collections::HashMap::new();
+        let mut tensor = |name: String, values: Vec<f32>, shape: &[usize]| -> Result<()> {
+            w.insert(name, Tensor::from_vec(values, shape, &Device::Cpu)?);
+            Ok(())
+        };
+        let mut conv_bn = |conv: String, bn: String, c_in: usize, c_out: usize, k: usize| {
+            let std = (2.0 / (c_out * k * k) as f64).sqrt() as f32;
+            let n = c_out * c_in * k * k;
+            let weight = rng.normal_vec(n).into_iter().map(|v| v * std).collect();
+            tensor(format!("{conv}.weight"), weight, &[c_out, c_in, k, k])?;
+            let mut uniform = |lo: f64, hi: f64| rng.uniform_vec(c_out, lo, hi);
+            let (g, b, m, v) = (
+                uniform(0.5, 1.5),
+                uniform(-0.1, 0.1),
+                uniform(-0.1, 0.1),
+                uniform(0.5, 1.5),
+            );
+            tensor(format!("{bn}.weight"), g, &[c_out])?;
+            tensor(format!("{bn}.bias"), b, &[c_out])?;
+            tensor(format!("{bn}.running_mean"), m, &[c_out])?;
+            tensor(format!("{bn}.running_var"), v, &[c_out])
+        };
+        conv_bn("conv1".into(), "bn1".into(), 3, 64, 3)?;
+        let mut c_in = 64;
+        for (stage, (c_out, stride)) in RESNET18_STAGES.into_iter().enumerate() {
+            for b in 0..2 {
+                let p = format!("layer{}.{b}", stage + 1);
+                let s = if b == 0 { stride } else { 1 };
+                conv_bn(format!("{p}.conv1"), format!("{p}.bn1"), c_in, c_out, 3)?;
+                conv_bn(format!("{p}.conv2"), format!("{p}.bn2"), c_out, c_out, 3)?;
+                if s != 1 || c_in != c_out {
+                    let (conv, bn) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                    conv_bn(conv, bn, c_in, c_out, 1)?;
+                }
+                c_in = c_out;
+            }
+        }
+        let bound = 1.0 / (512f64).sqrt();
+        let mut uniform = |n: usize| rng.uniform_vec(n, -bound, bound);
+        let (weight, bias) = (uniform(classes * 512), uniform(classes));
+        tensor("fc.weight".into(), weight, &[classes, 512])?;
+        tensor("fc.bias".into(), bias, &[classes])?;
+        Ok(w)
+    }
+}
+
+/// A bias-free convolution followed by evaluation-mode batch norm, folded into one convolution:
+/// `W·γ/√(σ²+ε)` per output channel, bias `β − μ·γ/√(σ²+ε)`.
+fn conv_bn(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    conv: VarBuilder,
+    bn: VarBuilder,
+) -> candle_core::Result<Conv2d> {
+    let weight = conv.get((c_out, c_in, k, k), "weight")?;
+    let (gamma, beta) = (bn.get(c_out, "weight")?, bn.get(c_out, "bias")?);
+    let (mean, var) = (
+        bn.get(c_out, "running_mean")?,
+        bn.get(c_out, "running_var")?,
+    );
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let bias = (beta - (mean * &scale)?)?;
+    let weight = weight.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+    Conv2d::new(weight, Some(bias), k / 2)?.with_stride(stride)
+}
+
+impl Module for ResNet18 {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let mut xs = self.stem.forward(xs)?.relu()?;
+        for block in &self.blocks {
+            let out = block.conv1.forward(&xs)?.relu()?;
+            let out = block.conv2.forward(&out)?;
+            let skip = match &block.shortcut {
+                Some(conv) => conv.forward(&xs)?,
+                None => xs,
+            };
+            xs = (out + skip)?.relu()?;
+        }
+        let xs = xs.avg_pool2d(4)?.flatten_from(1)?;
+        self.fc.forward(&xs)
+    }
+}
+
 /// The same architectures as certifiable [`Sequential`](crate::nn::Sequential) networks (same
 /// weight names, so the same files load), plus the small convolutional network that certified
 /// training uses.
