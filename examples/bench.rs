@@ -517,12 +517,14 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// In a child process: PGD on the row, then its peak memory and the resident memory after 1
-/// and after 10 more runs (growth would be a leak of autograd graphs).
+/// and after 4 more runs (growth would be a leak of autograd graphs).
 fn rss_child(row: &Row, dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let model = load(row, dev)?;
-    time_row(row, &model, dev, 1)?;
+    time_row(row, &model, dev, 0)?; // reps = 0: the one warm-up run
     let after_one = status_kib("VmRSS:");
-    time_row(row, &model, dev, 10)?;
+    for _ in 0..4 {
+        time_row(row, &model, dev, 0)?;
+    }
     let after_more = status_kib("VmRSS:");
     println!("RSS {} {after_one} {after_more}", status_kib("VmHWM:"));
     Ok(())
@@ -557,7 +559,7 @@ fn peak_memory(o: &Options, root: &Path, row: &Row) -> String {
     match ours {
         Some((peak, one, more)) => format!(
             "Peak resident memory of a process running PGD-L∞ 10 steps on ResNet-18, batch {}: \
-             robust {:.0} MiB{}; resident after 1 run {:.0} MiB, after 11 runs {:.0} MiB \
+             robust {:.0} MiB{}; resident after 1 run {:.0} MiB, after 5 runs {:.0} MiB \
              (growth {:+.0} MiB).",
             row.batch,
             mib(peak),

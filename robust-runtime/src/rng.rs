@@ -87,10 +87,8 @@ impl Rng {
 
     /// Standard normal, by the Box–Muller transform.
     pub fn normal(&mut self) -> f64 {
-        // 1 - u is in (0, 1], so the logarithm is finite.
-        let u1 = 1.0 - self.unit_f64();
-        let u2 = self.unit_f64();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        let (a, b) = (self.next_u64(), self.next_u64());
+        box_muller(a, b)
     }
 
     /// A Fisher–Yates shuffle of `items`.
@@ -108,12 +106,34 @@ impl Rng {
 
     /// `n` standard normal values, as `f32`.
     pub fn normal_vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.normal() as f32).collect()
+        // The same values as `n` calls of `normal`: the raw draws are sequential, the transform
+        // (a logarithm, a square root and a cosine each) runs on every core.
+        use rayon::prelude::*;
+        let raw: Vec<u64> = (0..2 * n).map(|_| self.next_u64()).collect();
+        raw.par_chunks(2)
+            .map(|pair| box_muller(pair[0], pair[1]) as f32)
+            .collect()
     }
+}
+
+/// One standard normal value from two raw draws, each mapped to `[0, 1)` with 53 bits.
+fn box_muller(a: u64, b: u64) -> f64 {
+    let unit = |v: u64| (v >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    // 1 − u is in (0, 1], so the logarithm is finite.
+    let (u1, u2) = (1.0 - unit(a), unit(b));
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
 #[cfg(test)]
 mod should {
+    #[test]
+    fn draw_the_same_normals_one_by_one_and_in_bulk() {
+        let (mut a, mut b) = (super::Rng::seed_from_u64(9), super::Rng::seed_from_u64(9));
+        let one_by_one: Vec<f32> = (0..1001).map(|_| a.normal() as f32).collect();
+        assert_eq!(b.normal_vec(1001), one_by_one);
+        assert_eq!(a.next_u64(), b.next_u64());
+    }
+
     #[test]
     fn resume_exactly_where_a_saved_state_left_off() {
         let mut a = super::Rng::seed_from_u64(42);

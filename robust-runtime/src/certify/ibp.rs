@@ -111,9 +111,8 @@ pub(crate) fn layer_interval(layer: &Layer, l: &Tensor, u: &Tensor) -> Result<(T
             stride,
             padding,
         } => {
-            let c = centre()?.conv2d(weight, *padding, *stride, 1, 1)?;
-            let c = c.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?;
-            let r = radius()?.conv2d(&weight.abs()?, *padding, *stride, 1, 1)?;
+            let c = crate::nn::conv2d(&centre()?, weight, Some(bias), *padding, *stride)?;
+            let r = crate::nn::conv2d(&radius()?, &weight.abs()?, None, *padding, *stride)?;
             affine(c, r)
         }
         Layer::ChannelAffine { scale, shift, .. } => {

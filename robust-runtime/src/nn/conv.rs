@@ -88,95 +88,21 @@ impl Conv2d {
     }
 
     fn conv(&self, x: &Tensor) -> Result<Tensor> {
-        let fast = self.stride == 1 && !self.trainable();
-        if fast && x.device().is_cpu() && x.dtype() == self.weight.dtype() {
-            let x = x.contiguous()?;
-            match x.dtype() {
-                DType::F32 => return self.conv_cpu::<f32>(&x),
-                DType::F64 => return self.conv_cpu::<f64>(&x),
-                _ => {}
-            }
+        if !self.trainable() {
+            return conv2d_rows(
+                x,
+                &self.weight,
+                &self.weight_rows,
+                self.bias.as_ref(),
+                self.padding,
+                self.stride,
+            );
         }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
             None => Ok(y),
         }
-    }
-
-    /// The forward pass on the CPU: im2col columns copied as contiguous row segments, one GEMM
-    /// per chunk of samples, the bias added on the way out. candle's tiled im2col writes its
-    /// columns one value at a time, and took most of the forward time.
-    fn conv_cpu<T: WithDType>(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, c_in, h, w) = x.dims4()?;
-        let (c_out, _, k, _) = self.weight.dims4()?;
-        let p = self.padding;
-        let (oh, ow) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
-        let (plane, in_size, rows) = (oh * ow, c_in * h * w, c_in * k * k);
-        let bias = match &self.bias {
-            Some(b) => b.to_dtype(T::DTYPE)?.to_vec1::<T>()?,
-            None => vec![T::zero(); c_out],
-        };
-        let (xs, xl) = x.storage_and_layout();
-        let Storage::Cpu(xs) = &*xs else {
-            candle_core::bail!("conv2d: input not on the CPU")
-        };
-        let Some((x0, x1)) = xl.contiguous_offsets() else {
-            candle_core::bail!("conv2d: non-contiguous input")
-        };
-        let xv = &xs.as_slice::<T>()?[x0..x1];
-        let mut out = vec![T::zero(); n * c_out * plane];
-        let chunk = ((1 << 22) / (rows * plane).max(1)).clamp(1, n.max(1));
-        for (c, out) in out.chunks_mut(chunk * c_out * plane).enumerate() {
-            let b = out.len() / (c_out * plane);
-            let xv = &xv[c * chunk * in_size..(c * chunk + b) * in_size];
-            let mut cols = vec![T::zero(); rows * b * plane];
-            cols.par_chunks_mut(b * plane)
-                .enumerate()
-                .for_each(|(r, row)| {
-                    let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                    // Output pixel (oy, ox) reads input (oy + ky − p, ox + kx − p).
-                    let ox0 = p.saturating_sub(kx);
-                    let ox1 = ow.min((w + p).saturating_sub(kx));
-                    if ox0 >= ox1 {
-                        return;
-                    }
-                    for s in 0..b {
-                        let src = &xv[s * in_size + ci * h * w..s * in_size + (ci + 1) * h * w];
-                        for oy in 0..oh {
-                            let iy = oy + ky;
-                            if iy < p || iy - p >= h {
-                                continue;
-                            }
-                            let from = (iy - p) * w + ox0 + kx - p;
-                            let to = s * plane + oy * ow + ox0;
-                            row[to..to + (ox1 - ox0)]
-                                .copy_from_slice(&src[from..from + (ox1 - ox0)]);
-                        }
-                    }
-                });
-            let cols = Tensor::from_vec(cols, (rows, b * plane), &Device::Cpu)?;
-            let y = self.weight_rows.matmul(&cols)?;
-            let (ys, yl) = y.storage_and_layout();
-            let Storage::Cpu(ys) = &*ys else {
-                candle_core::bail!("conv2d: output not on the CPU")
-            };
-            let Some((y0, y1)) = yl.contiguous_offsets() else {
-                candle_core::bail!("conv2d: non-contiguous output")
-            };
-            let yv = &ys.as_slice::<T>()?[y0..y1];
-            out.par_chunks_mut(c_out * plane)
-                .enumerate()
-                .for_each(|(s, out)| {
-                    for (co, out) in out.chunks_mut(plane).enumerate() {
-                        let src = &yv[co * b * plane + s * plane..co * b * plane + (s + 1) * plane];
-                        for (o, &v) in out.iter_mut().zip(src) {
-                            *o = v + bias[co];
-                        }
-                    }
-                });
-        }
-        Tensor::from_vec(out, (n, c_out, oh, ow), &Device::Cpu)
     }
 
     fn trainable(&self) -> bool {
@@ -210,6 +136,139 @@ impl Module for Conv2d {
             conv_transpose2d(grad, &weight, padding, stride, (h, w))
         })
     }
+}
+
+/// `conv2d(x, weight, padding, stride)` plus `bias` (per output channel) on plain tensors:
+/// what every convolution of the attacks and certifiers runs (`nn::Conv2d`, `Sequential`'s
+/// layers, IBP's centre and radius). On the CPU it is im2col by row copies and one GEMM per
+/// chunk of samples; elsewhere candle's `conv2d`.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let rows = if x.device().is_cpu() {
+        weight.flatten_from(1)?.contiguous()?
+    } else {
+        weight.clone()
+    };
+    conv2d_rows(x, weight, &rows, bias, padding, stride)
+}
+
+/// [`conv2d`] with `weight` also given as its `c_out × c_in·k·k` matrix (kept by `Conv2d`).
+fn conv2d_rows(
+    x: &Tensor,
+    weight: &Tensor,
+    weight_rows: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == weight.dtype() && weight_rows.rank() == 2 {
+        let x = x.contiguous()?;
+        let (_, _, k, _) = weight.dims4()?;
+        match x.dtype() {
+            DType::F32 => return conv_cpu::<f32>(&x, weight_rows, bias, k, padding, stride),
+            DType::F64 => return conv_cpu::<f64>(&x, weight_rows, bias, k, padding, stride),
+            _ => {}
+        }
+    }
+    let y = x.conv2d(weight, padding, stride, 1, 1)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// The forward pass on the CPU: im2col columns copied as row segments (contiguous at stride 1,
+/// gathered at larger strides), one GEMM per chunk of samples, the bias added on the way out.
+/// candle's tiled im2col writes its columns one value at a time, and took most of the forward
+/// time.
+fn conv_cpu<T: WithDType>(
+    x: &Tensor,
+    weight_rows: &Tensor,
+    bias: Option<&Tensor>,
+    k: usize,
+    p: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    let (n, c_in, h, w) = x.dims4()?;
+    let c_out = weight_rows.dim(0)?;
+    let (oh, ow) = ((h + 2 * p - k) / stride + 1, (w + 2 * p - k) / stride + 1);
+    let (plane, in_size, rows) = (oh * ow, c_in * h * w, c_in * k * k);
+    let bias = match bias {
+        Some(b) => b.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?,
+        None => vec![T::zero(); c_out],
+    };
+    let (xs, xl) = x.storage_and_layout();
+    let Storage::Cpu(xs) = &*xs else {
+        candle_core::bail!("conv2d: input not on the CPU")
+    };
+    let Some((x0, x1)) = xl.contiguous_offsets() else {
+        candle_core::bail!("conv2d: non-contiguous input")
+    };
+    let xv = &xs.as_slice::<T>()?[x0..x1];
+    let mut out = vec![T::zero(); n * c_out * plane];
+    let chunk = ((1 << 22) / (rows * plane).max(1)).clamp(1, n.max(1));
+    for (c, out) in out.chunks_mut(chunk * c_out * plane).enumerate() {
+        let b = out.len() / (c_out * plane);
+        let xv = &xv[c * chunk * in_size..(c * chunk + b) * in_size];
+        let mut cols = vec![T::zero(); rows * b * plane];
+        cols.par_chunks_mut(b * plane)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                // Output pixel (oy, ox) reads input (oy·s + ky − p, ox·s + kx − p); the valid
+                // ox are those with 0 ≤ ox·s + kx − p < w.
+                let ox0 = p.saturating_sub(kx).div_ceil(stride);
+                let ox1 = ow.min((w + p).saturating_sub(kx).div_ceil(stride));
+                if ox0 >= ox1 {
+                    return;
+                }
+                for s in 0..b {
+                    let src = &xv[s * in_size + ci * h * w..s * in_size + (ci + 1) * h * w];
+                    for oy in 0..oh {
+                        let iy = oy * stride + ky;
+                        if iy < p || iy - p >= h {
+                            continue;
+                        }
+                        let from = (iy - p) * w + ox0 * stride + kx - p;
+                        let to = s * plane + oy * ow + ox0;
+                        let dst = &mut row[to..to + (ox1 - ox0)];
+                        if stride == 1 {
+                            dst.copy_from_slice(&src[from..from + (ox1 - ox0)]);
+                        } else {
+                            for (i, d) in dst.iter_mut().enumerate() {
+                                *d = src[from + i * stride];
+                            }
+                        }
+                    }
+                }
+            });
+        let cols = Tensor::from_vec(cols, (rows, b * plane), &Device::Cpu)?;
+        let y = weight_rows.matmul(&cols)?;
+        let (ys, yl) = y.storage_and_layout();
+        let Storage::Cpu(ys) = &*ys else {
+            candle_core::bail!("conv2d: output not on the CPU")
+        };
+        let Some((y0, y1)) = yl.contiguous_offsets() else {
+            candle_core::bail!("conv2d: non-contiguous output")
+        };
+        let yv = &ys.as_slice::<T>()?[y0..y1];
+        out.par_chunks_mut(c_out * plane)
+            .enumerate()
+            .for_each(|(s, out)| {
+                for (co, out) in out.chunks_mut(plane).enumerate() {
+                    let src = &yv[co * b * plane + s * plane..co * b * plane + (s + 1) * plane];
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = v + bias[co];
+                    }
+                }
+            });
+    }
+    Tensor::from_vec(out, (n, c_out, oh, ow), &Device::Cpu)
 }
 
 /// The adjoint of `conv2d(·, weight, padding, stride)` applied to `y` (`n × c_out × oh × ow`),

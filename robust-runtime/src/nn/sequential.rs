@@ -126,10 +126,7 @@ impl Layer {
                 // also compute the unused kernel gradient, take the input gradient through its
                 // slow CPU `conv_transpose2d`, and get its shape wrong when the size formula
                 // drops input rows.
-                let y = x
-                    .detach()
-                    .conv2d(weight, *padding, *stride, 1, 1)?
-                    .broadcast_add(&bias)?;
+                let y = super::conv2d(&x.detach(), weight, Some(&bias), *padding, *stride)?;
                 let (weight, padding, stride) = (weight.clone(), *padding, *stride);
                 super::graft::graft(x, y, "sequential-conv2d-input-grad", move |arg, _, grad| {
                     let (_, _, h, w) = arg.dims4()?;
