@@ -8,7 +8,7 @@
 //!
 //! #[robustness_test(attack = ["fgsm", "pgd"], eps = [0.05, 0.1], min_acc = 0.6, samples = 500)]
 //! fn mnist_cnn() -> robust_runtime::Result<RobustnessCase> {
-//!     let model = zoo::MnistCnn::load("tests/fixtures/mnist_cnn.safetensors", &Device::Cpu)?;
+//!     let model = zoo::MnistCnn::load("tests/fixtures/mnist_cnn.safetensors", &device::current())?;
 //!     Ok(RobustnessCase::new(model, Dataset::mnist_sample()?.test_split()))
 //! }
 //! ```
@@ -60,6 +60,7 @@ pub use robust_macros::robustness_test;
 /// What a robustness test file needs: `use robust_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::data::Dataset;
+    pub use crate::device;
     pub use crate::eval::{RobustnessCase, RobustnessReport};
     pub use crate::model::{InputDomain, Model, Normalize};
     pub use crate::rng::Rng;

@@ -88,12 +88,12 @@ pub const NOISE: &str = concat!(
 
 /// The IBP-trained small CNN (certified training, `cargo xtask fixtures ibp`).
 pub fn ibp_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
-    zoo::layers::mnist_small_cnn().load(IBP, &Device::Cpu)
+    zoo::layers::mnist_small_cnn().load(IBP, &robust_runtime::device::current())
 }
 
 /// The small CNN trained on Gaussian noise σ = 0.25 (`cargo xtask fixtures noise`).
 pub fn noise_net() -> robust_runtime::Result<robust_runtime::nn::Sequential> {
-    zoo::layers::mnist_small_cnn().load(NOISE, &Device::Cpu)
+    zoo::layers::mnist_small_cnn().load(NOISE, &robust_runtime::device::current())
 }
 
 /// Asserts that PGD (L∞, 40 steps, 2 restarts, seeded) at `eps` breaks none of the samples a

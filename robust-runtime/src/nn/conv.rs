@@ -387,7 +387,8 @@ fn col2im<T: WithDType>(
     let mut out = vec![T::zero(); n * in_size];
     for (c, out) in out.chunks_mut(chunk * in_size).enumerate() {
         let b = out.len() / in_size;
-        let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?)?;
+        // Contiguous: MKL's GEMM (the `mkl` feature) rejects a strided right-hand side.
+        let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?.contiguous()?)?;
         let (storage, layout) = cols.storage_and_layout();
         let Storage::Cpu(storage) = &*storage else {
             candle_core::bail!("conv2d adjoint: columns not on the CPU")
