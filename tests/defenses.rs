@@ -408,3 +408,36 @@ fn bad_training_and_preprocessing_parameters_are_typed_errors() {
     .to_string();
     assert!(e.contains("`bits`: 0"), "{e}");
 }
+
+/// Training asked onto CUDA in a build without the `cuda` feature is a typed error that says
+/// how to get one, not a silent fall-back to the CPU.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn training_on_cuda_without_the_feature_is_a_typed_error() {
+    let data = Dataset::mnist_sample()
+        .unwrap()
+        .train_split()
+        .take(10)
+        .unwrap();
+    let e = defense::train(
+        zoo::layers::mnist_mlp(),
+        &data,
+        InputDomain::default(),
+        &TrainConfig {
+            epochs: 1,
+            batch_size: 5,
+            learning_rate: 1e-3,
+            seed: 0,
+            regime: Regime::Standard,
+            device: DeviceChoice::Cuda,
+        },
+        |_, _| Ok(()),
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(
+        matches!(e, robust_runtime::Error::DeviceUnavailable { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cuda"), "{e}");
+}
