@@ -1,9 +1,10 @@
 //! 2-D convolution whose backward pass computes the input gradient only.
 
-use candle_core::{DType, Device, Module, Result, Storage, Tensor, WithDType};
+use candle_core::{DType, Device, Module, Result, Tensor, WithDType};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
+use super::cpu_values;
 use super::graft::graft;
 
 /// A 2-D convolution with stride 1, zero padding and a square kernel, as PyTorch's
@@ -202,73 +203,63 @@ fn conv_cpu<T: WithDType>(
         Some(b) => b.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1::<T>()?,
         None => vec![T::zero(); c_out],
     };
-    let (xs, xl) = x.storage_and_layout();
-    let Storage::Cpu(xs) = &*xs else {
-        candle_core::bail!("conv2d: input not on the CPU")
-    };
-    let Some((x0, x1)) = xl.contiguous_offsets() else {
-        candle_core::bail!("conv2d: non-contiguous input")
-    };
-    let xv = &xs.as_slice::<T>()?[x0..x1];
-    let mut out = vec![T::zero(); n * c_out * plane];
-    let chunk = ((1 << 22) / (rows * plane).max(1)).clamp(1, n.max(1));
-    for (c, out) in out.chunks_mut(chunk * c_out * plane).enumerate() {
-        let b = out.len() / (c_out * plane);
-        let xv = &xv[c * chunk * in_size..(c * chunk + b) * in_size];
-        let mut cols = vec![T::zero(); rows * b * plane];
-        cols.par_chunks_mut(b * plane)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                // Output pixel (oy, ox) reads input (oy·s + ky − p, ox·s + kx − p); the valid
-                // ox are those with 0 ≤ ox·s + kx − p < w.
-                let ox0 = p.saturating_sub(kx).div_ceil(stride);
-                let ox1 = ow.min((w + p).saturating_sub(kx).div_ceil(stride));
-                if ox0 >= ox1 {
-                    return;
-                }
-                for s in 0..b {
-                    let src = &xv[s * in_size + ci * h * w..s * in_size + (ci + 1) * h * w];
-                    for oy in 0..oh {
-                        let iy = oy * stride + ky;
-                        if iy < p || iy - p >= h {
-                            continue;
-                        }
-                        let from = (iy - p) * w + ox0 * stride + kx - p;
-                        let to = s * plane + oy * ow + ox0;
-                        let dst = &mut row[to..to + (ox1 - ox0)];
-                        if stride == 1 {
-                            dst.copy_from_slice(&src[from..from + (ox1 - ox0)]);
-                        } else {
-                            for (i, d) in dst.iter_mut().enumerate() {
-                                *d = src[from + i * stride];
+    cpu_values(x, "conv2d input", |xv: &[T]| {
+        let mut out = vec![T::zero(); n * c_out * plane];
+        let chunk = ((1 << 22) / (rows * plane).max(1)).clamp(1, n.max(1));
+        for (c, out) in out.chunks_mut(chunk * c_out * plane).enumerate() {
+            let b = out.len() / (c_out * plane);
+            let xv = &xv[c * chunk * in_size..(c * chunk + b) * in_size];
+            let mut cols = vec![T::zero(); rows * b * plane];
+            cols.par_chunks_mut(b * plane)
+                .enumerate()
+                .for_each(|(r, row)| {
+                    let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                    // Output pixel (oy, ox) reads input (oy·s + ky − p, ox·s + kx − p); the valid
+                    // ox are those with 0 ≤ ox·s + kx − p < w.
+                    let ox0 = p.saturating_sub(kx).div_ceil(stride);
+                    let ox1 = ow.min((w + p).saturating_sub(kx).div_ceil(stride));
+                    if ox0 >= ox1 {
+                        return;
+                    }
+                    for s in 0..b {
+                        let src = &xv[s * in_size + ci * h * w..s * in_size + (ci + 1) * h * w];
+                        for oy in 0..oh {
+                            let iy = oy * stride + ky;
+                            if iy < p || iy - p >= h {
+                                continue;
+                            }
+                            let from = (iy - p) * w + ox0 * stride + kx - p;
+                            let to = s * plane + oy * ow + ox0;
+                            let dst = &mut row[to..to + (ox1 - ox0)];
+                            if stride == 1 {
+                                dst.copy_from_slice(&src[from..from + (ox1 - ox0)]);
+                            } else {
+                                for (i, d) in dst.iter_mut().enumerate() {
+                                    *d = src[from + i * stride];
+                                }
                             }
                         }
                     }
-                }
-            });
-        let cols = Tensor::from_vec(cols, (rows, b * plane), &Device::Cpu)?;
-        let y = weight_rows.matmul(&cols)?;
-        let (ys, yl) = y.storage_and_layout();
-        let Storage::Cpu(ys) = &*ys else {
-            candle_core::bail!("conv2d: output not on the CPU")
-        };
-        let Some((y0, y1)) = yl.contiguous_offsets() else {
-            candle_core::bail!("conv2d: non-contiguous output")
-        };
-        let yv = &ys.as_slice::<T>()?[y0..y1];
-        out.par_chunks_mut(c_out * plane)
-            .enumerate()
-            .for_each(|(s, out)| {
-                for (co, out) in out.chunks_mut(plane).enumerate() {
-                    let src = &yv[co * b * plane + s * plane..co * b * plane + (s + 1) * plane];
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = v + bias[co];
-                    }
-                }
-            });
-    }
-    Tensor::from_vec(out, (n, c_out, oh, ow), &Device::Cpu)
+                });
+            let cols = Tensor::from_vec(cols, (rows, b * plane), &Device::Cpu)?;
+            let y = weight_rows.matmul(&cols)?;
+            cpu_values(&y, "conv2d output", |yv: &[T]| {
+                out.par_chunks_mut(c_out * plane)
+                    .enumerate()
+                    .for_each(|(s, out)| {
+                        for (co, out) in out.chunks_mut(plane).enumerate() {
+                            let src =
+                                &yv[co * b * plane + s * plane..co * b * plane + (s + 1) * plane];
+                            for (o, &v) in out.iter_mut().zip(src) {
+                                *o = v + bias[co];
+                            }
+                        }
+                    });
+                Ok(())
+            })?;
+        }
+        Tensor::from_vec(out, (n, c_out, oh, ow), &Device::Cpu)
+    })
 }
 
 /// The adjoint of `conv2d(·, weight, padding, stride)` applied to `y` (`n × c_out × oh × ow`),
@@ -389,51 +380,46 @@ fn col2im<T: WithDType>(
         let b = out.len() / in_size;
         // Contiguous: MKL's GEMM (the `mkl` feature) rejects a strided right-hand side.
         let cols = weight_cols.matmul(&g.narrow(1, c * chunk * plane, b * plane)?.contiguous()?)?;
-        let (storage, layout) = cols.storage_and_layout();
-        let Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("conv2d adjoint: columns not on the CPU")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("conv2d adjoint: non-contiguous columns")
-        };
-        let cols = &storage.as_slice::<T>()?[start..end];
-        let row_stride = b * plane;
-        out.par_chunks_mut(in_size).enumerate().for_each(|(s, dx)| {
-            for ci in 0..c_in {
-                let dx = &mut dx[ci * h * w..(ci + 1) * h * w];
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let row = ((ci * k + ky) * k + kx) * row_stride + s * plane;
-                        let row = &cols[row..row + plane];
-                        // Output pixel (oy, ox) read input (oy·s + ky − p, ox·s + kx − p); the
-                        // valid ox are those with 0 ≤ ox·s + kx − p < w.
-                        let ox0 = padding.saturating_sub(kx).div_ceil(stride);
-                        let ox1 = ow.min((w + padding).saturating_sub(kx).div_ceil(stride));
-                        if ox0 >= ox1 {
-                            continue;
-                        }
-                        for oy in 0..oh {
-                            let iy = oy * stride + ky;
-                            if iy < padding || iy - padding >= h {
+        cpu_values(&cols, "conv2d adjoint columns", |cols: &[T]| {
+            let row_stride = b * plane;
+            out.par_chunks_mut(in_size).enumerate().for_each(|(s, dx)| {
+                for ci in 0..c_in {
+                    let dx = &mut dx[ci * h * w..(ci + 1) * h * w];
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let row = ((ci * k + ky) * k + kx) * row_stride + s * plane;
+                            let row = &cols[row..row + plane];
+                            // Output pixel (oy, ox) read input (oy·s + ky − p, ox·s + kx − p); the
+                            // valid ox are those with 0 ≤ ox·s + kx − p < w.
+                            let ox0 = padding.saturating_sub(kx).div_ceil(stride);
+                            let ox1 = ow.min((w + padding).saturating_sub(kx).div_ceil(stride));
+                            if ox0 >= ox1 {
                                 continue;
                             }
-                            let src = &row[oy * ow + ox0..oy * ow + ox1];
-                            let dst = (iy - padding) * w + ox0 * stride + kx - padding;
-                            if stride == 1 {
-                                let dst = &mut dx[dst..dst + (ox1 - ox0)];
-                                for (d, v) in dst.iter_mut().zip(src) {
-                                    *d += *v;
+                            for oy in 0..oh {
+                                let iy = oy * stride + ky;
+                                if iy < padding || iy - padding >= h {
+                                    continue;
                                 }
-                            } else {
-                                for (i, v) in src.iter().enumerate() {
-                                    dx[dst + i * stride] += *v;
+                                let src = &row[oy * ow + ox0..oy * ow + ox1];
+                                let dst = (iy - padding) * w + ox0 * stride + kx - padding;
+                                if stride == 1 {
+                                    let dst = &mut dx[dst..dst + (ox1 - ox0)];
+                                    for (d, v) in dst.iter_mut().zip(src) {
+                                        *d += *v;
+                                    }
+                                } else {
+                                    for (i, v) in src.iter().enumerate() {
+                                        dx[dst + i * stride] += *v;
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        });
+            });
+            Ok(())
+        })?;
     }
     Tensor::from_vec(out, (n, c_in, h, w), &Device::Cpu)
 }

@@ -113,17 +113,43 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
     if n * c * oh * ow == 0 {
         return x.zeros_like();
     }
-    let (xs, xl) = x.storage_and_layout();
-    let (gs, gl) = grad.storage_and_layout();
-    let (Storage::Cpu(xs), Storage::Cpu(gs)) = (&*xs, &*gs) else {
-        candle_core::bail!("max_pool2d backward: tensors not on the CPU")
-    };
-    let (Some((x0, x1)), Some((g0, g1))) = (xl.contiguous_offsets(), gl.contiguous_offsets())
-    else {
-        candle_core::bail!("max_pool2d backward: non-contiguous tensors")
-    };
-    let (xv, gv) = (&xs.as_slice::<T>()?[x0..x1], &gs.as_slice::<T>()?[g0..g1]);
     let mut out = vec![T::zero(); n * c * h * w];
+    cpu_values(x, "max_pool2d backward input", |xv: &[T]| {
+        cpu_values(grad, "max_pool2d backward gradient", |gv: &[T]| {
+            first_max_scatter(&mut out, xv, gv, (h, w), (oh, ow), k, relu);
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)
+}
+
+/// Runs `f` on the values of a contiguous CPU tensor; an error naming `what` otherwise.
+pub(crate) fn cpu_values<T: WithDType, R>(
+    t: &Tensor,
+    what: &str,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{what}: not on the CPU")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{what}: not contiguous")
+    };
+    f(&storage.as_slice::<T>()?[start..end])
+}
+
+/// The scatter of [`first_max_grad_cpu`]: plane by plane, each window's gradient to its first
+/// maximum.
+fn first_max_scatter<T: WithDType + PartialOrd>(
+    out: &mut [T],
+    xv: &[T],
+    gv: &[T],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    k: usize,
+    relu: bool,
+) {
     let planes = out.par_chunks_mut(h * w).zip(xv.par_chunks(h * w));
     planes
         .zip(gv.par_chunks(oh * ow))
@@ -146,7 +172,6 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
                 }
             }
         });
-    Tensor::from_vec(out, x.shape(), &Device::Cpu)
 }
 
 /// [`first_max_grad`] with tensor operations, for every device.
