@@ -2,8 +2,12 @@
 //!
 //! `device = "cpu" | "cuda" | "auto"` in the macro (default `"auto"`); the environment variable
 //! `ROBUST_DEVICE` overrides it for a whole run (`ROBUST_DEVICE=cpu cargo test`). CUDA needs
-//! the crate's `cuda` feature. While a test builds its [`RobustnessCase`](crate::RobustnessCase),
-//! [`current`] returns the selected device, so a case loads its model where it will run:
+//! the crate's `cuda` feature, with which the macro also emits a `_cuda` variant of every test
+//! (ignored unless asked for: `cargo test --features cuda -- --ignored _cuda`) that runs on the
+//! first CUDA device whatever `device` and `ROBUST_DEVICE` say. While a test builds its
+//! [`RobustnessCase`](crate::RobustnessCase), [`current`] returns the selected device, so a case
+//! loads its model where it will run (a model left elsewhere is
+//! [`Error::ModelDevice`](crate::Error::ModelDevice)):
 //!
 //! ```no_run
 //! use robust_runtime::prelude::*;
