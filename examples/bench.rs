@@ -656,9 +656,7 @@ fn time_cnn_ops(dev: &Device, batch: usize) -> robust_runtime::Result<()> {
     let (w1, w2) = (randn(&[32, 1, 5, 5])?, randn(&[64, 32, 5, 5])?);
     let (g1, g2) = (randn(&[batch, 32, 28, 28])?, randn(&[batch, 64, 14, 14])?);
     let h1 = randn(&[batch, 32, 14, 14])?;
-    let flip = |w: &Tensor| -> candle_core::Result<Tensor> {
-        w.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()
-    };
+    let flip = robust_runtime::nn::flipped_kernel;
     let (f1, f2) = (flip(&w1)?, flip(&w2)?);
     let (fc1, a) = (randn(&[1024, 3136])?, randn(&[batch, 3136])?);
     println!(

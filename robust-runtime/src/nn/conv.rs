@@ -46,12 +46,7 @@ impl Conv2d {
                 candle_core::bail!("Conv2d bias of shape {:?} for {c_out} channels", b.dims())
             }
         }
-        let grad_kernel = weight
-            .detach()
-            .transpose(0, 1)?
-            .contiguous()?
-            .flip(&[2, 3])?
-            .contiguous()?;
+        let grad_kernel = flipped_kernel(&weight.detach())?;
         let weight_rows = weight.detach().flatten_from(1)?.contiguous()?;
         let weight_cols = weight_rows.t()?.contiguous()?;
         Ok(Conv2d {
@@ -313,6 +308,16 @@ fn direct_transpose_is_faster(c_in: usize, stride: usize) -> bool {
     }
 }
 
+/// `flip(W)ᵀ`: the `c_in × c_out × k × k` kernel whose convolution (at padding `k − 1 − p`) is
+/// the adjoint of a stride-1 convolution with `weight` (`c_out × c_in × k × k`).
+pub fn flipped_kernel(weight: &Tensor) -> Result<Tensor> {
+    weight
+        .transpose(0, 1)?
+        .contiguous()?
+        .flip(&[2, 3])?
+        .contiguous()
+}
+
 /// [`conv_transpose2d`] off the CPU: `y` dilated by the stride (zeros between its pixels) and
 /// convolved with the flipped, transposed kernel at padding `k − 1 − p`. That is im2col + GEMM,
 /// the path candle runs fast on a GPU, where its direct `conv_transpose2d` kernel is slow.
@@ -325,11 +330,7 @@ fn conv_transpose2d_dilated(
 ) -> Result<Tensor> {
     let (n, c_out, oh, ow) = y.dims4()?;
     let k = weight.dim(2)?;
-    let flipped = weight
-        .transpose(0, 1)?
-        .contiguous()?
-        .flip(&[2, 3])?
-        .contiguous()?;
+    let flipped = flipped_kernel(weight)?;
     // The dilated gradient needs `h + 2p − k + 1` rows (and the same for columns): the forward
     // pass read input rows up to `(oh − 1)·s + k − 1 − p`; rows it never read get zeros.
     let (lh, lw) = (h + 2 * padding + 1 - k, w + 2 * padding + 1 - k);

@@ -26,7 +26,7 @@ mod graft;
 mod linear;
 mod sequential;
 
-pub use conv::{conv2d, conv_transpose2d, Conv2d};
+pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
 pub use linear::Linear;
 pub(crate) use sequential::channel_shape;
 pub use sequential::{Layer, Sequential, SequentialBuilder};
