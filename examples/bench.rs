@@ -9,7 +9,7 @@
 //! cargo xtask bench                                   # = cargo run --release --example bench
 //! cargo run --release --features cuda --example bench -- --device cuda --only pgd
 //! bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] [--resnet-batch N]
-//!       [--reps N] [--out FILE] [--breakdown] [--ops]
+//!       [--reps N] [--out FILE] [--breakdown] [--ops] [--no-engine]
 //! ```
 //!
 //! PyTorch comes from `--torch`, else `$ROBUST_TORCH_PYTHON`, else `python3`; without one that
@@ -90,7 +90,8 @@ impl Row {
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] \
-         [--resnet-batch N] [--reps N] [--out FILE] [--breakdown] [--ops] [--rss-child KEY]"
+         [--resnet-batch N] [--reps N] [--out FILE] [--breakdown] [--ops] [--no-engine] \
+         [--rss-child KEY]"
     );
     std::process::exit(2)
 }
@@ -138,6 +139,7 @@ fn options() -> Options {
         match arg.as_str() {
             "--breakdown" => o.breakdown = true,
             "--ops" => o.ops = true,
+            "--no-engine" => NO_ENGINE.store(true, std::sync::atomic::Ordering::Relaxed),
             _ => {
                 let Some(value) = args.next() else { usage() };
                 let number = |v: &str| v.parse::<usize>().unwrap_or_else(|_| usage());
@@ -200,8 +202,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if let Kind::Attack { steps, .. } = row.kind {
                 let (forward, gradient) = time_phases(row, &model, &dev, o.reps)?;
                 println!(
-                    "          forward {:.2} ms, forward + input gradient {:.2} ms, the rest of a \
-                     step {:.2} ms",
+                    "          forward {:.2} ms, forward + input gradient + step {:.2} ms, the \
+                     rest of a step {:.2} ms",
                     1e3 * forward,
                     1e3 * gradient,
                     1e3 * (seconds / steps as f64 - gradient).max(0.0)
@@ -397,12 +399,21 @@ fn save(path: &Path, x: &Tensor, y: &Tensor) -> robust_runtime::Result<()> {
     Ok(candle_core::safetensors::save(&tensors, path)?)
 }
 
+/// `--no-engine`: every model runs on candle's operations and autograd
+/// (`Model::without_engine`), as before the engine, for a before/after column.
+static NO_ENGINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn load(row: &Row, dev: &Device) -> robust_runtime::Result<Model> {
-    Ok(match row.model {
+    let model = match row.model {
         "mnist_mlp" => Model::new(zoo::MnistMlp::load(&row.weights, dev)?),
         "mnist_cnn" => Model::new(zoo::MnistCnn::load(&row.weights, dev)?),
         "resnet18" => Model::new(zoo::ResNet18::load(&row.weights, dev)?),
         _ => Model::new(zoo::layers::mnist_small_cnn().load(&row.weights, dev)?),
+    };
+    Ok(if NO_ENGINE.load(std::sync::atomic::Ordering::Relaxed) {
+        model.without_engine()
+    } else {
+        model
     })
 }
 
@@ -470,8 +481,10 @@ fn time_row(row: &Row, model: &Model, dev: &Device, reps: usize) -> robust_runti
     Ok(best)
 }
 
-/// Seconds for the forward pass alone and for forward + input gradient (cross-entropy over the
-/// batch, as PGD's objective), best of `reps`, device synchronised.
+/// Seconds for the forward pass alone and for forward + input gradient (one FGSM step: the
+/// cross-entropy's input gradient, as PGD's objective, plus one fused step and projection),
+/// best of `reps`, device synchronised. Both through the public API, so on the engine where
+/// the model runs on it.
 fn time_phases(
     row: &Row,
     model: &Model,
@@ -493,12 +506,10 @@ fn time_phases(
         Ok(best)
     };
     let forward = best(&|| model.logits(&x))?;
+    let fgsm = attack::build("fgsm", row.eps, &AttackParams::default())?;
     let gradient = best(&|| {
-        let var = candle_core::Var::from_tensor(&x)?;
-        let logits = model.logits(var.as_tensor())?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let grads = loss.backward()?;
-        Ok(grads.get(var.as_tensor()).cloned().unwrap_or(x.clone()))
+        let batch = AttackBatch::untargeted(&x, &y, 10);
+        fgsm.perturb(model, &batch, &mut Rng::seed_from_u64(0))
     })?;
     Ok((forward, gradient))
 }

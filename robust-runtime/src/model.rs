@@ -23,11 +23,13 @@
 //! ```
 
 use std::any::Any;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Module, Tensor};
 
 use crate::defense::Preprocessed;
-use crate::nn::Sequential;
+use crate::nn::{Engine, Sequential};
+use crate::zoo;
 
 use crate::{Error, Result};
 
@@ -103,6 +105,16 @@ impl Normalize {
         Ok(Normalize { mean, std })
     }
 
+    /// The per-channel means.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
+    }
+
+    /// The per-channel standard deviations.
+    pub fn std(&self) -> &[f32] {
+        &self.std
+    }
+
     /// The same map as `x·scale + shift` per channel: `(1/std, −mean/std)`.
     pub fn as_affine(&self) -> (Vec<f32>, Vec<f32>) {
         let scale = self.std.iter().map(|s| 1.0 / s).collect();
@@ -151,6 +163,13 @@ pub struct Model {
     normalize: Option<Normalize>,
     domain: InputDomain,
     name: String,
+    /// The layers the engine compiles, when the module is a network it knows (a
+    /// [`Sequential`], the zoo's MLP and CNN).
+    layers: Option<Sequential>,
+    /// The compiled network, made on first use (with the normalisation then set).
+    engine: OnceLock<Option<Engine>>,
+    /// Whether passes may run on the engine (see [`Model::without_engine`]).
+    use_engine: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -174,6 +193,11 @@ impl Model {
             .filter(|p| !p.is_bpda() && (p.masks_gradients() || p.is_randomized()))
             .map(Preprocessed::bpda);
         let eot = preprocessed.map_or(1, Preprocessed::eot_draws);
+        let any = &module as &dyn Any;
+        let layers = network
+            .clone()
+            .or_else(|| any.downcast_ref::<zoo::MnistMlp>()?.network())
+            .or_else(|| any.downcast_ref::<zoo::MnistCnn>()?.network());
         Model {
             inner: Box::new(module),
             network,
@@ -182,13 +206,39 @@ impl Model {
             normalize: None,
             domain: InputDomain::default(),
             name: "model".into(),
+            layers,
+            engine: OnceLock::new(),
+            use_engine: true,
         }
     }
 
     /// Normalises inputs inside the model, so ε stays in input units.
     pub fn with_normalize(mut self, normalize: Normalize) -> Self {
         self.normalize = Some(normalize);
+        self.engine = OnceLock::new();
         self
+    }
+
+    /// Runs every pass through candle's own operations and autograd instead of the compiled
+    /// engine ([`crate::nn`]'s `engine`), which a [`Sequential`] or zoo network on the CPU
+    /// otherwise uses. The results agree up to float rounding; this is the slow, obvious path
+    /// the engine is tested against.
+    pub fn without_engine(mut self) -> Self {
+        self.use_engine = false;
+        self
+    }
+
+    /// The compiled network, when it can run the batch `x` (a known network, CPU, f32, the
+    /// network's input shape).
+    pub(crate) fn engine_for(&self, x: &Tensor) -> Option<&Engine> {
+        if !self.use_engine {
+            return None;
+        }
+        let engine = self
+            .engine
+            .get_or_init(|| Engine::compile(self.layers.as_ref()?, self.normalize.as_ref()))
+            .as_ref()?;
+        engine.accepts(x).then_some(engine)
     }
 
     /// Sets the input domain (default `[0, 1]`).
@@ -262,6 +312,11 @@ impl Model {
             input: x.dims().to_vec(),
             source,
         })?;
+        if !x.track_op() {
+            if let Some(engine) = self.engine_for(x) {
+                return Ok(engine.forward(x)?);
+            }
+        }
         let input = match &self.normalize {
             Some(n) => n.apply(x)?,
             None => x.clone(),

@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{relu_max_pool2d, Conv2d, Linear};
+use crate::nn::{relu_max_pool2d, Conv2d, Layer, Linear, Sequential};
 use crate::{Error, Result};
 
 /// The MLP 784-256-256-10 with ReLU activations, as
@@ -44,6 +44,19 @@ impl MnistMlp {
     /// Loads weights from a safetensors file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         load_with("MnistMlp", path.as_ref(), device, Self::new)
+    }
+
+    /// The same network as layers, for the engine.
+    pub(crate) fn network(&self) -> Option<Sequential> {
+        let layers = vec![
+            Layer::Flatten,
+            self.fc1.layer().ok()?,
+            Layer::Relu,
+            self.fc2.layer().ok()?,
+            Layer::Relu,
+            self.fc3.layer().ok()?,
+        ];
+        Sequential::from_layers(&[1, 28, 28], layers)
     }
 }
 
@@ -82,6 +95,27 @@ impl MnistCnn {
     /// Loads weights from a safetensors file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         load_with("MnistCnn", path.as_ref(), device, Self::new)
+    }
+
+    /// The same network as layers, for the engine.
+    pub(crate) fn network(&self) -> Option<Sequential> {
+        let pool = Layer::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        };
+        let layers = vec![
+            self.conv1.layer().ok()?,
+            Layer::Relu,
+            pool.clone(),
+            self.conv2.layer().ok()?,
+            Layer::Relu,
+            pool,
+            Layer::Flatten,
+            self.fc1.layer().ok()?,
+            Layer::Relu,
+            self.fc2.layer().ok()?,
+        ];
+        Sequential::from_layers(&[1, 28, 28], layers)
     }
 }
 

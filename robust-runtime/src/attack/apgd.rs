@@ -144,22 +144,28 @@ impl Apgd {
         let mut history = vec![vec![0f32; n]; c.steps];
 
         for i in 0..c.steps {
-            let momentum_from = (&x_adv - &x_old)?;
-            x_old = x_adv.clone();
             let a = if i > 0 { 0.75 } else { 1.0 };
-            let step_t = Tensor::from_vec(
-                step.iter().map(|&s| s as f32).collect::<Vec<_>>(),
-                n,
-                x.device(),
-            )?;
-            let z = kernel::project(
-                &kernel::ascend_scaled(&x_adv, &grad, c.norm, &step_t)?,
-                x,
-                &threat,
-                domain,
-            )?;
-            let moved = ((&x_adv + ((&z - &x_adv)? * a)?)? + (momentum_from * (1.0 - a))?)?;
-            x_adv = kernel::project(&moved, x, &threat, domain)?;
+            let tensors = (&x_adv, &x_old, &grad, x);
+            let next = match kernel::apgd_step_linf(tensors, &step, a, &threat, domain)? {
+                Some(next) => next,
+                None => {
+                    let momentum_from = (&x_adv - &x_old)?;
+                    let step_t = Tensor::from_vec(
+                        step.iter().map(|&s| s as f32).collect::<Vec<_>>(),
+                        n,
+                        x.device(),
+                    )?;
+                    let z = kernel::project(
+                        &kernel::ascend_scaled(&x_adv, &grad, c.norm, &step_t)?,
+                        x,
+                        &threat,
+                        domain,
+                    )?;
+                    let moved = ((&x_adv + ((&z - &x_adv)? * a)?)? + (momentum_from * (1.0 - a))?)?;
+                    kernel::project(&moved, x, &threat, domain)?
+                }
+            };
+            x_old = std::mem::replace(&mut x_adv, next);
 
             let (new_loss, new_grad, pred) = self.evaluate(model, &x_adv, objective)?;
             loss = new_loss;

@@ -69,7 +69,14 @@ impl Attack for Fgsm {
     fn perturb(&self, model: &Model, batch: &AttackBatch<'_>, _rng: &mut Rng) -> Result<Tensor> {
         let objective = batch.objective(self.cfg.loss)?;
         let (_, grad) = kernel::objective_and_grad(model, batch.inputs, &objective)?;
-        let stepped = kernel::ascend(batch.inputs, &grad, self.cfg.norm, self.cfg.eps)?;
-        kernel::project(&stepped, batch.inputs, &self.threat(), model.domain())
+        let step = (self.cfg.norm, self.cfg.eps);
+        kernel::step(
+            batch.inputs,
+            &grad,
+            batch.inputs,
+            step,
+            &self.threat(),
+            model.domain(),
+        )
     }
 }

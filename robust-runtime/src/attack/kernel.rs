@@ -12,6 +12,7 @@ use candle_core::{DType, Tensor, Var};
 use super::loss::Objective;
 use super::{Norm, ThreatModel};
 use crate::model::{InputDomain, Model};
+use crate::nn::cpu_values;
 use crate::rng::Rng;
 use crate::Result;
 
@@ -41,6 +42,23 @@ pub(crate) fn objective_grad_logits(
     // A randomized model (the EOT twin of a randomized defence) is differentiated in
     // expectation: objective, gradient and logits averaged over its draws.
     let draws = model.eot_draws().max(1);
+    if draws == 1 {
+        if let Some(engine) = model.engine_for(x) {
+            // The compiled network: the objective's gradient at the logits (candle's autograd
+            // on `N × classes` values), then the network's vector–Jacobian product.
+            let (logits, value, grad) = engine.forward_backward(x, |logits| {
+                let var = Var::from_tensor(logits)?;
+                let per_sample = objective.per_sample(var.as_tensor())?;
+                let grads = per_sample.sum_all()?.backward()?;
+                let g = match grads.get(var.as_tensor()) {
+                    Some(g) => g.clone(),
+                    None => logits.zeros_like()?,
+                };
+                Ok((per_sample.detach(), g))
+            })?;
+            return Ok((value, grad, logits));
+        }
+    }
     let mut total: Option<(Tensor, Tensor, Tensor)> = None;
     for _ in 0..draws {
         let var = Var::from_tensor(&x.detach())?;
@@ -72,6 +90,9 @@ pub(crate) fn objective_grad_logits(
 /// batch is, row by row, each sample's own `∇z_k`, because samples do not interact in the
 /// forward pass: `C` backward passes instead of `N·C`.
 pub(crate) fn logits_and_class_grads(model: &Model, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(engine) = model.engine_for(x) {
+        return Ok(engine.class_grads(x)?);
+    }
     let var = Var::from_tensor(&x.detach())?;
     let logits = model.logits(var.as_tensor())?.to_dtype(DType::F32)?;
     let classes = logits.dim(1)?;
@@ -95,6 +116,102 @@ pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Resul
         }
     };
     Ok((x + (step * alpha)?)?)
+}
+
+/// `project(ascend(x_adv, grad, norm, alpha), x, threat, domain)`: one step and its projection.
+/// For L∞ on contiguous CPU f32 batches it is one pass over the values, with the same
+/// arithmetic in the same order as the tensor operations (so the same values, bit for bit),
+/// instead of seven tensor operations that each allocate their result.
+pub(crate) fn step(
+    x_adv: &Tensor,
+    grad: &Tensor,
+    x: &Tensor,
+    (norm, alpha): (Norm, f64),
+    threat: &ThreatModel,
+    domain: InputDomain,
+) -> Result<Tensor> {
+    let fused = norm == Norm::Linf
+        && threat.norm == Norm::Linf
+        && [x_adv, grad, x]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.shape() == x.shape());
+    if !fused {
+        return project(&ascend(x_adv, grad, norm, alpha)?, x, threat, domain);
+    }
+    let (x_adv, grad, x) = (x_adv.contiguous()?, grad.contiguous()?, x.contiguous()?);
+    let (alpha, eps, lo, hi) = (alpha as f32, threat.eps as f32, domain.lo(), domain.hi());
+    let out = cpu_values(&x_adv, "step iterate", |a: &[f32]| {
+        cpu_values(&grad, "step gradient", |g: &[f32]| {
+            cpu_values(&x, "step origin", |x: &[f32]| {
+                Ok(a.iter()
+                    .zip(g)
+                    .zip(x)
+                    .map(|((&a, &g), &x)| {
+                        // sign(g)·α + 0, as candle's `sign` and `affine`.
+                        let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+                        let moved = a + (sign * alpha + 0.0);
+                        let delta = (moved - x).max(-eps).min(eps);
+                        (x + delta).max(lo).min(hi)
+                    })
+                    .collect::<Vec<f32>>())
+            })
+        })
+    })?;
+    Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+}
+
+/// APGD's momentum step (Croce & Hein 2020, eq. 4 and 5) for L∞ on contiguous CPU f32
+/// batches, in one pass with the arithmetic of the tensor version in `apgd.rs` (so the same
+/// values): `z = P(x_adv + η_s·sign(∇))`, then `P(x_adv + a·(z − x_adv) + (1 − a)·(x_adv −
+/// x_old))`, with `P` the projection onto the ball around `x` and the domain. `None` where
+/// the batch is not such a batch (the caller runs the tensor version).
+pub(crate) fn apgd_step_linf(
+    (x_adv, x_old, grad, x): (&Tensor, &Tensor, &Tensor, &Tensor),
+    step: &[f64],
+    a: f64,
+    threat: &ThreatModel,
+    domain: InputDomain,
+) -> Result<Option<Tensor>> {
+    let tensors = [x_adv, x_old, grad, x];
+    if threat.norm != Norm::Linf
+        || !tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.shape() == x.shape())
+    {
+        return Ok(None);
+    }
+    let n = x.dim(0)?;
+    let per = x.elem_count() / n.max(1);
+    let c: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    let (eps, lo, hi) = (threat.eps as f32, domain.lo(), domain.hi());
+    let (a, b) = (a as f32, (1.0 - a) as f32);
+    let project = |v: f32, x: f32| (x + (v - x).max(-eps).min(eps)).max(lo).min(hi);
+    let out = cpu_values(&c[0], "APGD iterate", |xa: &[f32]| {
+        cpu_values(&c[1], "APGD previous iterate", |xo: &[f32]| {
+            cpu_values(&c[2], "APGD gradient", |g: &[f32]| {
+                cpu_values(&c[3], "APGD origin", |x0: &[f32]| {
+                    let mut out = vec![0f32; xa.len()];
+                    for (i, out) in out.chunks_mut(per.max(1)).enumerate() {
+                        let eta = step[i] as f32;
+                        let r = i * per..(i + 1) * per;
+                        let rows = xa[r.clone()].iter().zip(&xo[r.clone()]);
+                        let rows = rows.zip(g[r.clone()].iter().zip(&x0[r]));
+                        for (o, ((&xa, &xo), (&g, &x0))) in out.iter_mut().zip(rows) {
+                            let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+                            let z = project(xa + sign * eta, x0);
+                            let moved = (xa + ((z - xa) * a + 0.0)) + ((xa - xo) * b + 0.0);
+                            *o = project(moved, x0);
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+        })
+    })?;
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
 /// [`ascend`] with a per-sample step size `alpha` (shape `N`).
@@ -190,4 +307,75 @@ pub(crate) fn batch_shape(t: &Tensor) -> Vec<usize> {
     let mut shape = vec![1; t.rank()];
     shape[0] = t.dims()[0];
     shape
+}
+
+#[cfg(test)]
+mod should {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn random(rng: &mut Rng, lo: f64, hi: f64) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            rng.uniform_vec(4 * 50, lo, hi),
+            (4, 2, 5, 5),
+            &Device::Cpu,
+        )?)
+    }
+
+    fn values(t: &Tensor) -> Result<Vec<f32>> {
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Inputs that reach every branch: some zero gradients, iterates past the ball and the
+    /// domain.
+    fn inputs(seed: u64) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+        let mut rng = Rng::seed_from_u64(seed);
+        let x = random(&mut rng, 0.0, 1.0)?;
+        let adv = (&x + random(&mut rng, -0.15, 0.15)?)?;
+        let old = (&x + random(&mut rng, -0.15, 0.15)?)?;
+        let grad = random(&mut rng, -1.0, 1.0)?.round()?;
+        Ok((x, adv, old, grad))
+    }
+
+    #[test]
+    fn step_and_project_in_one_pass_to_the_values_of_the_tensor_operations() -> Result<()> {
+        let (x, adv, _, grad) = inputs(1)?;
+        let threat = ThreatModel {
+            norm: Norm::Linf,
+            eps: 0.1,
+        };
+        let domain = InputDomain::new(0.05, 0.95)?;
+        let fused = step(&adv, &grad, &x, (Norm::Linf, 0.03), &threat, domain)?;
+        let apart = project(&ascend(&adv, &grad, Norm::Linf, 0.03)?, &x, &threat, domain)?;
+        assert_eq!(values(&fused)?, values(&apart)?);
+        assert_ne!(values(&fused)?, values(&adv)?);
+        Ok(())
+    }
+
+    #[test]
+    fn take_apgds_momentum_step_in_one_pass_to_the_values_of_the_tensor_operations() -> Result<()> {
+        let (x, adv, old, grad) = inputs(2)?;
+        let threat = ThreatModel {
+            norm: Norm::Linf,
+            eps: 0.1,
+        };
+        let domain = InputDomain::default();
+        let step = [0.2, 0.05, 0.1, 0.025];
+        for a in [1.0, 0.75] {
+            let fused = apgd_step_linf((&adv, &old, &grad, &x), &step, a, &threat, domain)?
+                .expect("a CPU f32 batch");
+            let eta = Tensor::from_vec(step.iter().map(|&s| s as f32).collect(), 4, &Device::Cpu)?;
+            let z = project(
+                &ascend_scaled(&adv, &grad, Norm::Linf, &eta)?,
+                &x,
+                &threat,
+                domain,
+            )?;
+            let moved = ((&adv + ((&z - &adv)? * a)?)? + ((&adv - &old)? * (1.0 - a))?)?;
+            let apart = project(&moved, &x, &threat, domain)?;
+            assert_eq!(values(&fused)?, values(&apart)?, "a = {a}");
+        }
+        Ok(())
+    }
 }

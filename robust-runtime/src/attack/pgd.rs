@@ -82,8 +82,8 @@ impl Pgd {
         let mut adv = start;
         for _ in 0..self.cfg.steps {
             let (_, grad) = kernel::objective_and_grad(model, &adv, objective)?;
-            let stepped = kernel::ascend(&adv, &grad, self.cfg.norm, self.alpha)?;
-            adv = kernel::project(&stepped, batch.inputs, &threat, model.domain())?;
+            let step = (self.cfg.norm, self.alpha);
+            adv = kernel::step(&adv, &grad, batch.inputs, step, &threat, model.domain())?;
         }
         Ok(adv)
     }

@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use crate::nn::{channel_shape, Layer, Sequential};
+use crate::nn::{channel_shape, Engine, Layer, Sequential};
 use crate::Result;
 
 /// The box of each layer's input, and of the output last: `result[i]` bounds what enters layer
@@ -31,6 +31,9 @@ pub fn layer_bounds(
 
 /// The output box of `net` for the input box `[lower, upper]` (both `N × input shape`).
 pub fn output_bounds(net: &Sequential, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+        return Ok(engine.interval(lower, upper)?);
+    }
     let (mut l, mut u) = (lower.clone(), upper.clone());
     for layer in net.layers() {
         (l, u) = layer_interval(layer, &l, &u)?;
@@ -75,11 +78,19 @@ pub fn worst_case_logits(
 fn margins(net: &Sequential, lower: &Tensor, upper: &Tensor, labels: &[u32]) -> Result<Tensor> {
     let layers = net.layers();
     if let Some(Layer::Linear { weight, bias }) = layers.last() {
-        let mut l = lower.clone();
-        let mut u = upper.clone();
-        for layer in &layers[..layers.len() - 1] {
-            (l, u) = layer_interval(layer, &l, &u)?;
-        }
+        // The box of the last layer's input: on the engine when it runs the network (plain
+        // CPU weights), else layer by layer with tensor operations (certified training).
+        let hidden = &layers[..layers.len() - 1];
+        let (l, u) = match Sequential::from_layers(net.input_shape(), hidden.to_vec()) {
+            Some(prefix) => output_bounds(&prefix, lower, upper)?,
+            None => {
+                let (mut l, mut u) = (lower.clone(), upper.clone());
+                for layer in hidden {
+                    (l, u) = layer_interval(layer, &l, &u)?;
+                }
+                (l, u)
+            }
+        };
         let spec = super::margin_spec(labels, weight.dim(0)?, weight.device())?; // N × K × K
         let w = spec.broadcast_matmul(weight)?; // N × K × in
         let b = spec.broadcast_matmul(&bias.unsqueeze(1)?)?.squeeze(2)?; // N × K

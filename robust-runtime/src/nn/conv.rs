@@ -83,6 +83,25 @@ impl Conv2d {
         Ok(self)
     }
 
+    /// The same convolution as a [`Layer`](super::Layer) of a network (a missing bias as
+    /// zeros).
+    pub(crate) fn layer(&self) -> Result<super::Layer> {
+        let bias = match &self.bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(
+                self.weight.dim(0)?,
+                self.weight.dtype(),
+                self.weight.device(),
+            )?,
+        };
+        Ok(super::Layer::Conv2d {
+            weight: self.weight.clone(),
+            bias,
+            stride: self.stride,
+            padding: self.padding,
+        })
+    }
+
     fn conv(&self, x: &Tensor) -> Result<Tensor> {
         if !self.trainable() {
             return conv2d_rows(

@@ -31,6 +31,22 @@ impl Linear {
         Ok(Self::new(weight, Some(bias)))
     }
 
+    /// The same layer as a [`Layer`](super::Layer) of a network (a missing bias as zeros).
+    pub(crate) fn layer(&self) -> Result<super::Layer> {
+        let bias = match &self.bias {
+            Some(b) => b.clone(),
+            None => Tensor::zeros(
+                self.weight.dim(0)?,
+                self.weight.dtype(),
+                self.weight.device(),
+            )?,
+        };
+        Ok(super::Layer::Linear {
+            weight: self.weight.clone(),
+            bias,
+        })
+    }
+
     fn affine(&self, x: &Tensor) -> Result<Tensor> {
         let y = match x.rank() {
             2 => x.matmul(&self.weight.t()?)?,

@@ -22,11 +22,13 @@
 //! forward hands over that value's storage, so they run on every device candle supports.
 
 mod conv;
+mod engine;
 mod graft;
 mod linear;
 mod sequential;
 
 pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
+pub(crate) use engine::Engine;
 pub use linear::Linear;
 pub(crate) use sequential::channel_shape;
 pub use sequential::{Layer, Sequential, SequentialBuilder};

@@ -260,6 +260,47 @@ impl Sequential {
         &self.shapes[i]
     }
 
+    /// The network of `layers` on inputs of per-sample shape `input`, with the shapes the
+    /// builder would infer; `None` when a layer does not fit the shape before it. How the zoo
+    /// models describe themselves to the engine.
+    pub(crate) fn from_layers(input: &[usize], layers: Vec<Layer>) -> Option<Sequential> {
+        let mut shapes = vec![input.to_vec()];
+        for layer in &layers {
+            let shape = shapes.last()?;
+            let window = |n: usize, k: usize, stride: usize, pad: usize| {
+                (n + 2 * pad).checked_sub(k).map(|v| v / stride + 1)
+            };
+            let next = match (layer, &shape[..]) {
+                (Layer::Linear { weight, .. }, [_]) => vec![weight.dim(0).ok()?],
+                (
+                    Layer::Conv2d {
+                        weight,
+                        stride,
+                        padding,
+                        ..
+                    },
+                    &[_, h, w],
+                ) => {
+                    let (c_out, k) = (weight.dim(0).ok()?, weight.dim(2).ok()?);
+                    let size = |n| window(n, k, *stride, *padding);
+                    vec![c_out, size(h)?, size(w)?]
+                }
+                (Layer::Relu | Layer::ChannelAffine { .. }, _) => shape.clone(),
+                (Layer::Flatten, _) => vec![shape.iter().product()],
+                (
+                    Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride },
+                    &[c, h, w],
+                ) => {
+                    let size = |n| window(n, *kernel, *stride, 0);
+                    vec![c, size(h)?, size(w)?]
+                }
+                _ => return None,
+            };
+            shapes.push(next);
+        }
+        Some(Sequential { layers, shapes })
+    }
+
     /// The same network with `normalize` applied first, as one more affine layer: what a
     /// certifier bounds when the [`Model`](crate::Model) normalises inside.
     pub fn with_normalize_first(&self, normalize: &Normalize, device: &Device) -> Result<Self> {

@@ -1,0 +1,856 @@
+//! The engine: a network whose layers we know, compiled once into a plan that runs the forward
+//! pass and the input gradient (the vector–Jacobian product) directly on f32 buffers, on the
+//! CPU.
+//!
+//! An attack needs the gradient of its objective with respect to the input and nothing else.
+//! candle's autograd tape computes it through a graph of tensor operations, each allocating its
+//! output, and its backward of `matmul` and `conv2d` also computes the weight gradients. The
+//! plan instead:
+//!
+//! - keeps the weights as plain `Vec<f32>` and, per batch size, a workspace of activation and
+//!   gradient buffers that every step reuses;
+//! - fuses each layer's bias and a following ReLU into one pass over its output;
+//! - runs linear layers as one matrix product over the batch (the `gemm` crate, AVX-512 where
+//!   the CPU has it, on rayon's pool) and convolutions as im2col + one product per sample, in
+//!   parallel over samples;
+//! - keeps each max-pool window's first maximum for the backward pass (PyTorch's choice at
+//!   ties, see [`crate::nn`]);
+//! - computes only the input gradient, through the transposed weights.
+//!
+//! The numbers are those of the candle path up to float rounding (summation order);
+//! `tests/engine.rs` checks logits and gradients against candle's autograd on every layer kind
+//! and the attacks' results on the shipped models. Networks the engine does not know (a user's
+//! own `Module`, a residual network, anything off the CPU, trainable weights) keep running
+//! through candle.
+
+mod conv;
+mod gemm;
+mod kernels;
+
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::{DType, Device, Result, Tensor};
+use rayon::prelude::*;
+
+use self::conv::Conv;
+use self::gemm::{matmul, View};
+use self::kernels::{ConvShape, PoolShape};
+use super::{cpu_values, Layer, Sequential};
+use crate::model::Normalize;
+
+/// One step of the plan.
+#[derive(Debug)]
+enum Op {
+    /// `y = x·Wᵀ + b` over the whole batch, then ReLU if `relu`.
+    Linear {
+        /// `d_out × d_in`, row-major.
+        w: Vec<f32>,
+        b: Vec<f32>,
+        d_in: usize,
+        d_out: usize,
+        relu: bool,
+        /// `|W|`, made when interval bounds first need it.
+        abs_w: OnceLock<Vec<f32>>,
+    },
+    /// A convolution per sample as im2col + product, its bias, then ReLU if `relu`.
+    Conv {
+        /// `c_out × c_in·k·k`, row-major.
+        w: Vec<f32>,
+        b: Vec<f32>,
+        c_out: usize,
+        g: ConvShape,
+        relu: bool,
+        /// `|W|`, made when interval bounds first need it.
+        abs_w: OnceLock<Vec<f32>>,
+    },
+    /// `max(x, 0)`, where no layer before it could take it.
+    Relu,
+    MaxPool(PoolShape),
+    AvgPool(PoolShape),
+    /// `x·scale + shift` per channel (batch norm, a `Normalize` layer of the network).
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        /// Values per channel and sample.
+        plane: usize,
+    },
+    /// `(x − mean) / std` per channel: the model's own normalisation, computed as
+    /// [`Normalize::apply`] does.
+    Normalize {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+        plane: usize,
+    },
+}
+
+impl Op {
+    /// Whether the backward pass reads this op's output (a ReLU mask).
+    fn relu(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu | Op::Linear { relu: true, .. } | Op::Conv { relu: true, .. }
+        )
+    }
+}
+
+/// A compiled network (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Engine {
+    input: Vec<usize>,
+    ops: Vec<Op>,
+    /// `sizes[i]`: values per sample entering op `i`; the last is the number of classes.
+    sizes: Vec<usize>,
+    /// Workspaces of finished passes, for the next pass of the same batch size.
+    spare: Mutex<Vec<Workspace>>,
+}
+
+/// The buffers of one pass over a batch.
+#[derive(Debug)]
+struct Workspace {
+    batch: usize,
+    /// `acts[i]`: op `i`'s output, `batch × sizes[i + 1]`.
+    acts: Vec<Vec<f32>>,
+    /// `args[i]`: op `i`'s max-pool positions (empty for other ops).
+    args: Vec<Vec<u32>>,
+    /// Two gradient buffers the backward pass alternates between, `batch × max(sizes)` each.
+    grads: [Vec<f32>; 2],
+}
+
+/// The values of a weight tensor as f32, if it is a plain CPU f32 tensor (not a variable that
+/// training may still change).
+fn values(t: &Tensor) -> Option<Vec<f32>> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || t.track_op() || t.is_variable() {
+        return None;
+    }
+    t.flatten_all().ok()?.to_vec1::<f32>().ok()
+}
+
+/// Values per channel for a per-channel map with `channels` values on a per-sample `shape`:
+/// one channel broadcasts over everything, else the channels are dimension 0 of `shape`.
+fn channel_plane(shape: &[usize], channels: usize) -> Option<usize> {
+    let total: usize = shape.iter().product();
+    if channels == 1 {
+        return Some(total);
+    }
+    (shape.first() == Some(&channels)).then(|| total / channels)
+}
+
+impl Engine {
+    /// Compiles `net`, preceded by `normalize` when the model normalises inside. `None` when the
+    /// engine cannot run it: weights off the CPU, not f32 or trainable, or an output that is
+    /// not one vector of logits per sample.
+    pub(crate) fn compile(net: &Sequential, normalize: Option<&Normalize>) -> Option<Engine> {
+        let input = net.input_shape().to_vec();
+        let mut ops = Vec::new();
+        let mut sizes = vec![input.iter().product::<usize>()];
+        if let Some(n) = normalize {
+            let (mean, std) = (n.mean().to_vec(), n.std().to_vec());
+            let plane = channel_plane(&input, mean.len())?;
+            ops.push(Op::Normalize { mean, std, plane });
+            sizes.push(sizes[0]);
+        }
+        for (i, layer) in net.layers().iter().enumerate() {
+            let (shape, next) = (net.shape_before(i), net.shape_before(i + 1));
+            let op = match layer {
+                Layer::Flatten => continue,
+                Layer::Relu => match ops.last_mut() {
+                    Some(Op::Linear { relu, .. } | Op::Conv { relu, .. }) if !*relu => {
+                        *relu = true;
+                        continue;
+                    }
+                    _ => Op::Relu,
+                },
+                Layer::Linear { weight, bias } => Op::Linear {
+                    w: values(weight)?,
+                    b: values(bias)?,
+                    d_in: shape.iter().product(),
+                    d_out: next.iter().product(),
+                    relu: false,
+                    abs_w: OnceLock::new(),
+                },
+                Layer::Conv2d {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                } => {
+                    let (&[c_in, h, w], &[c_out, oh, ow]) = (shape, next) else {
+                        return None;
+                    };
+                    let g = ConvShape {
+                        c_in,
+                        h,
+                        w,
+                        k: weight.dim(2).ok()?,
+                        stride: *stride,
+                        pad: *padding,
+                        oh,
+                        ow,
+                    };
+                    Op::Conv {
+                        w: values(weight)?,
+                        b: values(bias)?,
+                        c_out,
+                        g,
+                        relu: false,
+                        abs_w: OnceLock::new(),
+                    }
+                }
+                Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
+                    let (&[_, h, w], &[_, oh, ow]) = (shape, next) else {
+                        return None;
+                    };
+                    let g = PoolShape {
+                        h,
+                        w,
+                        k: *kernel,
+                        stride: *stride,
+                        oh,
+                        ow,
+                    };
+                    match layer {
+                        Layer::MaxPool2d { .. } => Op::MaxPool(g),
+                        _ => Op::AvgPool(g),
+                    }
+                }
+                Layer::ChannelAffine { scale, shift, .. } => {
+                    let (scale, shift) = (values(scale)?, values(shift)?);
+                    let plane = channel_plane(shape, scale.len())?;
+                    Op::Affine {
+                        scale,
+                        shift,
+                        plane,
+                    }
+                }
+            };
+            ops.push(op);
+            sizes.push(next.iter().product());
+        }
+        if net.output_shape().len() != 1 || ops.is_empty() {
+            return None;
+        }
+        Some(Engine {
+            input,
+            ops,
+            sizes,
+            spare: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Whether `x` is a batch the plan runs: contiguous-able f32 on the CPU with the network's
+    /// per-sample shape.
+    pub(crate) fn accepts(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && x.rank() == self.input.len() + 1
+            && x.dims()[1..] == self.input[..]
+    }
+
+    /// Classes per sample.
+    fn classes(&self) -> usize {
+        self.sizes[self.sizes.len() - 1]
+    }
+
+    /// The logits of `x` (`N × classes`).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.with_pass(x, |pass| pass.logits())
+    }
+
+    /// The logits of `x`, `extra` and the gradient with respect to `x` of `Σ_n ⟨g_n, z_n⟩`,
+    /// where `(extra, g) = at_logits(logits)`: `g` is the objective's gradient at the logits
+    /// (`N × classes`).
+    pub(crate) fn forward_backward<R>(
+        &self,
+        x: &Tensor,
+        at_logits: impl FnOnce(&Tensor) -> crate::Result<(R, Tensor)>,
+    ) -> crate::Result<(Tensor, R, Tensor)> {
+        self.with_pass(x, |pass| {
+            let logits = pass.logits()?;
+            let (extra, g) = at_logits(&logits)?;
+            let grad = pass.input_grad(&g)?;
+            Ok((logits, extra, grad))
+        })
+    }
+
+    /// The logits of `x` and the input gradient of every class logit, `N × classes × …`.
+    pub(crate) fn class_grads(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.with_pass(x, |pass| {
+            let logits = pass.logits()?;
+            let (n, classes) = (pass.ws.batch, self.classes());
+            let mut grads = Vec::with_capacity(classes);
+            for k in 0..classes {
+                let mut onehot = vec![0f32; n * classes];
+                onehot
+                    .iter_mut()
+                    .skip(k)
+                    .step_by(classes)
+                    .for_each(|v| *v = 1.0);
+                grads.push(pass.input_grad(&Tensor::from_vec(
+                    onehot,
+                    (n, classes),
+                    &Device::Cpu,
+                )?)?);
+            }
+            Ok((logits, Tensor::stack(&grads, 1)?))
+        })
+    }
+
+    /// Runs the forward pass of `x` in a workspace, then `f` on it.
+    fn with_pass<R, E: From<candle_core::Error>>(
+        &self,
+        x: &Tensor,
+        f: impl FnOnce(&mut Pass<'_>) -> std::result::Result<R, E>,
+    ) -> std::result::Result<R, E> {
+        let batch = x.dim(0)?;
+        let mut ws = self.workspace(batch);
+        let x = x.contiguous()?;
+        cpu_values(&x, "engine input", |xv: &[f32]| {
+            self.run_forward(xv, &mut ws);
+            Ok(())
+        })?;
+        let mut pass = Pass {
+            engine: self,
+            ws,
+            dims: x.dims().to_vec(),
+        };
+        let out = f(&mut pass);
+        if let Ok(mut spare) = self.spare.lock() {
+            // A few sizes at most: the attack batch and its tail.
+            if spare.len() < 4 {
+                spare.push(pass.ws);
+            }
+        }
+        out
+    }
+
+    /// A workspace for `batch` samples: a spare one of that size, or a new one.
+    fn workspace(&self, batch: usize) -> Workspace {
+        if let Ok(mut spare) = self.spare.lock() {
+            if let Some(i) = spare.iter().position(|ws| ws.batch == batch) {
+                return spare.swap_remove(i);
+            }
+        }
+        let widest = self.sizes.iter().copied().max().unwrap_or(0);
+        Workspace {
+            batch,
+            acts: self.sizes[1..]
+                .iter()
+                .map(|s| vec![0.0; batch * s])
+                .collect(),
+            args: self
+                .ops
+                .iter()
+                .zip(&self.sizes[1..])
+                .map(|(op, s)| match op {
+                    Op::MaxPool(_) => vec![0; batch * s],
+                    _ => Vec::new(),
+                })
+                .collect(),
+            grads: [vec![0.0; batch * widest], vec![0.0; batch * widest]],
+        }
+    }
+
+    /// Every op's output for the batch `x` into `ws.acts`.
+    fn run_forward(&self, x: &[f32], ws: &mut Workspace) {
+        for (i, op) in self.ops.iter().enumerate() {
+            let (done, rest) = ws.acts.split_at_mut(i);
+            let src = if i == 0 { x } else { &done[i - 1][..] };
+            let sizes = (self.sizes[i], self.sizes[i + 1]);
+            apply(
+                op,
+                Weights::Signed,
+                src,
+                &mut rest[0],
+                &mut ws.args[i],
+                sizes,
+            );
+        }
+    }
+
+    /// Interval bound propagation (see [`crate::certify`]'s `ibp`) through the plan: the box
+    /// of the logits for the input box `[lower, upper]`, with the arithmetic of the tensor
+    /// version (centre `(u + l)·0.5`, radius `(u − l)·0.5`, `W c + b ± |W| r` for affine maps,
+    /// corners through monotone ones).
+    pub(crate) fn interval(&self, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = lower.dim(0)?;
+        let (lower, upper) = (lower.contiguous()?, upper.contiguous()?);
+        let mut l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
+        let mut u = cpu_values(&upper, "interval upper bound", |v: &[f32]| Ok(v.to_vec()))?;
+        let mut args = Vec::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            let sizes = (self.sizes[i], self.sizes[i + 1]);
+            let mut lo = vec![0.0; n * sizes.1];
+            let mut hi = vec![0.0; n * sizes.1];
+            if matches!(op, Op::MaxPool(_)) {
+                args.resize(n * sizes.1, 0);
+            }
+            match op {
+                Op::Linear { .. } | Op::Conv { .. } | Op::Affine { .. } => {
+                    let centre: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u + l) * 0.5).collect();
+                    let radius: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u - l) * 0.5).collect();
+                    apply(op, Weights::AffineOnly, &centre, &mut lo, &mut args, sizes);
+                    apply(op, Weights::Abs, &radius, &mut hi, &mut args, sizes);
+                    for (c, r) in lo.iter_mut().zip(hi.iter_mut()) {
+                        (*c, *r) = (*c - *r, *c + *r);
+                        // A fused ReLU is monotone: it maps the corners.
+                        if op.relu() {
+                            (*c, *r) = (c.max(0.0), r.max(0.0));
+                        }
+                    }
+                }
+                // Monotone non-decreasing in every input: the corners map to the corners.
+                _ => {
+                    apply(op, Weights::Signed, &l, &mut lo, &mut args, sizes);
+                    apply(op, Weights::Signed, &u, &mut hi, &mut args, sizes);
+                }
+            }
+            (l, u) = (lo, hi);
+        }
+        let shape = (n, self.classes());
+        Ok((
+            Tensor::from_vec(l, shape, &Device::Cpu)?,
+            Tensor::from_vec(u, shape, &Device::Cpu)?,
+        ))
+    }
+}
+
+/// How an affine op is applied: as it is (bias and any fused ReLU), its affine map alone (the
+/// centre of an interval), or its weights' absolute values without bias (the radius).
+#[derive(Clone, Copy, PartialEq)]
+enum Weights {
+    Signed,
+    AffineOnly,
+    Abs,
+}
+
+/// One op on a batch: `src` (`batch × sizes.0`) to `out` (`batch × sizes.1`); `args` receives
+/// a max-pool's positions. With [`Weights::Abs`], an affine op maps `src` by `|W|` (or
+/// `|scale|`), without bias and ReLU.
+fn apply(
+    op: &Op,
+    weights: Weights,
+    src: &[f32],
+    out: &mut [f32],
+    args: &mut [u32],
+    (s_in, s_out): (usize, usize),
+) {
+    let n = src.len() / s_in.max(1);
+    let abs = weights == Weights::Abs;
+    let relu = |relu: &bool| *relu && weights == Weights::Signed;
+    match op {
+        Op::Linear {
+            w,
+            b,
+            d_in,
+            d_out,
+            relu: relu_after,
+            abs_w,
+        } => {
+            let w = if abs {
+                abs_w.get_or_init(|| absolute(w))
+            } else {
+                w
+            };
+            matmul(
+                (n, *d_out, *d_in),
+                out,
+                View::rows(src, *d_in),
+                View::transposed(w, *d_in),
+                rayon::current_num_threads(),
+            );
+            if !abs {
+                out.par_chunks_mut(*d_out)
+                    .for_each(|row| bias_relu(row, b, 1, relu(relu_after)));
+            }
+        }
+        Op::Conv {
+            w,
+            b,
+            c_out,
+            g,
+            relu: relu_after,
+            abs_w,
+        } => {
+            let w = if abs {
+                abs_w.get_or_init(|| absolute(w))
+            } else {
+                w
+            };
+            let conv = Conv {
+                w,
+                c_out: *c_out,
+                g,
+            };
+            conv.forward(src, out, |c, run| {
+                if !abs {
+                    bias_relu(run, &b[c..=c], run.len(), relu(relu_after));
+                }
+            });
+        }
+        Op::Relu => out
+            .par_chunks_mut(s_out)
+            .zip(src.par_chunks(s_in))
+            .for_each(|(out, src)| {
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = v.max(0.0);
+                }
+            }),
+        Op::MaxPool(g) => {
+            let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+            out.par_chunks_mut(plane_out)
+                .zip(args.par_chunks_mut(plane_out))
+                .zip(src.par_chunks(plane_in))
+                .for_each(|((out, arg), src)| kernels::max_pool(src, out, arg, g));
+        }
+        Op::AvgPool(g) => {
+            let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+            out.par_chunks_mut(plane_out)
+                .zip(src.par_chunks(plane_in))
+                .for_each(|(out, src)| kernels::avg_pool(src, out, g));
+        }
+        Op::Affine {
+            scale,
+            shift,
+            plane,
+        } => {
+            if abs {
+                per_channel(src, out, s_in, *plane, |c, v| v * scale[c].abs())
+            } else {
+                per_channel(src, out, s_in, *plane, |c, v| v * scale[c] + shift[c])
+            }
+        }
+        Op::Normalize { mean, std, plane } => {
+            per_channel(src, out, s_in, *plane, |c, v| (v - mean[c]) / std[c])
+        }
+    }
+}
+
+/// `|w|`, element by element.
+fn absolute(w: &[f32]) -> Vec<f32> {
+    w.iter().map(|v| v.abs()).collect()
+}
+
+/// `out[i] = f(channel of i, src[i])` over a batch of samples of `size` values with channels
+/// of `plane` values each.
+fn per_channel(
+    src: &[f32],
+    out: &mut [f32],
+    size: usize,
+    plane: usize,
+    f: impl Fn(usize, f32) -> f32 + Sync,
+) {
+    out.par_chunks_mut(size)
+        .zip(src.par_chunks(size))
+        .for_each(|(out, src)| {
+            for (c, (out, src)) in out.chunks_mut(plane).zip(src.chunks(plane)).enumerate() {
+                for (o, &v) in out.iter_mut().zip(src) {
+                    *o = f(c, v);
+                }
+            }
+        });
+}
+
+/// Adds `bias[c]` to each run of `plane` values of `out` (channel `c`), then ReLU if `relu`.
+fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
+    for (run, &b) in out.chunks_mut(plane).zip(bias) {
+        if relu {
+            run.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+        } else {
+            run.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// A forward pass whose activations are in `ws`: its logits, and input gradients of any
+/// gradient at the logits.
+struct Pass<'a> {
+    engine: &'a Engine,
+    ws: Workspace,
+    /// The input's dimensions, for the gradient's.
+    dims: Vec<usize>,
+}
+
+impl Pass<'_> {
+    fn logits(&self) -> Result<Tensor> {
+        let out = self.ws.acts.last().map(|a| a.to_vec()).unwrap_or_default();
+        Tensor::from_vec(out, (self.ws.batch, self.engine.classes()), &Device::Cpu)
+    }
+
+    /// The input gradient of `Σ_n ⟨g_n, z_n⟩` for `g` (`N × classes`).
+    fn input_grad(&mut self, g: &Tensor) -> Result<Tensor> {
+        let (e, n) = (self.engine, self.ws.batch);
+        let g = g.to_dtype(DType::F32)?.contiguous()?;
+        let [cur, next] = &mut self.ws.grads;
+        cpu_values(&g, "engine logit gradient", |gv: &[f32]| {
+            cur[..gv.len()].copy_from_slice(gv);
+            Ok(())
+        })?;
+        for (i, op) in e.ops.iter().enumerate().rev() {
+            let (s_in, s_out) = (e.sizes[i], e.sizes[i + 1]);
+            let (gout, gin) = (&mut cur[..n * s_out], &mut next[..n * s_in]);
+            if op.relu() {
+                gout.par_chunks_mut(s_out)
+                    .zip(self.ws.acts[i].par_chunks(s_out))
+                    .for_each(|(g, y)| {
+                        for (g, &y) in g.iter_mut().zip(y) {
+                            if y <= 0.0 {
+                                *g = 0.0;
+                            }
+                        }
+                    });
+            }
+            match op {
+                Op::Linear { w, d_in, d_out, .. } => matmul(
+                    (n, *d_in, *d_out),
+                    gin,
+                    View::rows(gout, *d_out),
+                    View::rows(w, *d_in),
+                    rayon::current_num_threads(),
+                ),
+                Op::Conv { w, c_out, g, .. } => Conv {
+                    w,
+                    c_out: *c_out,
+                    g,
+                }
+                .backward(gout, gin),
+                Op::Relu => gin.copy_from_slice(gout),
+                Op::MaxPool(g) => {
+                    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+                    gin.par_chunks_mut(plane_in)
+                        .zip(gout.par_chunks(plane_out))
+                        .zip(self.ws.args[i].par_chunks(plane_out))
+                        .for_each(|((gin, gout), arg)| kernels::max_pool_back(gout, arg, gin));
+                }
+                Op::AvgPool(g) => {
+                    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+                    gin.par_chunks_mut(plane_in)
+                        .zip(gout.par_chunks(plane_out))
+                        .for_each(|(gin, gout)| kernels::avg_pool_back(gout, gin, g));
+                }
+                Op::Affine { scale, plane, .. } => {
+                    per_channel(gout, gin, s_in, *plane, |c, v| v * scale[c])
+                }
+                Op::Normalize { std, plane, .. } => {
+                    per_channel(gout, gin, s_in, *plane, |c, v| v / std[c])
+                }
+            }
+            std::mem::swap(cur, next);
+        }
+        Tensor::from_slice(&cur[..n * e.sizes[0]], self.dims.as_slice(), &Device::Cpu)
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use std::collections::HashMap;
+
+    use candle_core::{Module, Var};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::nn::SequentialBuilder;
+    use crate::Rng;
+
+    /// `builder`'s network with seeded random weights (positive variances for batch norm).
+    fn random(builder: SequentialBuilder, seed: u64) -> crate::Result<Sequential> {
+        let varmap = VarMap::new();
+        builder
+            .clone()
+            .build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        let mut rng = Rng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        let mut names: Vec<_> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let shape = varmap.data().lock().unwrap()[&name].dims().to_vec();
+            let n = shape.iter().product();
+            let mut v = rng.normal_vec(n);
+            if name.ends_with("running_var") {
+                v.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+            }
+            tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        }
+        builder.build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+    }
+
+    /// Every layer kind: normalisation, padded and strided convolutions, max pooling, a ReLU that
+    /// no layer can absorb, batch norm, average pooling, a 1×1 convolution.
+    fn networks() -> crate::Result<Vec<(Sequential, Option<Normalize>)>> {
+        let image = Sequential::builder(&[3, 10, 9])
+            .normalize(Normalize::new(vec![0.4, 0.5, 0.6], vec![0.2, 0.3, 0.25])?)
+            .conv2d(4, 3, 1, 1)
+            .relu()
+            .max_pool2d(2)
+            .relu()
+            .batch_norm()
+            .conv2d(5, 4, 2, 1)
+            .avg_pool2d(2)
+            .flatten()
+            .linear(7)
+            .relu()
+            .linear(4);
+        let flat = Sequential::builder(&[12])
+            .batch_norm()
+            .linear(6)
+            .relu()
+            .linear(3);
+        let pointwise = Sequential::builder(&[2, 5, 5])
+            .conv2d(3, 1, 1, 0)
+            .relu()
+            .max_pool2d(2)
+            .flatten()
+            .linear(3);
+        Ok(vec![
+            (random(image, 1)?, None),
+            (
+                random(flat, 2)?,
+                Some(Normalize::new(vec![0.5], vec![0.3])?),
+            ),
+            (
+                random(pointwise, 3)?,
+                Some(Normalize::new(vec![0.1, 0.2], vec![0.5, 2.0])?),
+            ),
+        ])
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> crate::Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
+    }
+
+    fn max_abs(a: &Tensor) -> crate::Result<f32> {
+        Ok(a.abs()?.max_all()?.to_scalar::<f32>()?)
+    }
+
+    #[test]
+    fn give_candles_logits_and_input_gradients_on_every_layer_kind() -> crate::Result<()> {
+        // One sample (a product per sample) and six (samples side by side in one product).
+        for (i, (net, normalize)) in networks()?.into_iter().chain(networks()?).enumerate() {
+            let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
+            let mut rng = Rng::seed_from_u64(10 + i as u64);
+            let batch = if i < 3 { 1 } else { 6 };
+            let mut dims = vec![batch];
+            dims.extend_from_slice(net.input_shape());
+            let n = dims.iter().product();
+            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
+            let classes = net.output_shape()[0];
+            let r = Tensor::from_vec(
+                rng.normal_vec(batch * classes),
+                (batch, classes),
+                &Device::Cpu,
+            )?;
+
+            // The slow, obvious path: candle's operations and autograd.
+            let var = Var::from_tensor(&x)?;
+            let input = match &normalize {
+                Some(n) => n.apply(var.as_tensor())?,
+                None => var.as_tensor().clone(),
+            };
+            let logits = net.forward(&input)?;
+            let grads = (&logits * &r)?.sum_all()?.backward()?;
+            let grad = grads.get(var.as_tensor()).expect("input gradient").clone();
+
+            let (ours, (), our_grad) = engine.forward_backward(&x, |_| Ok(((), r.clone())))?;
+            let scale = max_abs(&logits)?.max(1.0);
+            assert!(
+                max_diff(&ours, &logits)? <= 1e-5 * scale,
+                "network {i}: logits"
+            );
+            let scale = max_abs(&grad)?.max(1e-3);
+            assert!(
+                max_diff(&our_grad, &grad)? <= 1e-4 * scale,
+                "network {i}: gradient"
+            );
+            assert!(
+                max_abs(&grad)? > 0.0,
+                "network {i}: a gradient that can tell"
+            );
+
+            // Every class logit's gradient, as DeepFool asks for them.
+            let (_, jacobian) = engine.class_grads(&x)?;
+            for k in [0, classes - 1] {
+                let var = Var::from_tensor(&x)?;
+                let input = match &normalize {
+                    Some(n) => n.apply(var.as_tensor())?,
+                    None => var.as_tensor().clone(),
+                };
+                let g = net
+                    .forward(&input)?
+                    .narrow(1, k, 1)?
+                    .sum_all()?
+                    .backward()?;
+                let want = g.get(var.as_tensor()).expect("class gradient");
+                let got = jacobian.narrow(1, k, 1)?.squeeze(1)?;
+                let scale = max_abs(want)?.max(1e-3);
+                assert!(
+                    max_diff(&got, want)? <= 1e-4 * scale,
+                    "network {i}: class {k}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bound_intervals_as_the_tensor_version_of_ibp_does() -> crate::Result<()> {
+        for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
+            let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
+            let net = match &normalize {
+                Some(n) => net.with_normalize_first(n, &Device::Cpu)?,
+                None => net,
+            };
+            let mut rng = Rng::seed_from_u64(20 + i as u64);
+            let mut dims = vec![5];
+            dims.extend_from_slice(net.input_shape());
+            let n: usize = dims.iter().product();
+            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
+            let (lower, upper) = ((&x - 0.05)?, (&x + 0.05)?);
+            let (mut l, mut u) = (lower.clone(), upper.clone());
+            for layer in net.layers() {
+                (l, u) = crate::certify::ibp::layer_interval(layer, &l, &u)?;
+            }
+            let (ours_l, ours_u) = engine.interval(&lower, &upper)?;
+            let scale = max_abs(&u)?.max(1.0);
+            assert!(max_diff(&ours_l, &l)? <= 1e-5 * scale, "network {i}: lower");
+            assert!(max_diff(&ours_u, &u)? <= 1e-5 * scale, "network {i}: upper");
+            // A box, and not a point: the radius went through |W|.
+            assert!(max_diff(&ours_l, &ours_u)? > 1e-3, "network {i}: width");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reuse_a_workspace_without_leaking_one_pass_into_the_next() -> crate::Result<()> {
+        let (net, normalize) = networks()?.remove(0);
+        let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
+        let mut rng = Rng::seed_from_u64(4);
+        let x = |rng: &mut Rng| {
+            Tensor::from_vec(
+                rng.uniform_vec(3 * 270, 0.0, 1.0),
+                (3, 3, 10, 9),
+                &Device::Cpu,
+            )
+        };
+        let (a, b) = (x(&mut rng)?, x(&mut rng)?);
+        let first = engine.forward(&a)?.flatten_all()?.to_vec1::<f32>()?;
+        engine.forward(&b)?;
+        assert_eq!(engine.forward(&a)?.flatten_all()?.to_vec1::<f32>()?, first);
+        Ok(())
+    }
+
+    #[test]
+    fn refuse_what_it_cannot_run() -> crate::Result<()> {
+        let (net, _) = networks()?.remove(1);
+        let engine = Engine::compile(&net, None).expect("a known network");
+        assert!(engine.accepts(&Tensor::zeros((2, 12), DType::F32, &Device::Cpu)?));
+        assert!(!engine.accepts(&Tensor::zeros((2, 12), DType::F64, &Device::Cpu)?));
+        assert!(!engine.accepts(&Tensor::zeros((2, 11), DType::F32, &Device::Cpu)?));
+        // Trainable weights change under the engine's copy: candle runs those.
+        let varmap = VarMap::new();
+        let trainable = Sequential::builder(&[12])
+            .linear(3)
+            .build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        assert!(Engine::compile(&trainable, None).is_none());
+        Ok(())
+    }
+}
