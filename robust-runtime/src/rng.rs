@@ -114,7 +114,44 @@ impl Rng {
             .map(|pair| box_muller(pair[0], pair[1]) as f32)
             .collect()
     }
+
+    /// `n` standard normal values drawn in f32, for bulk noise (randomized smoothing): the
+    /// values come in blocks of [`NORMAL_BLOCK`], each from its own ChaCha8 stream seeded by one
+    /// draw of this generator, and each raw 64-bit draw gives two values by the polar form of
+    /// Box–Muller (`√(−2 ln u₁)·(cos, sin)(2π u₂)`, 24-bit `u₁ ∈ (0, 1]` and `u₂ ∈ [0, 1)`).
+    /// The blocks run on every core; the values depend on the seed only, never on the number
+    /// of threads. A different stream from [`Rng::normal_vec`] (which spends two draws and
+    /// three f64 functions per value): about 4× fewer draws and transcendental calls. The 24-bit
+    /// `u₁` truncates the tails at 5.77σ (probability 8·10⁻⁹).
+    pub fn normal_vec_f32(&mut self, n: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let seeds: Vec<u64> = (0..n.div_ceil(NORMAL_BLOCK))
+            .map(|_| self.next_u64())
+            .collect();
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(NORMAL_BLOCK)
+            .zip(seeds)
+            .for_each(|(block, seed)| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                const UNIT: f32 = 1.0 / (1u32 << 24) as f32;
+                for pair in block.chunks_mut(2) {
+                    let bits = rng.next_u64();
+                    let u1 = ((bits >> 40) as f32 + 1.0) * UNIT;
+                    let u2 = (bits & 0xFF_FFFF) as f32 * UNIT;
+                    let radius = (-2.0 * u1.ln()).sqrt();
+                    let (sin, cos) = (std::f32::consts::TAU * u2).sin_cos();
+                    pair[0] = radius * cos;
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = radius * sin;
+                    }
+                }
+            });
+        out
+    }
 }
+
+/// Values per independently seeded block of [`Rng::normal_vec_f32`].
+pub const NORMAL_BLOCK: usize = 4096;
 
 /// One standard normal value from two raw draws, each mapped to `[0, 1)` with 53 bits.
 fn box_muller(a: u64, b: u64) -> f64 {
@@ -169,6 +206,37 @@ mod should {
             .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn draw_f32_normals_with_the_moments_and_tails_of_a_standard_normal() {
+        let xs = Rng::seed_from_u64(1).normal_vec_f32(400_001);
+        let n = xs.len() as f64;
+        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let kurt = xs.iter().map(|&x| (x as f64 - mean).powi(4)).sum::<f64>() / n / var.powi(2);
+        assert!(mean.abs() < 0.005, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.01, "variance {var}");
+        assert!((kurt - 3.0).abs() < 0.05, "kurtosis {kurt}");
+        // P(|Z| > 2) = 0.0455, P(|Z| > 3) = 0.0027.
+        let beyond = |t: f32| xs.iter().filter(|x| x.abs() > t).count() as f64 / n;
+        assert!((beyond(2.0) - 0.0455).abs() < 0.002, "{}", beyond(2.0));
+        assert!((beyond(3.0) - 0.0027).abs() < 0.0004, "{}", beyond(3.0));
+    }
+
+    #[test]
+    fn draw_the_same_f32_normals_for_a_seed_on_any_pool() {
+        let a = Rng::seed_from_u64(5).normal_vec_f32(3 * NORMAL_BLOCK + 7);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let b = pool.install(|| Rng::seed_from_u64(5).normal_vec_f32(3 * NORMAL_BLOCK + 7));
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            Rng::seed_from_u64(6).normal_vec_f32(3 * NORMAL_BLOCK + 7)
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! onto the ε-ball (clamp for L∞, rescale for L2), then clamp of the point into the domain.
 
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 
 use super::loss::Objective;
 use super::{Norm, ThreatModel};
@@ -47,6 +48,12 @@ pub(crate) fn objective_grad_logits(
             // The compiled network: the objective's gradient at the logits (candle's autograd
             // on `N × classes` values), then the network's vector–Jacobian product.
             let (logits, value, grad) = engine.forward_backward(x, |logits| {
+                let (n, classes) = logits.dims2()?;
+                let host = logits.flatten_all()?.to_vec1::<f32>()?;
+                if let Some((v, g)) = objective.cross_entropy_host(&host, classes) {
+                    let g = Tensor::from_vec(g, (n, classes), logits.device())?;
+                    return Ok((Tensor::from_vec(v, n, logits.device())?, g));
+                }
                 let var = Var::from_tensor(logits)?;
                 let per_sample = objective.per_sample(var.as_tensor())?;
                 let grads = per_sample.sum_all()?.backward()?;
@@ -143,17 +150,21 @@ pub(crate) fn step(
     let out = cpu_values(&x_adv, "step iterate", |a: &[f32]| {
         cpu_values(&grad, "step gradient", |g: &[f32]| {
             cpu_values(&x, "step origin", |x: &[f32]| {
-                Ok(a.iter()
-                    .zip(g)
-                    .zip(x)
-                    .map(|((&a, &g), &x)| {
-                        // sign(g)·α + 0, as candle's `sign` and `affine`.
-                        let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
-                        let moved = a + (sign * alpha + 0.0);
-                        let delta = (moved - x).max(-eps).min(eps);
-                        (x + delta).max(lo).min(hi)
-                    })
-                    .collect::<Vec<f32>>())
+                let mut out = vec![0f32; a.len()];
+                const CHUNK: usize = 1 << 14;
+                out.par_chunks_mut(CHUNK)
+                    .zip(a.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|((out, (a, g)), x)| {
+                        for (o, ((&a, &g), &x)) in out.iter_mut().zip(a.iter().zip(g).zip(x)) {
+                            // sign(g)·α + 0, as candle's `sign` and `affine`.
+                            let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+                            let moved = a + (sign * alpha + 0.0);
+                            let delta = (moved - x).max(-eps).min(eps);
+                            *o = (x + delta).max(lo).min(hi);
+                        }
+                    });
+                Ok(out)
             })
         })
     })?;

@@ -99,6 +99,8 @@ pub(crate) struct Objective {
     loss: Loss,
     labels: ClassMask,
     targets: Option<ClassMask>,
+    /// The labels and targets as host indices, for [`Objective::cross_entropy_host`].
+    ids: (Vec<u32>, Option<Vec<u32>>),
 }
 
 impl Objective {
@@ -117,8 +119,15 @@ impl Objective {
                 format!("a model with at least {needed} classes (use loss = \"ce\" or \"cw\")"),
             ));
         }
+        let ids = (
+            labels.to_dtype(DType::U32)?.to_vec1::<u32>()?,
+            targets
+                .map(|t| t.to_dtype(DType::U32)?.to_vec1::<u32>())
+                .transpose()?,
+        );
         Ok(Objective {
             loss,
+            ids,
             labels: ClassMask::new(labels, num_classes)?,
             targets: targets
                 .map(|t| ClassMask::new(t, num_classes))
@@ -156,6 +165,52 @@ impl Objective {
     }
 }
 
+impl Objective {
+    /// For cross-entropy, the per-sample objective and its gradient with respect to the logits
+    /// (`logits`: `N × classes` row-major, host values), computed directly: `softmax(z) − e_y`
+    /// untargeted, `e_t − softmax(z)` targeted, with the values of [`Objective::per_sample`]
+    /// (`log Σ exp(z − max) + max − z_y`). `None` for the other losses, whose gradient comes
+    /// from candle's autograd.
+    pub(crate) fn cross_entropy_host(
+        &self,
+        logits: &[f32],
+        classes: usize,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
+        if self.loss != Loss::CrossEntropy || classes == 0 {
+            return None;
+        }
+        let (labels, targets) = &self.ids;
+        let n = logits.len() / classes;
+        let fits = |ids: &[u32]| ids.len() == n && ids.iter().all(|&c| (c as usize) < classes);
+        if !fits(labels) || targets.as_ref().is_some_and(|t| !fits(t)) {
+            return None;
+        }
+        let (mut value, mut grad) = (vec![0f32; n], vec![0f32; n * classes]);
+        for (i, (z, g)) in logits
+            .chunks(classes)
+            .zip(grad.chunks_mut(classes))
+            .enumerate()
+        {
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (g, &z) in g.iter_mut().zip(z) {
+                *g = (z - max).exp();
+            }
+            let sum: f32 = g.iter().sum();
+            let lse = sum.ln() + max;
+            g.iter_mut().for_each(|g| *g /= sum);
+            let class = targets.as_ref().map_or(labels[i], |t| t[i]) as usize;
+            g[class] -= 1.0;
+            if targets.is_some() {
+                value[i] = z[class] - lse;
+                g.iter_mut().for_each(|g| *g = -*g);
+            } else {
+                value[i] = lse - z[class];
+            }
+        }
+        Some((value, grad))
+    }
+}
+
 /// `log Σ_j exp(z_j)` per row, stabilised by the row maximum.
 fn logsumexp(logits: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
@@ -184,6 +239,42 @@ mod should {
         Ok(Objective::new(loss, &y, t.as_ref(), classes)?
             .per_sample(z)?
             .to_vec1::<f32>()?)
+    }
+
+    #[test]
+    fn give_cross_entropy_and_its_gradient_on_the_host_as_autograd_does() -> Result<()> {
+        let z = Tensor::new(
+            &[
+                [2.0f32, 1.0, 0.0, -3.0],
+                [0.0, 0.0, 5.0, 1.0],
+                [30.0, -2.0, 29.5, 0.0],
+            ],
+            &Device::Cpu,
+        )?;
+        let y = Tensor::new(&[0u32, 1, 2], &Device::Cpu)?;
+        let t = Tensor::new(&[3u32, 2, 0], &Device::Cpu)?;
+        for targets in [None, Some(&t)] {
+            let objective = Objective::new(Loss::CrossEntropy, &y, targets, 4)?;
+            let var = candle_core::Var::from_tensor(&z)?;
+            let value = objective.per_sample(var.as_tensor())?;
+            let grads = value.sum_all()?.backward()?;
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let flat = z.flatten_all()?.to_vec1::<f32>()?;
+            let (v, g) = objective.cross_entropy_host(&flat, 4).unwrap();
+            for (a, b) in v.iter().zip(value.to_vec1::<f32>()?) {
+                assert!((a - b).abs() < 1e-5, "{v:?}");
+            }
+            for (a, b) in g.iter().zip(&grad) {
+                assert!((a - b).abs() < 1e-6, "{g:?} vs {grad:?}");
+            }
+        }
+        let cw = Objective::new(Loss::CwMargin, &y, None, 4)?;
+        assert!(cw.cross_entropy_host(&[0.0; 12], 4).is_none());
+        Ok(())
     }
 
     #[test]

@@ -109,11 +109,8 @@ impl Smoothing {
             let m = left.min(self.batch_size);
             left -= m;
             let sigma = self.sigma as f32;
-            let noise: Vec<f32> = rng
-                .normal_vec(m * size)
-                .into_iter()
-                .map(|v| v * sigma)
-                .collect();
+            let mut noise = rng.normal_vec_f32(m * size);
+            noise.iter_mut().for_each(|v| *v *= sigma);
             let mut shape = vec![m];
             shape.extend(&dims);
             let noise = Tensor::from_vec(noise, shape.as_slice(), x.device())?;

@@ -39,6 +39,8 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
 pub(super) struct Conv<'a> {
     /// `c_out × c_in·k·k`, row-major.
     pub w: &'a [f32],
+    /// `Wᵀ`, `c_in·k·k × c_out`, row-major.
+    pub wt: &'a [f32],
     pub c_out: usize,
     pub g: &'a ConvShape,
 }
@@ -124,7 +126,7 @@ impl Conv<'_> {
                     matmul(
                         (rows, ld, self.c_out),
                         dst,
-                        View::transposed(self.w, rows),
+                        View::rows(self.wt, self.c_out),
                         View::rows(g, ld),
                         1,
                     )

@@ -22,7 +22,9 @@ impl<'a> View<'a> {
     }
 
     /// The transpose of a row-major matrix whose rows have `cols` values: element `(i, j)` is
-    /// `data[j·cols + i]`.
+    /// `data[j·cols + i]`. (The engine keeps transposed copies of its weights instead: a
+    /// row-major operand packs faster.)
+    #[cfg(test)]
     pub fn transposed(data: &'a [f32], cols: usize) -> Self {
         View {
             data,

@@ -43,19 +43,24 @@ use crate::model::Normalize;
 enum Op {
     /// `y = x·Wᵀ + b` over the whole batch, then ReLU if `relu`.
     Linear {
-        /// `d_out × d_in`, row-major.
+        /// `d_out × d_in`, row-major: the backward pass's right-hand side.
         w: Vec<f32>,
+        /// `Wᵀ`, `d_in × d_out`, row-major: the forward pass's right-hand side (a row-major
+        /// operand packs faster: 154 against 96 GFLOP/s for the CNN's 3136 → 1024 layer).
+        wt: Vec<f32>,
         b: Vec<f32>,
         d_in: usize,
         d_out: usize,
         relu: bool,
-        /// `|W|`, made when interval bounds first need it.
+        /// `|Wᵀ|`, made when interval bounds first need it.
         abs_w: OnceLock<Vec<f32>>,
     },
     /// A convolution per sample as im2col + product, its bias, then ReLU if `relu`.
     Conv {
         /// `c_out × c_in·k·k`, row-major.
         w: Vec<f32>,
+        /// `Wᵀ`, `c_in·k·k × c_out`, row-major, for the backward pass.
+        wt: Vec<f32>,
         b: Vec<f32>,
         c_out: usize,
         g: ConvShape,
@@ -160,14 +165,19 @@ impl Engine {
                     }
                     _ => Op::Relu,
                 },
-                Layer::Linear { weight, bias } => Op::Linear {
-                    w: values(weight)?,
-                    b: values(bias)?,
-                    d_in: shape.iter().product(),
-                    d_out: next.iter().product(),
-                    relu: false,
-                    abs_w: OnceLock::new(),
-                },
+                Layer::Linear { weight, bias } => {
+                    let (d_in, d_out) = (shape.iter().product(), next.iter().product());
+                    let w = values(weight)?;
+                    Op::Linear {
+                        wt: transpose(&w, d_out, d_in),
+                        w,
+                        b: values(bias)?,
+                        d_in,
+                        d_out,
+                        relu: false,
+                        abs_w: OnceLock::new(),
+                    }
+                }
                 Layer::Conv2d {
                     weight,
                     bias,
@@ -187,8 +197,10 @@ impl Engine {
                         oh,
                         ow,
                     };
+                    let w = values(weight)?;
                     Op::Conv {
-                        w: values(weight)?,
+                        wt: transpose(&w, c_out, g.rows()),
+                        w,
                         b: values(bias)?,
                         c_out,
                         g,
@@ -439,23 +451,24 @@ fn apply(
     let relu = |relu: &bool| *relu && weights == Weights::Signed;
     match op {
         Op::Linear {
-            w,
+            wt,
             b,
             d_in,
             d_out,
             relu: relu_after,
             abs_w,
+            ..
         } => {
-            let w = if abs {
-                abs_w.get_or_init(|| absolute(w))
+            let wt = if abs {
+                abs_w.get_or_init(|| absolute(wt))
             } else {
-                w
+                wt
             };
             matmul(
                 (n, *d_out, *d_in),
                 out,
                 View::rows(src, *d_in),
-                View::transposed(w, *d_in),
+                View::rows(wt, *d_out),
                 rayon::current_num_threads(),
             );
             if !abs {
@@ -465,6 +478,7 @@ fn apply(
         }
         Op::Conv {
             w,
+            wt,
             b,
             c_out,
             g,
@@ -478,6 +492,7 @@ fn apply(
             };
             let conv = Conv {
                 w,
+                wt,
                 c_out: *c_out,
                 g,
             };
@@ -525,6 +540,17 @@ fn apply(
     }
 }
 
+/// The transpose of a `rows × cols` row-major matrix.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for (r, row) in w.chunks(cols).enumerate().take(rows) {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
+}
+
 /// `|w|`, element by element.
 fn absolute(w: &[f32]) -> Vec<f32> {
     w.iter().map(|v| v.abs()).collect()
@@ -554,7 +580,11 @@ fn per_channel(
 fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
     for (run, &b) in out.chunks_mut(plane).zip(bias) {
         if relu {
-            run.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+            // A select rather than `f32::max` (which orders NaN), so that it vectorises.
+            run.iter_mut().for_each(|v| {
+                let y = *v + b;
+                *v = if y > 0.0 { y } else { 0.0 };
+            });
         } else {
             run.iter_mut().for_each(|v| *v += b);
         }
@@ -593,9 +623,7 @@ impl Pass<'_> {
                     .zip(self.ws.acts[i].par_chunks(s_out))
                     .for_each(|(g, y)| {
                         for (g, &y) in g.iter_mut().zip(y) {
-                            if y <= 0.0 {
-                                *g = 0.0;
-                            }
+                            *g = if y > 0.0 { *g } else { 0.0 };
                         }
                     });
             }
@@ -607,8 +635,11 @@ impl Pass<'_> {
                     View::rows(w, *d_in),
                     rayon::current_num_threads(),
                 ),
-                Op::Conv { w, c_out, g, .. } => Conv {
+                Op::Conv {
+                    w, wt, c_out, g, ..
+                } => Conv {
                     w,
+                    wt,
                     c_out: *c_out,
                     g,
                 }
