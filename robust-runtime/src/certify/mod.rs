@@ -90,8 +90,12 @@ pub fn input_box(x: &Tensor, eps: f64, domain: InputDomain) -> Result<(Tensor, T
 }
 
 fn check_eps(eps: f64) -> Result<()> {
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(Error::param("eps", eps, "a finite radius > 0"));
+    if !crate::attack::positive_in_f32(eps) {
+        return Err(Error::param(
+            "eps",
+            eps,
+            crate::attack::expected_in_f32(eps, "a finite radius > 0"),
+        ));
     }
     Ok(())
 }
@@ -396,6 +400,7 @@ pub fn bound_case(
     if batch_size == 0 {
         return Err(Error::param("batch_size", batch_size, "at least 1"));
     }
+    case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
     let net = model.network()?.detach();
@@ -463,6 +468,7 @@ pub fn smoothing_case(
     if !(radius.is_finite() && radius >= 0.0) {
         return Err(Error::param("radius", radius, "a finite L2 radius ≥ 0"));
     }
+    case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
     let mut rng = Rng::seed_from_u64(seed);
