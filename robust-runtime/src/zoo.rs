@@ -388,15 +388,7 @@ mod should {
             "{err}"
         );
         // The same file through a Sequential of the same layers.
-        let err = crate::nn::Sequential::builder(&[1, 28, 28])
-            .flatten()
-            .linear(256)
-            .relu()
-            .linear(256)
-            .relu()
-            .linear(10)
-            .load(&path, &Device::Cpu)
-            .unwrap_err();
+        let err = layers::mnist_mlp().load(&path, &Device::Cpu).unwrap_err();
         assert!(matches!(err, Error::NonFiniteWeight { .. }), "{err:?}");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -450,14 +450,15 @@ pub(crate) fn expected_in_f32(value: f64, expected: &str) -> String {
 }
 
 pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    check_positive_as(name, value, "a finite number > 0")
+}
+
+/// [`check_positive`] with the parameter's own words for what is expected.
+pub(crate) fn check_positive_as(name: &'static str, value: f64, expected: &str) -> Result<()> {
     if positive_in_f32(value) {
         Ok(())
     } else {
-        Err(Error::param(
-            name,
-            value,
-            expected_in_f32(value, "a finite number > 0"),
-        ))
+        Err(Error::param(name, value, expected_in_f32(value, expected)))
     }
 }
 

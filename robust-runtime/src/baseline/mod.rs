@@ -399,18 +399,6 @@ pub fn compare(
     let mut changes = Vec::new();
     let mut provenance = Vec::new();
     let mut verdict = match &before {
-        None if replaced.is_some() => {
-            for (name, v) in &now.metrics {
-                changes.push(Change {
-                    metric: name.clone(),
-                    before: None,
-                    after: Some(*v),
-                    gated: true,
-                    regressed: false,
-                });
-            }
-            Verdict::Replaced
-        }
         None => {
             for (name, v) in &now.metrics {
                 changes.push(Change {
@@ -421,7 +409,11 @@ pub fn compare(
                     regressed: false,
                 });
             }
-            Verdict::Missing
+            if replaced.is_some() {
+                Verdict::Replaced
+            } else {
+                Verdict::Missing
+            }
         }
         Some(b) => {
             let names: std::collections::BTreeSet<&String> =

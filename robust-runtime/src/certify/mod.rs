@@ -90,14 +90,7 @@ pub fn input_box(x: &Tensor, eps: f64, domain: InputDomain) -> Result<(Tensor, T
 }
 
 fn check_eps(eps: f64) -> Result<()> {
-    if !crate::attack::positive_in_f32(eps) {
-        return Err(Error::param(
-            "eps",
-            eps,
-            crate::attack::expected_in_f32(eps, "a finite radius > 0"),
-        ));
-    }
-    Ok(())
+    crate::attack::check_positive_as("eps", eps, "a finite radius > 0")
 }
 
 /// Lower bounds of the margins `z_y − z_j` over the box, `N × classes` (`+∞` at `j = y`).

@@ -65,13 +65,7 @@ impl Smoothing {
 
     /// Rejects values the procedure is undefined for.
     pub fn check(&self) -> Result<()> {
-        if !crate::attack::positive_in_f32(self.sigma) {
-            return Err(Error::param(
-                "sigma",
-                self.sigma,
-                crate::attack::expected_in_f32(self.sigma, "a finite noise level > 0"),
-            ));
-        }
+        crate::attack::check_positive_as("sigma", self.sigma, "a finite noise level > 0")?;
         if self.n0 == 0 {
             return Err(Error::param("n0", self.n0, "at least 1 noisy copy"));
         }

@@ -65,26 +65,16 @@ impl Preprocessor {
             Preprocessor::BitDepth { bits } if !(1..=16).contains(&bits) => {
                 Err(Error::param("bits", bits, "a bit depth from 1 to 16"))
             }
-            Preprocessor::GaussianBlur { sigma } if !crate::attack::positive_in_f32(sigma) => {
-                Err(Error::param(
-                    "sigma",
-                    sigma,
-                    crate::attack::expected_in_f32(
-                        sigma,
-                        "a finite standard deviation > 0, in pixels",
-                    ),
-                ))
-            }
-            Preprocessor::GaussianNoise { sigma } if !crate::attack::positive_in_f32(sigma) => {
-                Err(Error::param(
-                    "sigma",
-                    sigma,
-                    crate::attack::expected_in_f32(
-                        sigma,
-                        "a finite noise level > 0, in input units",
-                    ),
-                ))
-            }
+            Preprocessor::GaussianBlur { sigma } => crate::attack::check_positive_as(
+                "sigma",
+                sigma,
+                "a finite standard deviation > 0, in pixels",
+            ),
+            Preprocessor::GaussianNoise { sigma } => crate::attack::check_positive_as(
+                "sigma",
+                sigma,
+                "a finite noise level > 0, in input units",
+            ),
             _ => Ok(()),
         }
     }

@@ -5,7 +5,9 @@ use std::path::Path;
 use candle_core::{DType, Module, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
-use crate::attack::{kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel};
+use crate::attack::{
+    check_positive_as, kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel,
+};
 use crate::certify::{self, ibp};
 use crate::device::DeviceChoice;
 use crate::nn::{Sequential, SequentialBuilder};
@@ -96,14 +98,9 @@ impl TrainConfig {
         }
         match self.regime {
             Regime::Standard => {}
-            Regime::GaussianNoise { sigma } if !crate::attack::positive_in_f32(sigma) => {
-                return Err(Error::param(
-                    "sigma",
-                    sigma,
-                    crate::attack::expected_in_f32(sigma, "a finite noise level > 0"),
-                ));
+            Regime::GaussianNoise { sigma } => {
+                check_positive_as("sigma", sigma, "a finite noise level > 0")?;
             }
-            Regime::GaussianNoise { .. } => {}
             Regime::Pgd {
                 eps,
                 steps,
@@ -115,24 +112,12 @@ impl TrainConfig {
                 step_size,
                 ..
             } => {
-                if !crate::attack::positive_in_f32(eps) {
-                    return Err(Error::param(
-                        "eps",
-                        eps,
-                        crate::attack::expected_in_f32(eps, "a finite radius > 0"),
-                    ));
-                }
+                check_positive_as("eps", eps, "a finite radius > 0")?;
                 if steps == 0 {
                     return Err(Error::param("steps", steps, "at least 1"));
                 }
                 if let Some(a) = step_size {
-                    if !crate::attack::positive_in_f32(a) {
-                        return Err(Error::param(
-                            "step_size",
-                            a,
-                            crate::attack::expected_in_f32(a, "a finite step > 0"),
-                        ));
-                    }
+                    check_positive_as("step_size", a, "a finite step > 0")?;
                 }
                 if let Regime::Trades { beta, .. } = self.regime {
                     if !(beta.is_finite() && beta >= 0.0) {
@@ -141,13 +126,7 @@ impl TrainConfig {
                 }
             }
             Regime::Ibp { eps, kappa, .. } => {
-                if !crate::attack::positive_in_f32(eps) {
-                    return Err(Error::param(
-                        "eps",
-                        eps,
-                        crate::attack::expected_in_f32(eps, "a finite radius > 0"),
-                    ));
-                }
+                check_positive_as("eps", eps, "a finite radius > 0")?;
                 if !(0.0..=1.0).contains(&kappa) {
                     return Err(Error::param("kappa", kappa, "a weight in [0, 1]"));
                 }

@@ -138,13 +138,7 @@ impl CertifySpec {
             }
             other => {
                 Method::from_name(other)?;
-                if !crate::attack::positive_in_f32(self.radius) {
-                    return Err(Error::param(
-                        "eps",
-                        self.radius,
-                        crate::attack::expected_in_f32(self.radius, "a finite radius > 0"),
-                    ));
-                }
+                crate::attack::check_positive_as("eps", self.radius, "a finite radius > 0")?;
                 None
             }
         };

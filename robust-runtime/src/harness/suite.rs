@@ -116,60 +116,10 @@ struct TestEntry {
 }
 
 impl TestEntry {
-    /// The keys written in the entry (besides `model` and `ignore`), as in the file.
-    fn written(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        macro_rules! written {
-            ($($key:ident),*) => {$(if self.$key.is_some() { keys.push(stringify!($key)); })*};
-        }
-        written!(
-            attack,
-            certify,
-            perturbation,
-            eps,
-            radius,
-            min_acc,
-            max_drop,
-            min_certified_acc,
-            min_invariance,
-            confidence,
-            baseline,
-            tolerance,
-            samples,
-            batch_size,
-            seed,
-            device,
-            norm,
-            loss,
-            steps,
-            step_size,
-            restarts,
-            random_start,
-            targeted,
-            target_classes,
-            queries,
-            kappa,
-            overshoot,
-            masking_checks,
-            sigma,
-            pixels,
-            max_brightness,
-            max_contrast,
-            max_shift,
-            max_degrees,
-            patch,
-            n0,
-            n,
-            alpha,
-            cases
-        );
-        keys
-    }
-
     /// The first written key that the entry's kind of test would ignore, with what it belongs
     /// to: a key that does nothing is a test that checks something other than it says, so the
     /// suite refuses it as `#[robustness_test]` does.
-    fn misplaced_key(&self) -> Option<(&'static str, String)> {
+    fn misplaced_key<'k>(&self, written: &'k [String]) -> Option<(&'k str, String)> {
         const SHARED: &[&str] = &[
             "confidence",
             "baseline",
@@ -211,8 +161,8 @@ impl TestEntry {
         ];
         let certifiers = self.certify.as_ref().map(OneOrMany::to_vec);
         let perturbations = self.perturbation.as_ref().map(OneOrMany::to_vec);
-        for key in self.written() {
-            if SHARED.contains(&key) {
+        for key in written.iter().map(String::as_str) {
+            if matches!(key, "model" | "ignore") || SHARED.contains(&key) {
                 continue;
             }
             let used = if self.attack.is_some() {
@@ -265,6 +215,9 @@ struct SuiteFile {
     models: BTreeMap<String, ModelEntry>,
     #[serde(default, rename = "test")]
     tests: Vec<TestEntry>,
+    /// The keys written in each `[[test]]`, in file order (filled from the raw table).
+    #[serde(skip)]
+    written: Vec<Vec<String>>,
 }
 
 /// One case of a suite: its trial name and whether it is ignored.
@@ -358,13 +311,26 @@ impl Suite {
 
     /// Parses a suite from TOML text; `name` prefixes every trial.
     pub fn from_toml(manifest_dir: impl AsRef<Path>, name: &str, text: &str) -> Result<Self> {
-        let file: SuiteFile = toml::from_str(text).map_err(|e| {
+        let bad = |e: toml::de::Error| {
             Error::format(
                 "suite",
                 Path::new(name),
                 format!("{e}expected [models.<name>] tables and [[test]] entries"),
             )
-        })?;
+        };
+        let mut file: SuiteFile = toml::from_str(text).map_err(bad)?;
+        let raw: toml::Table = toml::from_str(text).map_err(bad)?;
+        file.written = match raw.get("test") {
+            Some(toml::Value::Array(tests)) => tests
+                .iter()
+                .map(|t| {
+                    t.as_table()
+                        .map(|t| t.keys().cloned().collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let suite = Suite {
             name: name.to_string(),
             manifest_dir: manifest_dir.as_ref().to_path_buf(),
@@ -549,7 +515,8 @@ impl Suite {
                     "expected exactly one of `attack`, `certify` and `perturbation`",
                 ));
             }
-            if let Some((key, owner)) = t.misplaced_key() {
+            let written = self.file.written.get(i).map_or(&[][..], Vec::as_slice);
+            if let Some((key, owner)) = t.misplaced_key(written) {
                 return Err(at(&format!(
                     "`{key}` is a parameter of {owner}; this test does not use it (remove it, \
                      or move it to a test that does)"
