@@ -520,18 +520,15 @@ fn read_for(path: &Path, now: &Baseline) -> Result<Baseline> {
             ),
         ));
     }
-    let missing: Vec<&str> = now
-        .metrics
-        .keys()
-        .filter(|k| !b.metrics.contains_key(*k))
-        .map(String::as_str)
-        .collect();
-    let unknown: Vec<&str> = b
-        .metrics
-        .keys()
-        .filter(|k| !now.metrics.contains_key(*k))
-        .map(String::as_str)
-        .collect();
+    /// The names of `of` that `other` lacks.
+    fn lacking<'m>(of: &'m BTreeMap<String, f64>, other: &BTreeMap<String, f64>) -> Vec<&'m str> {
+        of.keys()
+            .filter(|k| !other.contains_key(*k))
+            .map(String::as_str)
+            .collect()
+    }
+    let missing = lacking(&now.metrics, &b.metrics);
+    let unknown = lacking(&b.metrics, &now.metrics);
     if !missing.is_empty() || !unknown.is_empty() {
         let list = |names: &[&str]| {
             names
