@@ -159,6 +159,44 @@ fn too_many_target_classes_is_a_clear_error() {
 }
 
 #[test]
+fn autoattack_rejects_more_target_classes_than_the_model_has_like_apgd_t() -> R {
+    // At ε = 0.5 APGD-CE alone breaks every digit, so APGD-T never ran and
+    // `target_classes = 20` on 10 classes used to pass unnoticed.
+    let ce = Apgd::new(ApgdConfig {
+        eps: 0.5,
+        steps: 5,
+        ..apgd(Loss::CrossEntropy)
+    })?;
+    assert_eq!(run(&ce, 20)?.robust_correct, 0);
+    let autoattack = Ensemble::autoattack(
+        0.5,
+        &AttackParams {
+            target_classes: Some(20),
+            steps: Some(5),
+            queries: Some(10),
+            ..AttackParams::default()
+        },
+    )?;
+    let err = run(&autoattack, 20).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidParameter {
+                name: "target_classes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("invalid value for `target_classes`: 20; expected at most 9"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
 fn apgd_rejects_bad_hyper_parameters() {
     for (cfg, key) in [
         (

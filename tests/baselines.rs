@@ -379,3 +379,87 @@ fn a_generated_test_fails_on_a_regressed_baseline_even_above_its_threshold() {
         "{message}"
     );
 }
+
+#[test]
+fn a_baseline_without_a_gated_metric_is_an_error_not_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = baseline::path_for(dir.path(), "t");
+    let r = report("t");
+    baseline::compare(&r, &path, 0.01, UpdateMode::Always).unwrap();
+    // Deleted: comparing only the metrics both sides have used to give "within tolerance".
+    edit(&path, |b| {
+        b.metrics.remove("robust_accuracy");
+    });
+    for mode in [UpdateMode::No, UpdateMode::New] {
+        let e = baseline::compare(&r, &path, 0.01, mode)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "it lacks the gated metric(s) `robust_accuracy`; expected the gated metrics \
+                 `clean_accuracy`, `robust_accuracy`"
+            ) && e.contains("ROBUST_BLESS=1"),
+            "{mode:?}: {e}"
+        );
+    }
+    // Renamed: one missing, one that this test does not measure.
+    edit(&path, |b| {
+        b.metrics.insert("robust_acuracy".into(), 0.0);
+    });
+    let e = baseline::compare(&r, &path, 0.01, UpdateMode::No)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "it lacks the gated metric(s) `robust_accuracy` and it records gated metric(s) \
+             `robust_acuracy` that this test does not measure"
+        ),
+        "{e}"
+    );
+    // A run that measures less than its baseline (a curve point gone) fails alike.
+    baseline::compare(&r, &path, 0.01, UpdateMode::Always).unwrap();
+    edit(&path, |b| {
+        b.metrics.insert("robust_accuracy@0.1".into(), 0.1);
+    });
+    let e = baseline::compare(&r, &path, 0.01, UpdateMode::No)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "it records gated metric(s) `robust_accuracy@0.1` that this test does not measure"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn bless_replaces_a_corrupt_baseline_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = baseline::path_for(dir.path(), "t");
+    let r = report("t");
+    for corrupt in [
+        "{ not json".to_string(),
+        "{\"format\": 7}".to_string(),
+        String::new(),
+    ] {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &corrupt).unwrap();
+        // The error message tells the user to bless ...
+        let e = baseline::compare(&r, &path, 0.01, UpdateMode::No)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ROBUST_BLESS=1"), "{e}");
+        // ... and blessing works: the file is replaced, the verdict says why.
+        let c = baseline::compare(&r, &path, 0.01, UpdateMode::Always).unwrap();
+        assert_eq!(c.verdict, Verdict::Replaced, "{corrupt:?}");
+        assert!(!c.failed());
+        let text = c.describe(UpdateMode::Always);
+        assert!(
+            text.contains("t.json: replaced, the file could not be used (malformed baseline file"),
+            "{text}"
+        );
+        assert_eq!(Baseline::read(&path).unwrap(), Baseline::of(&r));
+        let c = baseline::compare(&r, &path, 0.01, UpdateMode::No).unwrap();
+        assert_eq!(c.verdict, Verdict::Unchanged);
+    }
+}

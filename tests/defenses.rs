@@ -316,6 +316,80 @@ fn training_resumes_from_a_checkpoint() {
     assert!(e.contains("it was written by"), "{e}");
 }
 
+/// A checkpoint's `state.json` edited or corrupted: an epoch count that overflows (it used to
+/// panic with overflow checks, and retrain from epoch 0 without), a step count that does not
+/// follow from it, an unknown field: each a typed error naming the file.
+#[test]
+fn a_tampered_checkpoint_state_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Dataset::mnist_sample()
+        .unwrap()
+        .train_split()
+        .take(20)
+        .unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 10,
+        learning_rate: 1e-3,
+        seed: 1,
+        regime: Regime::Standard,
+        device: DeviceChoice::Cpu,
+    };
+    let layers = || {
+        robust_runtime::nn::Sequential::builder(&[1, 28, 28])
+            .flatten()
+            .linear(10)
+    };
+    let train = || {
+        defense::train_resumable(
+            layers(),
+            &data,
+            InputDomain::default(),
+            &config,
+            Some(dir.path()),
+            |_, _| Ok(()),
+        )
+        .map(|_| ())
+    };
+    train().unwrap();
+    let path = dir.path().join("state.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        good.contains("\"epoch\": 1") && good.contains("\"step\": 2"),
+        "{good}"
+    );
+    // Resuming a finished run trains nothing and succeeds.
+    train().unwrap();
+    for (edit, expected) in [
+        (
+            good.replace("\"epoch\": 1", "\"epoch\": 18446744073709551615"),
+            "epoch 18446744073709551615 completed; expected at most the 1 epochs of this run",
+        ),
+        (
+            good.replace("\"step\": 2", "\"step\": 7"),
+            "step 7 after epoch 1; expected 2 (2 steps per epoch)",
+        ),
+        (
+            good.replace("\"step\": 2", "\"step\": 2, \"extra\": 0"),
+            "unknown field `extra`",
+        ),
+    ] {
+        std::fs::write(&path, edit).unwrap();
+        let err = train().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                robust_runtime::Error::Format {
+                    format: "checkpoint",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
+
 #[test]
 fn bad_training_and_preprocessing_parameters_are_typed_errors() {
     let data = Dataset::mnist_sample()

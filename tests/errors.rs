@@ -277,3 +277,40 @@ fn the_cuda_device_without_the_cuda_feature() {
         "{err}"
     );
 }
+
+#[test]
+fn inputs_outside_the_models_domain_unless_allowed() -> robust_runtime::Result<()> {
+    // The test digits scaled ×255 for a [0, 1] model: PGD at ε 0.1 used to "succeed" with
+    // perturbations of L∞ 254, every iterate clamped into [0, 1].
+    let digits = common::test_digits(20)?;
+    let scaled = Dataset::new(
+        digits.inputs().affine(255.0, 0.0)?,
+        digits.labels().to_vec(),
+    )?;
+    let case = RobustnessCase::from_model(common::mlp()?, scaled.clone());
+    let err = case.check_domain().unwrap_err();
+    assert!(
+        matches!(err, Error::InputsOutsideDomain { found_lo, found_hi, lo, hi }
+            if (found_lo, found_hi, lo, hi) == (0.0, 255.0, 0.0, 1.0)),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("the inputs range over [0, 255] but the model's input domain is [0, 1]"),
+        "{err}"
+    );
+    // Every run refuses it before attacking.
+    let err = attack_with(common::mlp()?, scaled.clone()).unwrap_err();
+    assert!(matches!(err, Error::InputsOutsideDomain { .. }), "{err}");
+    // With the domain that fits the data, or the explicit opt-out, it runs.
+    let fitted = RobustnessCase::from_model(common::mlp()?, scaled.clone())
+        .with_domain(InputDomain::new(0.0, 255.0)?);
+    fitted.check_domain()?;
+    let pgd = Pgd::new(PgdConfig {
+        steps: 2,
+        ..PgdConfig::default()
+    })?;
+    let allowed = RobustnessCase::from_model(common::mlp()?, scaled).allow_inputs_outside_domain();
+    evaluate(&allowed, &pgd, &RunConfig::default())?;
+    Ok(())
+}

@@ -163,3 +163,96 @@ fn reject_bad_suite_files_with_what_was_expected() {
     let e = suite.trials().unwrap_err().to_string();
     assert!(e.contains("`model`") && e.contains("nowhere"), "{e}");
 }
+
+#[test]
+fn reject_what_the_attribute_rejects_before_anything_runs() {
+    let entry = |keys: &str| format!("[[test]]\nmodel = \"m\"\n{keys}\n");
+    // Two ε that print alike would be one trial name run twice.
+    let e = parse(&entry("attack = \"pgd\"\neps = [0.1, 0.10]\nmin_acc = 0.5")).unwrap_err();
+    assert!(
+        e.contains(
+            "[[test]] number 1: it names trial `bad::m::pgd_eps_0_1` a second time (two values \
+             that print alike, such as eps = [0.1, 0.10]"
+        ),
+        "{e}"
+    );
+    // ... and so would a second entry with the same trial.
+    let twice = entry("attack = \"fgsm\"\neps = 0.1\nmin_acc = 0.5").repeat(2);
+    let e = parse(&twice).unwrap_err();
+    assert!(
+        e.contains("[[test]] number 2: it names trial `bad::m::fgsm_eps_0_1` a second time"),
+        "{e}"
+    );
+    // Keys of another kind of test are refused, not ignored.
+    for (keys, expected) in [
+        (
+            "attack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\nmin_certified_acc = 0.5",
+            "`min_certified_acc` is a parameter of certification tests (`certify = ...`); this \
+             test does not use it",
+        ),
+        (
+            "attack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\nmax_degrees = 10.0",
+            "`max_degrees` is a parameter of the rotation perturbation",
+        ),
+        (
+            "certify = \"ibp\"\neps = 0.1\nmin_certified_acc = 0.5\nsteps = 3",
+            "`steps` is a parameter of attack tests",
+        ),
+        (
+            "certify = \"ibp\"\neps = 0.1\nmin_certified_acc = 0.5\nsigma = 0.25",
+            "`sigma` is a parameter of the gaussian perturbation and smoothing certification",
+        ),
+        (
+            "perturbation = \"brightness\"\nmin_invariance = 0.9\npatch = 3",
+            "`patch` is a parameter of the occlusion perturbation",
+        ),
+    ] {
+        let e = parse(&entry(keys)).unwrap_err();
+        assert!(e.contains(expected), "{keys}: {e}");
+    }
+    // Value errors of any trial, even the last, stop the suite when it is read.
+    let mut text = entry("attack = \"fgsm\"\neps = 0.1\nmin_acc = 0.5");
+    text.push_str(&entry(
+        "attack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\nsteps = 0",
+    ));
+    let e = parse(&text).unwrap_err();
+    assert!(
+        e.contains(
+            "[[test]] number 2: `bad::m::pgd_eps_0_1`: invalid value for `steps`: 0; expected an \
+             integer ≥ 1"
+        ),
+        "{e}"
+    );
+    for (keys, key) in [
+        ("attack = \"pgd\"\neps = 1e39\nmin_acc = 0.5", "eps"),
+        ("attack = \"pgd\"\neps = 0.1\nmin_acc = 1.5", "min_acc"),
+        ("attack = \"pgd\"\neps = 0.1", "min_acc"),
+        (
+            "attack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\ndevice = \"tpu\"",
+            "tpu",
+        ),
+        (
+            "attack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\nsamples = 0",
+            "samples",
+        ),
+        (
+            "certify = \"smoothing\"\nradius = 0.5\nmin_certified_acc = 0.5",
+            "sigma",
+        ),
+        (
+            "certify = \"smoothing\"\nradius = 0.5\nsigma = 1e39\nmin_certified_acc = 0.5",
+            "sigma",
+        ),
+        (
+            "perturbation = \"rotation\"\nmax_degrees = 270.0\nmin_invariance = 0.9",
+            "max_degrees",
+        ),
+        (
+            "perturbation = \"rotation\"\nmin_invariance = 0.9\ncases = 0",
+            "cases",
+        ),
+    ] {
+        let e = parse(&entry(keys)).unwrap_err();
+        assert!(e.contains(&format!("`{key}`")), "{keys}: {e}");
+    }
+}

@@ -108,6 +108,38 @@ pub enum Error {
         /// What candle said.
         source: candle_core::Error,
     },
+    /// A weight file holds a NaN or an infinite value.
+    #[error(
+        "{path}: weight tensor `{tensor}` holds {value} at flat index {index}; expected finite \
+         weights (a corrupt file, or a training run that diverged?)"
+    )]
+    NonFiniteWeight {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name in the file.
+        tensor: String,
+        /// The value found (NaN, inf or -inf).
+        value: f32,
+        /// Its position in the tensor, in row-major order.
+        index: usize,
+    },
+    /// The data lies outside the model's input domain: attacks clamp every iterate into the
+    /// domain, so the perturbations they report would be meaningless.
+    #[error(
+        "the inputs range over [{found_lo}, {found_hi}] but the model's input domain is [{lo}, \
+         {hi}]; expected every input inside it (scale the data, set the domain with \
+         `with_domain`, or call `allow_inputs_outside_domain()` if this is intended)"
+    )]
+    InputsOutsideDomain {
+        /// The smallest input value.
+        found_lo: f32,
+        /// The largest input value.
+        found_hi: f32,
+        /// The domain's lower bound.
+        lo: f32,
+        /// The domain's upper bound.
+        hi: f32,
+    },
     /// An input domain or normalisation that makes no sense.
     #[error("invalid model configuration: {0}")]
     ModelConfig(String),

@@ -367,6 +367,7 @@ fn load_with<M>(
             source,
         },
     )?;
+    crate::data::check_finite_weights(model, path)?;
     build(vb).map_err(|source| Error::Weights {
         model,
         path: path.into(),
@@ -386,6 +387,50 @@ mod should {
                 .starts_with("cannot access does/not/exist.safetensors"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuse_weights_holding_nan_and_name_the_tensor() {
+        let dir = tempfile_dir("nan");
+        let path = dir.join("nan.safetensors");
+        let zeros = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        let mut w = vec![0.0f32; 256 * 256];
+        w[7] = f32::NAN;
+        let tensors: std::collections::HashMap<String, Tensor> = [
+            ("1.weight", zeros(&[256, 784])),
+            ("1.bias", zeros(&[256])),
+            (
+                "3.weight",
+                Tensor::from_vec(w, (256, 256), &Device::Cpu).unwrap(),
+            ),
+            ("3.bias", zeros(&[256])),
+            ("5.weight", zeros(&[10, 256])),
+            ("5.bias", zeros(&[10])),
+        ]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let err = MnistMlp::load(&path, &Device::Cpu).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteWeight { tensor, index: 7, .. } if tensor == "3.weight"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("weight tensor `3.weight` holds NaN at flat index 7; expected finite weights (a corrupt file, or a training run that diverged?)"),
+            "{err}"
+        );
+        // The same file through a Sequential of the same layers.
+        let err = layers::mnist_mlp().load(&path, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, Error::NonFiniteWeight { .. }), "{err:?}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn tempfile_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("robust-zoo-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //!   `cargo test` whose metrics differ from the committed baseline) next to the baseline.
 //! - `bless [--reject] [FILTER]`: accepts the pending baselines (whose path contains FILTER),
 //!   or deletes them with `--reject`.
+//! - `fuzz [TARGET…] [--cases N] [--seconds S] [--seed SEED]`: mutates valid files of every
+//!   format robust reads and checks that loading and using them never panics or hangs (see
+//!   [`fuzz`]).
+
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,11 +43,13 @@ fn main() -> ExitCode {
         Some("review") => review(),
         Some("bless") => bless(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise] [pgd]\n       \
                  cargo xtask review\n       cargo xtask bless [--reject] [FILTER]\n       \
-                 cargo xtask bench [-- bench options, see examples/bench.rs]"
+                 cargo xtask bench [-- bench options, see examples/bench.rs]\n       \
+                 cargo xtask fuzz [TARGET…] [--cases N] [--seconds S] [--seed SEED]"
             );
             return ExitCode::from(2);
         }

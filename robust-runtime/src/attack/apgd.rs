@@ -259,16 +259,7 @@ impl Apgd {
                 .logits(x)?
                 .arg_sort_last_dim(false)?
                 .to_vec2::<u32>()?;
-            if ranked[0].len() < self.cfg.target_classes + 1 {
-                return Err(Error::param(
-                    "target_classes",
-                    self.cfg.target_classes,
-                    format!(
-                        "at most {} (the model's classes minus one)",
-                        ranked[0].len() - 1
-                    ),
-                ));
-            }
+            self.check_classes(ranked.first().map_or(0, Vec::len))?;
             Some(ranked)
         } else {
             None
@@ -325,6 +316,20 @@ fn mask(values: &[u8], like: &Tensor) -> Result<Tensor> {
 }
 
 impl Attack for Apgd {
+    fn check_classes(&self, num_classes: usize) -> Result<()> {
+        if self.cfg.target_classes >= num_classes {
+            return Err(Error::param(
+                "target_classes",
+                self.cfg.target_classes,
+                format!(
+                    "at most {} (the model's classes minus one)",
+                    num_classes.saturating_sub(1)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn id(&self) -> &'static str {
         if self.cfg.target_classes > 0 {
             "apgd-t"

@@ -100,6 +100,8 @@ impl Ensemble {
         batch: &AttackBatch<'_>,
         rng: &mut Rng,
     ) -> Result<CascadeOutcome> {
+        // A member that no sample reaches (all broken before it) is still checked.
+        self.check_classes(batch.num_classes)?;
         let x = batch.inputs;
         let labels = batch.labels.to_vec1::<u32>()?;
         let clean = model.predict(x)?;
@@ -167,5 +169,11 @@ impl Attack for Ensemble {
 
     fn as_ensemble(&self) -> Option<&Ensemble> {
         Some(self)
+    }
+
+    fn check_classes(&self, num_classes: usize) -> Result<()> {
+        self.members
+            .iter()
+            .try_for_each(|m| m.check_classes(num_classes))
     }
 }

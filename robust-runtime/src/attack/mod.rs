@@ -254,6 +254,14 @@ pub trait Attack {
         None
     }
 
+    /// Rejects a configuration that cannot run on a model with `num_classes` outputs
+    /// (APGD-T's `target_classes`), before any sample is attacked: an ensemble checks every
+    /// member, including those that no sample may reach.
+    fn check_classes(&self, num_classes: usize) -> Result<()> {
+        let _ = num_classes;
+        Ok(())
+    }
+
     /// Whether the attack uses only the model's outputs, never its gradients (Square). A
     /// black-box attack that beats the gradient attacks is a sign of gradient masking.
     fn is_black_box(&self) -> bool {
@@ -414,19 +422,55 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
     }
 }
 
+/// Whether `value` is finite and > 0 as the `f32` the tensors will hold, not only as `f64`:
+/// `1e39` is infinite in f32 and `1e-50` is 0, so a radius checked only as f64 would run as
+/// ∞ or 0.
+pub(crate) fn positive_in_f32(value: f64) -> bool {
+    let single = value as f32;
+    value > 0.0 && single.is_finite() && single > 0.0
+}
+
+/// Whether `value` is finite and ≥ 0 as an `f32`.
+pub(crate) fn non_negative_in_f32(value: f64) -> bool {
+    value >= 0.0 && (value as f32).is_finite()
+}
+
+/// `expected` for a value that is out of range only once rounded to `f32`, with what it
+/// becomes there; `expected` as it is otherwise.
+pub(crate) fn expected_in_f32(value: f64, expected: &str) -> String {
+    let single = value as f32;
+    if value.is_finite() && (single.is_infinite() || (value != 0.0 && single == 0.0)) {
+        format!(
+            "{expected} as f32, the tensors' type ({value} becomes {single} there; f32 holds \
+             magnitudes from 1.4e-45 to 3.4e38)"
+        )
+    } else {
+        expected.to_string()
+    }
+}
+
 pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && value > 0.0 {
+    check_positive_as(name, value, "a finite number > 0")
+}
+
+/// [`check_positive`] with the parameter's own words for what is expected.
+pub(crate) fn check_positive_as(name: &'static str, value: f64, expected: &str) -> Result<()> {
+    if positive_in_f32(value) {
         Ok(())
     } else {
-        Err(Error::param(name, value, "a finite number > 0"))
+        Err(Error::param(name, value, expected_in_f32(value, expected)))
     }
 }
 
 pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && value >= 0.0 {
+    if non_negative_in_f32(value) {
         Ok(())
     } else {
-        Err(Error::param(name, value, "a finite number ≥ 0"))
+        Err(Error::param(
+            name,
+            value,
+            expected_in_f32(value, "a finite number ≥ 0"),
+        ))
     }
 }
 
@@ -451,6 +495,29 @@ mod should {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn reject_radii_that_are_infinite_or_zero_as_f32() {
+        // Finite and positive as f64, but ∞ and 0 in the f32 tensors the attacks compute with.
+        for eps in [1e39, 1e-50] {
+            let err = ThreatModel::new(Norm::Linf, eps).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "invalid value for `eps`: {eps}; expected a finite number > 0 as f32, the \
+                     tensors' type ({eps} becomes {} there",
+                    eps as f32
+                )),
+                "{err}"
+            );
+            assert!(build("pgd", eps, &AttackParams::default()).is_err());
+        }
+        let params = AttackParams {
+            overshoot: Some(1e39),
+            ..AttackParams::default()
+        };
+        assert!(build("deepfool", 0.1, &params).is_err());
+        assert!(ThreatModel::new(Norm::Linf, 3e38).is_ok());
     }
 
     #[test]

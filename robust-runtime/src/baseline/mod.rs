@@ -12,7 +12,9 @@
 //! | `no` | fails | | nothing |
 //!
 //! A regression beyond the tolerance fails in every mode but `always`. Improvements pass and say
-//! so. `cargo xtask review` shows the pending `.new` files next to their baselines and
+//! so. A baseline that cannot be used (bad JSON, another format, another test's file, a gated
+//! metric missing on either side) is an error in every mode but `always`, which replaces it
+//! and says why ([`Verdict::Replaced`]). `cargo xtask review` shows the pending `.new` files next to their baselines and
 //! `cargo xtask bless` accepts them ([`pending`], [`Pending::accept`]).
 //!
 //! Gated metrics are shares where higher is better (clean, robust, certified accuracy,
@@ -256,6 +258,9 @@ pub struct Comparison {
     pub provenance: Vec<(String, String, String)>,
     /// The tolerance used.
     pub tolerance: f64,
+    /// Why the baseline on disk could not be used, when `ROBUST_UPDATE=always` replaced it
+    /// ([`Verdict::Replaced`]).
+    pub replaced: Option<String>,
 }
 
 /// What a comparison concluded.
@@ -272,6 +277,9 @@ pub enum Verdict {
     Missing,
     /// The baseline was (re-)recorded (`ROBUST_UPDATE=always`).
     Recorded,
+    /// The baseline on disk could not be read or trusted, and `ROBUST_UPDATE=always`
+    /// (`ROBUST_BLESS=1`) replaced it with this run's ([`Comparison::replaced`] says why).
+    Replaced,
 }
 
 impl Comparison {
@@ -307,6 +315,10 @@ impl Comparison {
                 format!("baseline {path}: missing (a test with a baseline needs one committed)")
             }
             Verdict::Recorded => format!("baseline {path}: recorded"),
+            Verdict::Replaced => format!(
+                "baseline {path}: replaced, the file could not be used ({})",
+                self.replaced.as_deref().unwrap_or("unreadable")
+            ),
         };
         for c in &self.changes {
             let fmt = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
@@ -331,7 +343,10 @@ impl Comparison {
             );
         }
         let wrote_pending = mode == UpdateMode::New
-            && !matches!(self.verdict, Verdict::Unchanged | Verdict::Recorded);
+            && !matches!(
+                self.verdict,
+                Verdict::Unchanged | Verdict::Recorded | Verdict::Replaced
+            );
         if wrote_pending {
             let _ = write!(
                 s,
@@ -366,21 +381,18 @@ pub fn compare(
 ) -> Result<Comparison> {
     let now = Baseline::of(outcome);
     let pending = pending_path(path);
+    let mut replaced = None;
     let before = if path.exists() {
-        let b = Baseline::read(path)?;
-        // A test's `_cuda` variant is compared with the test's own baseline.
-        let variant_of = now.test.strip_suffix(crate::eval::CUDA_SUFFIX);
-        if b.test != now.test && variant_of != Some(b.test.as_str()) {
-            return Err(Error::format(
-                "baseline",
-                path,
-                format!(
-                    "it records test `{}`; expected `{}` (a file copied from another test?)",
-                    b.test, now.test
-                ),
-            ));
+        match read_for(path, &now) {
+            Ok(b) => Some(b),
+            // Blessing is how a broken baseline is repaired: it is replaced, and the verdict
+            // says what was wrong with it.
+            Err(e) if mode == UpdateMode::Always => {
+                replaced = Some(e.to_string());
+                None
+            }
+            Err(e) => return Err(e),
         }
-        Some(b)
     } else {
         None
     };
@@ -397,7 +409,11 @@ pub fn compare(
                     regressed: false,
                 });
             }
-            Verdict::Missing
+            if replaced.is_some() {
+                Verdict::Replaced
+            } else {
+                Verdict::Missing
+            }
         }
         Some(b) => {
             let names: std::collections::BTreeSet<&String> =
@@ -464,7 +480,9 @@ pub fn compare(
         UpdateMode::Always => {
             if !same_file {
                 now.write(path)?;
-                verdict = Verdict::Recorded;
+                if verdict != Verdict::Replaced {
+                    verdict = Verdict::Recorded;
+                }
             }
             remove_if_present(&pending)?;
         }
@@ -480,7 +498,68 @@ pub fn compare(
         changes,
         provenance,
         tolerance,
+        replaced,
     })
+}
+
+/// Reads the baseline at `path` and checks that it can judge `now`: it belongs to the same
+/// test, and it records exactly the gated metrics `now` has. A gated metric missing on either
+/// side (deleted, renamed or misspelt by hand) is an error: comparing only the metrics both
+/// sides have would let a baseline without `robust_accuracy` pass every run.
+fn read_for(path: &Path, now: &Baseline) -> Result<Baseline> {
+    let b = Baseline::read(path)?;
+    // A test's `_cuda` variant is compared with the test's own baseline.
+    let variant_of = now.test.strip_suffix(crate::eval::CUDA_SUFFIX);
+    if b.test != now.test && variant_of != Some(b.test.as_str()) {
+        return Err(Error::format(
+            "baseline",
+            path,
+            format!(
+                "it records test `{}`; expected `{}` (a file copied from another test?)",
+                b.test, now.test
+            ),
+        ));
+    }
+    /// The names of `of` that `other` lacks.
+    fn lacking<'m>(of: &'m BTreeMap<String, f64>, other: &BTreeMap<String, f64>) -> Vec<&'m str> {
+        of.keys()
+            .filter(|k| !other.contains_key(*k))
+            .map(String::as_str)
+            .collect()
+    }
+    let missing = lacking(&now.metrics, &b.metrics);
+    let unknown = lacking(&b.metrics, &now.metrics);
+    if !missing.is_empty() || !unknown.is_empty() {
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut found = Vec::new();
+        if !missing.is_empty() {
+            found.push(format!("it lacks the gated metric(s) {}", list(&missing)));
+        }
+        if !unknown.is_empty() {
+            found.push(format!(
+                "it records gated metric(s) {} that this test does not measure",
+                list(&unknown)
+            ));
+        }
+        let expected: Vec<&str> = now.metrics.keys().map(String::as_str).collect();
+        return Err(Error::format(
+            "baseline",
+            path,
+            format!(
+                "{}; expected the gated metrics {} (a test's configuration changed, or the file \
+                 was edited by hand? re-record it with ROBUST_BLESS=1 cargo test)",
+                found.join(" and "),
+                list(&expected)
+            ),
+        ));
+    }
+    Ok(b)
 }
 
 fn remove_if_present(path: &Path) -> Result<()> {

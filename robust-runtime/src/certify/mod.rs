@@ -90,10 +90,7 @@ pub fn input_box(x: &Tensor, eps: f64, domain: InputDomain) -> Result<(Tensor, T
 }
 
 fn check_eps(eps: f64) -> Result<()> {
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(Error::param("eps", eps, "a finite radius > 0"));
-    }
-    Ok(())
+    crate::attack::check_positive_as("eps", eps, "a finite radius > 0")
 }
 
 /// Lower bounds of the margins `z_y − z_j` over the box, `N × classes` (`+∞` at `j = y`).
@@ -396,6 +393,7 @@ pub fn bound_case(
     if batch_size == 0 {
         return Err(Error::param("batch_size", batch_size, "at least 1"));
     }
+    case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
     let net = model.network()?.detach();
@@ -463,6 +461,7 @@ pub fn smoothing_case(
     if !(radius.is_finite() && radius >= 0.0) {
         return Err(Error::param("radius", radius, "a finite L2 radius ≥ 0"));
     }
+    case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
     let mut rng = Rng::seed_from_u64(seed);

@@ -65,13 +65,7 @@ impl Smoothing {
 
     /// Rejects values the procedure is undefined for.
     pub fn check(&self) -> Result<()> {
-        if !(self.sigma.is_finite() && self.sigma > 0.0) {
-            return Err(Error::param(
-                "sigma",
-                self.sigma,
-                "a finite noise level > 0",
-            ));
-        }
+        crate::attack::check_positive_as("sigma", self.sigma, "a finite noise level > 0")?;
         if self.n0 == 0 {
             return Err(Error::param("n0", self.n0, "at least 1 noisy copy"));
         }
@@ -196,6 +190,20 @@ fn top_two(counts: &[u64]) -> (usize, Option<usize>) {
 #[cfg(test)]
 mod should {
     use super::*;
+
+    #[test]
+    fn reject_a_sigma_that_is_infinite_or_zero_as_f32() {
+        for sigma in [1e39, 1e-50] {
+            let err = Smoothing::new(sigma).check().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "invalid value for `sigma`: {sigma}; expected a finite noise level > 0 as f32"
+                )),
+                "{err}"
+            );
+        }
+        assert!(Smoothing::new(0.25).check().is_ok());
+    }
 
     #[test]
     fn reject_each_bad_parameter() {

@@ -19,6 +19,7 @@
 
 mod idx;
 mod npy;
+mod safetensors;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,8 +29,11 @@ use candle_core::{DType, Device, Tensor};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-pub use idx::{parse_idx, IdxArray};
+pub use idx::{
+    max_inflated, parse_idx, parse_idx_limited, IdxArray, DEFAULT_MAX_INFLATED, MAX_INFLATED_VAR,
+};
 pub use npy::{parse_npy, NpyArray};
+pub(crate) use safetensors::check_finite_weights;
 
 /// Seed of the fixed shuffle of the MNIST sample before its 4,000 / 1,000 split.
 pub const MNIST_SAMPLE_SEED: u64 = 2018;
@@ -38,6 +42,11 @@ pub const MNIST_SAMPLE_TRAIN: usize = 4000;
 
 static MNIST_IMAGES: &[u8] = include_bytes!("../../data/mnist-5k/images-idx3-ubyte.gz");
 static MNIST_LABELS: &[u8] = include_bytes!("../../data/mnist-5k/labels-idx1-ubyte.gz");
+
+/// Labels are class indices below this bound (2²⁰, far above ImageNet-21k's 21,841 classes):
+/// a file whose labels claim class 4,294,967,295 is refused when it is loaded, rather than
+/// making every per-class table (`class_counts`, confusion counts) allocate gigabytes.
+pub const MAX_CLASSES: usize = 1 << 20;
 
 /// Inputs and their labels.
 #[derive(Debug, Clone)]
@@ -100,6 +109,13 @@ impl Dataset {
                 "the data set is empty; expected at least one sample".into(),
             ));
         }
+        if let Some(i) = labels.iter().position(|&l| l as usize >= MAX_CLASSES) {
+            return Err(Error::Data(format!(
+                "label {} at index {i} is not a class index robust supports; expected labels \
+                 below {MAX_CLASSES} (MAX_CLASSES)",
+                labels[i]
+            )));
+        }
         let inputs = inputs.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let values = inputs.flatten_all()?.to_vec1::<f32>()?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -122,7 +138,8 @@ impl Dataset {
 
     /// Loads MNIST IDX files (images `N × H × W` or `N × C × H × W` of `uint8`, labels `N` of
     /// `uint8`), gzip-compressed or not. Images come out as `N × 1 × H × W` (or `N × C × H × W`)
-    /// scaled to `[0, 1]`.
+    /// scaled to `[0, 1]`. A compressed file may inflate to at most [`max_inflated`] bytes
+    /// (256 MiB unless `ROBUST_MAX_INFLATED_BYTES` says otherwise).
     pub fn from_idx(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Self> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io(p, e));
         let (ip, lp) = (images.as_ref(), labels.as_ref());
@@ -155,6 +172,8 @@ impl Dataset {
                 labels.dims
             )));
         }
+        no_empty_dimension("IDX images", &images.dims)?;
+        no_empty_dimension("IDX labels", &labels.dims)?;
         let inputs = Tensor::from_vec(images.data, dims, &Device::Cpu)?
             .to_dtype(DType::F32)?
             .affine(1.0 / 255.0, 0.0)?;
@@ -189,6 +208,8 @@ impl Dataset {
         let (ip, lp) = (inputs.as_ref(), labels.as_ref());
         let x = parse_npy(&read(ip)?, ip)?;
         let y = parse_npy(&read(lp)?, lp)?;
+        no_empty_dimension("npy inputs", &x.shape)?;
+        no_empty_dimension("npy labels", &y.shape)?;
         let scale = if x.is_u8 { 1.0 / 255.0 } else { 1.0 };
         let inputs =
             Tensor::from_vec(x.to_f32(), x.shape.clone(), &Device::Cpu)?.affine(scale, 0.0)?;
@@ -300,7 +321,8 @@ impl Dataset {
         })
     }
 
-    /// Counts of each label, indexed by label.
+    /// Counts of each label, indexed by label (at most [`MAX_CLASSES`] entries: labels are
+    /// bounded when the data set is built).
     pub fn class_counts(&self) -> Vec<usize> {
         let classes = self.labels.iter().max().map_or(0, |&m| m as usize + 1);
         let mut counts = vec![0; classes];
@@ -309,6 +331,20 @@ impl Dataset {
         }
         counts
     }
+}
+
+/// Rejects a shape with a zero dimension before it becomes a tensor: the array holds nothing
+/// (a data set needs samples with at least one value each), and with a zero among them the
+/// other dimensions can multiply past `usize::MAX` (candle's strides would overflow) although
+/// the element count is 0.
+fn no_empty_dimension(what: &str, dims: &[usize]) -> Result<()> {
+    if dims.contains(&0) {
+        return Err(Error::Data(format!(
+            "{what} have shape {dims:?}; expected no zero dimension (at least one sample of at \
+             least one value)"
+        )));
+    }
+    Ok(())
 }
 
 fn take_tensor(tensors: &mut HashMap<String, Tensor>, path: &Path, name: &str) -> Result<Tensor> {
@@ -409,6 +445,41 @@ mod should {
             .unwrap_err()
             .to_string()
             .contains("not finite"));
+    }
+
+    #[test]
+    fn reject_a_label_beyond_the_class_bound_instead_of_counting_up_to_it() {
+        // class_counts used to allocate u32::MAX + 1 counters (32 GiB) and abort the process.
+        let x = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = Dataset::new(x.clone(), vec![3, u32::MAX]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid dataset: label 4294967295 at index 1 is not a class index robust supports; \
+             expected labels below 1048576 (MAX_CLASSES)"
+        );
+        let data = Dataset::new(x, vec![3, MAX_CLASSES as u32 - 1]).unwrap();
+        let counts = data.class_counts();
+        assert_eq!(
+            (counts.len(), counts[3], counts[MAX_CLASSES - 1]),
+            (MAX_CLASSES, 1, 1)
+        );
+    }
+
+    #[test]
+    fn reject_a_zero_dimension_beside_dimensions_whose_product_overflows() {
+        // 0 × 2⁴⁰ × 2⁴⁰ holds no value, but candle's strides (2⁸⁰) overflowed: a panic with
+        // overflow checks, found by `cargo xtask fuzz idx-gz`.
+        let mut images = vec![0, 0, 8, 4];
+        for d in [0u32, 0x0008_0100, 0xc800_0004, 0x0002_0102] {
+            images.extend_from_slice(&d.to_be_bytes());
+        }
+        let labels = [0, 0, 8, 1, 0, 0, 0, 0];
+        let err = Dataset::from_idx_bytes(&images, &labels).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid dataset: IDX images have shape [0, 524544, 3355443204, 131330]; expected no \
+             zero dimension (at least one sample of at least one value)"
+        );
     }
 
     #[test]

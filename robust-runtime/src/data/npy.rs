@@ -61,7 +61,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing the \\x93NUMPY magic".into()));
     }
-    let (header_len, start) = match bytes[6] {
+    let (header_len, start): (usize, usize) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
@@ -69,11 +69,13 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
         ),
         v => return Err(bad(format!("format version {v}; expected 1, 2 or 3"))),
     };
-    let header = bytes.get(start..start + header_len).ok_or_else(|| {
-        bad(format!(
-            "header of {header_len} bytes runs past the end of the file"
-        ))
-    })?;
+    let header = bytes
+        .get(start..start.saturating_add(header_len))
+        .ok_or_else(|| {
+            bad(format!(
+                "header of {header_len} bytes runs past the end of the file"
+            ))
+        })?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
 
     let descr = dict_value(header, "descr")
@@ -113,13 +115,22 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<NpyArray> {
             )))
         }
     };
-    let count: usize = shape.iter().product();
+    // A header may declare any shape: the byte count is computed with checked arithmetic, so
+    // `(1, 2305843009213693952, 8)` is an error here instead of wrapping to 0 bytes.
+    let needed = shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            bad(format!(
+                "shape {shape:?} of '{descr}' needs more bytes than this machine can address; \
+                 expected a shape whose size fits in memory"
+            ))
+        })?;
     let body = &bytes[start + header_len..];
-    if body.len() != count * size {
+    if body.len() != needed {
         return Err(bad(format!(
-            "{} bytes of data; shape {shape:?} of '{descr}' needs exactly {}",
+            "{} bytes of data; shape {shape:?} of '{descr}' needs exactly {needed}",
             body.len(),
-            count * size
         )));
     }
     let values: Vec<f64> = body
@@ -229,6 +240,32 @@ pub(crate) mod should {
                 .contains("4 bytes of data; shape [2] of '<f4' needs exactly 8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reject_a_shape_whose_byte_count_overflows() {
+        // 2⁶¹ × 8 elements of 4 bytes wrap to 0 bytes in unchecked arithmetic, so the empty
+        // body used to load as an "array" of 2⁶⁴ values.
+        let bytes = npy("<f4", "(1, 2305843009213693952, 8)", &[]);
+        let err = parse_npy(&bytes, Path::new("x.npy")).unwrap_err();
+        assert!(
+            matches!(err, Error::Format { format: "npy", .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(
+                "shape [1, 2305843009213693952, 8] of '<f4' needs more bytes than this machine \
+                 can address"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reject_an_element_count_that_overflows_before_the_item_size() {
+        let bytes = npy("|u1", "(4294967296, 4294967296)", &[]);
+        let err = parse_npy(&bytes, Path::new("x.npy")).unwrap_err();
+        assert!(err.to_string().contains("needs more bytes"), "{err}");
     }
 
     #[test]

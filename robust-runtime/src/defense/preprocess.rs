@@ -65,11 +65,15 @@ impl Preprocessor {
             Preprocessor::BitDepth { bits } if !(1..=16).contains(&bits) => {
                 Err(Error::param("bits", bits, "a bit depth from 1 to 16"))
             }
-            Preprocessor::GaussianBlur { sigma } if !(sigma.is_finite() && sigma > 0.0) => Err(
-                Error::param("sigma", sigma, "a finite standard deviation > 0, in pixels"),
+            Preprocessor::GaussianBlur { sigma } => crate::attack::check_positive_as(
+                "sigma",
+                sigma,
+                "a finite standard deviation > 0, in pixels",
             ),
-            Preprocessor::GaussianNoise { sigma } if !(sigma.is_finite() && sigma > 0.0) => Err(
-                Error::param("sigma", sigma, "a finite noise level > 0, in input units"),
+            Preprocessor::GaussianNoise { sigma } => crate::attack::check_positive_as(
+                "sigma",
+                sigma,
+                "a finite noise level > 0, in input units",
             ),
             _ => Ok(()),
         }

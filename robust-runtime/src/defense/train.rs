@@ -5,7 +5,9 @@ use std::path::Path;
 use candle_core::{DType, Module, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
-use crate::attack::{kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel};
+use crate::attack::{
+    check_positive_as, kernel, Attack, AttackBatch, Norm, Pgd, PgdConfig, ThreatModel,
+};
 use crate::certify::{self, ibp};
 use crate::device::DeviceChoice;
 use crate::nn::{Sequential, SequentialBuilder};
@@ -96,10 +98,9 @@ impl TrainConfig {
         }
         match self.regime {
             Regime::Standard => {}
-            Regime::GaussianNoise { sigma } if !(sigma.is_finite() && sigma > 0.0) => {
-                return Err(Error::param("sigma", sigma, "a finite noise level > 0"));
+            Regime::GaussianNoise { sigma } => {
+                check_positive_as("sigma", sigma, "a finite noise level > 0")?;
             }
-            Regime::GaussianNoise { .. } => {}
             Regime::Pgd {
                 eps,
                 steps,
@@ -111,16 +112,12 @@ impl TrainConfig {
                 step_size,
                 ..
             } => {
-                if !(eps.is_finite() && eps > 0.0) {
-                    return Err(Error::param("eps", eps, "a finite radius > 0"));
-                }
+                check_positive_as("eps", eps, "a finite radius > 0")?;
                 if steps == 0 {
                     return Err(Error::param("steps", steps, "at least 1"));
                 }
                 if let Some(a) = step_size {
-                    if !(a.is_finite() && a > 0.0) {
-                        return Err(Error::param("step_size", a, "a finite step > 0"));
-                    }
+                    check_positive_as("step_size", a, "a finite step > 0")?;
                 }
                 if let Regime::Trades { beta, .. } = self.regime {
                     if !(beta.is_finite() && beta >= 0.0) {
@@ -129,9 +126,7 @@ impl TrainConfig {
                 }
             }
             Regime::Ibp { eps, kappa, .. } => {
-                if !(eps.is_finite() && eps > 0.0) {
-                    return Err(Error::param("eps", eps, "a finite radius > 0"));
-                }
+                check_positive_as("eps", eps, "a finite radius > 0")?;
                 if !(0.0..=1.0).contains(&kappa) {
                     return Err(Error::param("kappa", kappa, "a weight in [0, 1]"));
                 }
@@ -169,6 +164,7 @@ pub fn train(
 
 /// What a checkpoint folder holds besides the weights (`weights.safetensors`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CheckpointState {
     /// Epochs completed.
     epoch: usize,
@@ -213,7 +209,7 @@ pub fn train_resumable(
     let started = std::time::Instant::now();
     let mut step = 0usize;
     let mut eps_now = 0.0;
-    let mut first_epoch = 1;
+    let mut completed = 0usize;
     // The device is left out: a checkpoint resumes wherever the run continues.
     let on_cpu = TrainConfig {
         device: DeviceChoice::Cpu,
@@ -243,11 +239,38 @@ pub fn train_resumable(
             rng = Rng::from_state(&state.rng).ok_or_else(|| {
                 Error::format("checkpoint", &state_path, "an unreadable RNG state")
             })?;
-            first_epoch = state.epoch + 1;
+            // Every epoch takes the same number of steps, so both counts are known for a
+            // checkpoint that this configuration wrote; anything else was edited or corrupted.
+            if state.epoch > config.epochs {
+                return Err(Error::format(
+                    "checkpoint",
+                    &state_path,
+                    format!(
+                        "epoch {} completed; expected at most the {} epochs of this run",
+                        state.epoch, config.epochs
+                    ),
+                ));
+            }
+            let expected_step = state.epoch.checked_mul(steps_per_epoch);
+            if expected_step != Some(state.step) {
+                return Err(Error::format(
+                    "checkpoint",
+                    &state_path,
+                    format!(
+                        "step {} after epoch {}; expected {} ({steps_per_epoch} steps per epoch)",
+                        state.step,
+                        state.epoch,
+                        expected_step.map_or("an overflow".to_string(), |s| s.to_string())
+                    ),
+                ));
+            }
+            crate::data::check_finite_weights("checkpoint", &dir.join("weights.safetensors"))?;
+            completed = state.epoch;
             step = state.step;
         }
     }
-    for epoch in first_epoch..=config.epochs {
+    // `completed < epochs` within the loop, so `e + 1` cannot overflow.
+    for epoch in (completed..config.epochs).map(|e| e + 1) {
         let mut progress = crate::progress::Progress::new(
             &format!("training epoch {epoch}/{}", config.epochs),
             data.len(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::spec::{guard_setters, seed_or_env, Guard};
+use super::spec::{check_run_keys, guard_setters, seed_or_env, Guard};
 use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
 use crate::device;
@@ -99,12 +99,16 @@ impl CertifySpec {
         self.name
     }
 
-    /// Builds the case on the selected device, certifies it and checks `min_certified_acc`.
-    /// `Err(Error::NotCertified)` when it does not hold.
-    pub fn run(
-        &self,
-        build: impl FnOnce() -> Result<RobustnessCase>,
-    ) -> Result<CertificationReport> {
+    /// Checks every value of the spec without building the case or touching a tensor: what
+    /// [`CertifySpec::run`] checks first, and what a suite checks for all its tests before any
+    /// runs.
+    pub fn check(&self) -> Result<()> {
+        self.prepare().map(|_| ())
+    }
+
+    /// The threshold and the smoothing configuration (for `smoothing`), once every value is
+    /// checked.
+    fn prepare(&self) -> Result<(f64, Option<Smoothing>)> {
         let Some(min) = self.min_certified_acc else {
             return Err(Error::param(
                 "min_certified_acc",
@@ -134,13 +138,28 @@ impl CertifySpec {
             }
             other => {
                 Method::from_name(other)?;
-                if !(self.radius.is_finite() && self.radius > 0.0) {
-                    return Err(Error::param("eps", self.radius, "a finite radius > 0"));
-                }
+                crate::attack::check_positive_as("eps", self.radius, "a finite radius > 0")?;
                 None
             }
         };
+        for &r in self.curve {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(Error::param("radius", r, "a finite radius ≥ 0"));
+            }
+        }
         self.guard.check()?;
+        check_run_keys(self.samples, self.batch_size, self.device)?;
+        seed_or_env(self.seed)?;
+        Ok((min, smoothing))
+    }
+
+    /// Builds the case on the selected device, certifies it and checks `min_certified_acc`.
+    /// `Err(Error::NotCertified)` when it does not hold.
+    pub fn run(
+        &self,
+        build: impl FnOnce() -> Result<RobustnessCase>,
+    ) -> Result<CertificationReport> {
+        let (min, smoothing) = self.prepare()?;
         let seed = seed_or_env(self.seed)?;
         let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;

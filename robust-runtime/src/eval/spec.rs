@@ -300,9 +300,15 @@ impl TestSpec {
         }
     }
 
-    /// Builds the case with the selected device current, runs it, and checks the thresholds.
-    /// `Err(Error::NotRobust)` when a threshold does not hold.
-    pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<RobustnessReport> {
+    /// Checks every value of the spec without building the case or touching a tensor: what
+    /// [`TestSpec::run`] checks first, and what a suite checks for all its tests before any
+    /// runs.
+    pub fn check(&self) -> Result<()> {
+        self.prepare().map(|_| ())
+    }
+
+    /// The attack, its parameters and the masking policy, once every value is checked.
+    fn prepare(&self) -> Result<(AttackParams, Box<dyn Attack>, MaskingPolicy)> {
         let params = AttackParams {
             norm: self
                 .norm
@@ -328,7 +334,10 @@ impl TestSpec {
             overshoot: self.overshoot,
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
-        MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
+        for &e in self.sweep {
+            attack::check_positive("eps", e)?;
+        }
+        let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
         self.guard.check()?;
         Self::check_fraction("min_acc", self.thresholds.min_acc)?;
         Self::check_fraction("max_drop", self.thresholds.max_drop)?;
@@ -339,6 +348,15 @@ impl TestSpec {
                 "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)",
             ));
         }
+        check_run_keys(self.samples, self.batch_size, self.device)?;
+        seed_or_env(self.seed)?;
+        Ok((params, attack, policy))
+    }
+
+    /// Builds the case with the selected device current, runs it, and checks the thresholds.
+    /// `Err(Error::NotRobust)` when a threshold does not hold.
+    pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<RobustnessReport> {
+        let (params, attack, policy) = self.prepare()?;
         let seed = seed_or_env(self.seed)?;
         let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;
@@ -357,7 +375,6 @@ impl TestSpec {
             test_name: Some(self.name.to_string()),
             sweep: self.sweep.to_vec(),
         };
-        let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
         let key = format!(
             "{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
             self.name.rsplit_once("::").map_or("", |(group, _)| group),
@@ -394,10 +411,7 @@ impl TestSpec {
             let mut shared = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Behind gradient-blocking preprocessing, the gradients to judge are the BPDA
             // twin's, which the evaluation attacked through.
-            let twin = case
-                .model()
-                .adaptive()
-                .map(|m| RobustnessCase::from_model(m, case.data().clone()));
+            let twin = case.model().adaptive().map(|m| case.with_model(m));
             let judged = twin.as_ref().unwrap_or(&case);
             if shared.is_none() {
                 *shared = Some(masking::diagnose_model(judged, params.norm, &cfg)?);
@@ -427,6 +441,25 @@ impl TestSpec {
             Ok(report)
         }
     }
+}
+
+/// The run keys every kind of test shares: `samples` and `batch_size` at least 1, a known
+/// `device` name (whether it is available is decided when the test runs).
+pub(crate) fn check_run_keys(
+    samples: Option<usize>,
+    batch_size: Option<usize>,
+    device: Option<&str>,
+) -> Result<()> {
+    if let Some(n) = samples {
+        attack::check_at_least_one("samples", n)?;
+    }
+    if let Some(b) = batch_size {
+        attack::check_at_least_one("batch_size", b)?;
+    }
+    if let Some(d) = device {
+        DeviceChoice::from_name(d)?;
+    }
+    Ok(())
 }
 
 /// `seed`, else `ROBUST_SEED`, else 0.

@@ -115,6 +115,99 @@ struct TestEntry {
     cases: Option<usize>,
 }
 
+impl TestEntry {
+    /// The first written key that the entry's kind of test would ignore, with what it belongs
+    /// to: a key that does nothing is a test that checks something other than it says, so the
+    /// suite refuses it as `#[robustness_test]` does.
+    fn misplaced_key<'k>(&self, written: &'k [String]) -> Option<(&'k str, String)> {
+        const SHARED: &[&str] = &[
+            "confidence",
+            "baseline",
+            "tolerance",
+            "samples",
+            "batch_size",
+            "seed",
+            "device",
+        ];
+        const ATTACK: &[&str] = &[
+            "attack",
+            "eps",
+            "min_acc",
+            "max_drop",
+            "norm",
+            "loss",
+            "steps",
+            "step_size",
+            "restarts",
+            "random_start",
+            "targeted",
+            "target_classes",
+            "queries",
+            "kappa",
+            "overshoot",
+            "masking_checks",
+        ];
+        const SMOOTHING: &[&str] = &["radius", "sigma", "n0", "n", "alpha"];
+        // Each perturbation key, with the families that read it.
+        const FAMILY_KEYS: &[(&str, &[&str])] = &[
+            ("eps", &["linf", "l2"]),
+            ("sigma", &["gaussian"]),
+            ("pixels", &["salt_pepper"]),
+            ("max_brightness", &["brightness"]),
+            ("max_contrast", &["contrast"]),
+            ("max_shift", &["shift"]),
+            ("max_degrees", &["rotation"]),
+            ("patch", &["occlusion"]),
+        ];
+        let certifiers = self.certify.as_ref().map(OneOrMany::to_vec);
+        let perturbations = self.perturbation.as_ref().map(OneOrMany::to_vec);
+        for key in written.iter().map(String::as_str) {
+            if matches!(key, "model" | "ignore") || SHARED.contains(&key) {
+                continue;
+            }
+            let used = if self.attack.is_some() {
+                ATTACK.contains(&key)
+            } else if let Some(certifiers) = &certifiers {
+                let smoothing = certifiers.iter().any(|c| c == "smoothing");
+                let bounds = certifiers.iter().any(|c| c != "smoothing");
+                matches!(key, "certify" | "min_certified_acc")
+                    || (smoothing && SMOOTHING.contains(&key))
+                    || (bounds && key == "eps")
+            } else if let Some(perturbations) = &perturbations {
+                let families: Vec<&str> = perturbations.iter().flat_map(|p| p.split('+')).collect();
+                match FAMILY_KEYS.iter().find(|(k, _)| *k == key) {
+                    Some((_, readers)) => readers.iter().any(|f| families.contains(f)),
+                    None => matches!(key, "perturbation" | "min_invariance" | "cases"),
+                }
+            } else {
+                true
+            };
+            if !used {
+                let owner = if key == "eps" {
+                    "attack tests, IBP and CROWN certification, and the linf or l2 perturbation"
+                        .to_string()
+                } else if ATTACK.contains(&key) {
+                    "attack tests (`attack = ...`)".to_string()
+                } else if let Some((_, readers)) = FAMILY_KEYS.iter().find(|(k, _)| *k == key) {
+                    let mut owners = vec![format!("the {} perturbation", readers.join(" or "))];
+                    if SMOOTHING.contains(&key) {
+                        owners.push("smoothing certification".into());
+                    }
+                    owners.join(" and ")
+                } else if SMOOTHING.contains(&key) {
+                    "smoothing certification (`certify = \"smoothing\"`)".to_string()
+                } else if key == "min_certified_acc" {
+                    "certification tests (`certify = ...`)".to_string()
+                } else {
+                    "perturbation tests (`perturbation = ...`)".to_string()
+                };
+                return Some((key, owner));
+            }
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuiteFile {
@@ -122,6 +215,9 @@ struct SuiteFile {
     models: BTreeMap<String, ModelEntry>,
     #[serde(default, rename = "test")]
     tests: Vec<TestEntry>,
+    /// The keys written in each `[[test]]`, in file order (filled from the raw table).
+    #[serde(skip)]
+    written: Vec<Vec<String>>,
 }
 
 /// One case of a suite: its trial name and whether it is ignored.
@@ -149,6 +245,15 @@ impl Runnable {
             Runnable::Perturbation(s) => s.device_name(),
         };
         device == Some("cpu")
+    }
+
+    /// Checks every value of the spec, without running it.
+    fn check(&self) -> Result<()> {
+        match self {
+            Runnable::Attack(s) => s.check(),
+            Runnable::Certify(s) => s.check(),
+            Runnable::Perturbation(s) => s.check(),
+        }
     }
 
     /// The case's `_cuda` variant, named `name`.
@@ -206,13 +311,26 @@ impl Suite {
 
     /// Parses a suite from TOML text; `name` prefixes every trial.
     pub fn from_toml(manifest_dir: impl AsRef<Path>, name: &str, text: &str) -> Result<Self> {
-        let file: SuiteFile = toml::from_str(text).map_err(|e| {
+        let bad = |e: toml::de::Error| {
             Error::format(
                 "suite",
                 Path::new(name),
                 format!("{e}expected [models.<name>] tables and [[test]] entries"),
             )
-        })?;
+        };
+        let mut file: SuiteFile = toml::from_str(text).map_err(bad)?;
+        let raw: toml::Table = toml::from_str(text).map_err(bad)?;
+        file.written = match raw.get("test") {
+            Some(toml::Value::Array(tests)) => tests
+                .iter()
+                .map(|t| {
+                    t.as_table()
+                        .map(|t| t.keys().cloned().collect())
+                        .unwrap_or_default()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let suite = Suite {
             name: name.to_string(),
             manifest_dir: manifest_dir.as_ref().to_path_buf(),
@@ -397,6 +515,14 @@ impl Suite {
                     "expected exactly one of `attack`, `certify` and `perturbation`",
                 ));
             }
+            let written = self.file.written.get(i).map_or(&[][..], Vec::as_slice);
+            if let Some((key, owner)) = t.misplaced_key(written) {
+                return Err(at(&format!(
+                    "`{key}` is a parameter of {owner}; this test does not use it (remove it, \
+                     or move it to a test that does)"
+                )));
+            }
+            let first_of_entry = out.len();
             for model in &models {
                 let group = format!("{}::{}", self.name, name_part(model));
                 if let Some(attacks) = &t.attack {
@@ -448,6 +574,20 @@ impl Suite {
                         out.push((name, model.clone(), Runnable::Perturbation(spec), t.ignore));
                     }
                 }
+            }
+            // Every value is checked now, so that a mistake in the last test stops the suite
+            // before the first one runs, not when its trial comes up.
+            for (k, (name, _, runnable, _)) in out.iter().enumerate().skip(first_of_entry) {
+                if out[..k].iter().any(|(other, ..)| other == name) {
+                    return Err(at(&format!(
+                        "it names trial `{name}` a second time (two values that print alike, \
+                         such as eps = [0.1, 0.10], or a repeated name?); expected distinct \
+                         trial names"
+                    )));
+                }
+                runnable
+                    .check()
+                    .map_err(|e| at(&format!("`{name}`: {e}")))?;
             }
         }
         Ok(out)

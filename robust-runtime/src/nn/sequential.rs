@@ -452,6 +452,7 @@ impl SequentialBuilder {
                 path: path.to_path_buf(),
                 source,
             })?;
+        crate::data::check_finite_weights("Sequential", path)?;
         self.build(vb).map_err(|e| match e {
             Error::Candle(source) => Error::Weights {
                 model: "Sequential".into(),

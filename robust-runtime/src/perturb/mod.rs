@@ -575,7 +575,7 @@ impl PerturbationConfig {
                 Family::Contrast => photometric::contrast_strategy(p.max_contrast as f32),
                 Family::Shift => geometric::shift_strategy(p.max_shift as f32),
                 Family::Rotation => geometric::rotation_strategy(p.max_degrees as f32),
-                Family::Occlusion => occlusion::occlusion_strategy(p.patch, shape),
+                Family::Occlusion => occlusion::occlusion_strategy(p.patch, shape)?,
             });
         }
         Ok(match parts.len() {
@@ -675,7 +675,7 @@ pub fn rotation(max_degrees: f64) -> Result<PerturbationStrategy> {
     single(Family::Rotation, params, ImageShape::new(1, 2, 2))
 }
 
-/// A black `patch × patch` square (clipped to the image) anywhere in an image of `shape`;
+/// A black `patch × patch` square anywhere in an image of `shape` (`patch` at most its smaller side);
 /// shrinks the side toward 0, keeping the top-left corner.
 pub fn occlusion(patch: usize, shape: ImageShape) -> Result<PerturbationStrategy> {
     let params = PerturbParams {
@@ -741,7 +741,8 @@ mod should {
             max_contrast: 0.9,
             max_shift: 5.0,
             max_degrees: 180.0,
-            patch: 9,
+            // 9, or the whole of the shorter side when that is smaller.
+            patch: shape.height.min(shape.width).min(9),
             pixels: 30,
         };
         let mut all: Vec<PerturbationStrategy> = Family::ALL

@@ -40,22 +40,51 @@ impl Strategy for Side {
     }
 }
 
-pub(super) fn occlusion_strategy(patch: usize, shape: ImageShape) -> PerturbationStrategy {
-    let side = patch.min(shape.height).min(shape.width);
+pub(super) fn occlusion_strategy(
+    patch: usize,
+    shape: ImageShape,
+) -> crate::Result<PerturbationStrategy> {
+    // A patch that does not fit would cover the whole image along one side: a different
+    // perturbation than the one asked for, as salt-and-pepper rejects more pixels than there are.
+    let fits = shape.height.min(shape.width);
+    if patch > fits {
+        return Err(crate::Error::param(
+            "patch",
+            patch,
+            format!(
+                "at most {fits}, the smaller side of the {}×{} images",
+                shape.height, shape.width
+            ),
+        ));
+    }
+    let side = patch;
     // The corner is drawn so that the full-size patch lies inside the image, and stays put while
     // the side shrinks.
-    (
+    Ok((
         Side(side as u32),
         (0..=(shape.height - side) as u32).no_shrink(),
         (0..=(shape.width - side) as u32).no_shrink(),
     )
         .prop_map(|(size, row, col)| Perturbation::Occlusion { row, col, size })
-        .sboxed()
+        .sboxed())
 }
 
 #[cfg(test)]
 mod should {
     use super::*;
+
+    #[test]
+    fn reject_a_patch_larger_than_the_image() {
+        let err = occlusion_strategy(29, ImageShape::new(1, 28, 28))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid value for `patch`: 29; expected at most 28, the smaller side of the 28×28 images"
+        );
+        assert!(occlusion_strategy(28, ImageShape::new(1, 28, 28)).is_ok());
+    }
 
     #[test]
     fn black_out_the_square_in_every_channel() {

@@ -113,10 +113,15 @@ impl InvarianceSpec {
         Some(dir.join(format!("{file}.txt")))
     }
 
-    /// Builds the case with the selected device current, runs it and checks `min_invariance`.
-    /// `Err(Error::NotInvariant)` when it does not hold; the failing seeds are then added to the
-    /// regressions file.
-    pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<InvarianceReport> {
+    /// Checks every value of the spec without building the case or touching a tensor: what
+    /// [`InvarianceSpec::run`] checks first, and what a suite checks for all its tests before
+    /// any runs.
+    pub fn check(&self) -> Result<()> {
+        self.prepare().map(|_| ())
+    }
+
+    /// The perturbation, the threshold and the number of cases, once every value is checked.
+    fn prepare(&self) -> Result<(PerturbationConfig, f64, usize)> {
         let config = PerturbationConfig::new(self.perturbation, self.params.clone())?;
         let min = match self.min_invariance {
             Some(v) if (0.0..=1.0).contains(&v) => v,
@@ -139,7 +144,18 @@ impl InvarianceSpec {
                 Err(_) => InvarianceConfig::default().cases,
             },
         };
+        crate::attack::check_at_least_one("cases", cases)?;
         self.guard.check()?;
+        crate::eval::spec::check_run_keys(self.samples, self.batch_size, self.device)?;
+        seed_or_env(self.seed)?;
+        Ok((config, min, cases))
+    }
+
+    /// Builds the case with the selected device current, runs it and checks `min_invariance`.
+    /// `Err(Error::NotInvariant)` when it does not hold; the failing seeds are then added to the
+    /// regressions file.
+    pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<InvarianceReport> {
+        let (config, min, cases) = self.prepare()?;
         let seed = seed_or_env(self.seed)?;
         let device = self.guard.device(self.device)?;
         let case = device::with_current(&device, build)?;
