@@ -58,25 +58,40 @@ pub(super) fn im2col(src: &[f32], cols: &mut [f32], ld: usize, g: &ConvShape) {
         let row = &mut cols[r * ld..r * ld + plane];
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         let (ox0, ox1) = g.columns(kx);
+        if ox0 > 0 || ox1 < g.ow || g.pad > 0 {
+            // One fill per row rather than one per padded segment: on a strided layer's 7-pixel
+            // rows the per-segment calls cost more than the copies.
+            row.fill(0.0);
+        }
         let src = &src[ci * h * w..(ci + 1) * h * w];
         for (oy, out) in row.chunks_mut(g.ow).enumerate() {
-            let Some(iy) = g.row(ky, oy) else {
-                out.fill(0.0);
-                continue;
-            };
-            out[..ox0].fill(0.0);
-            out[ox1..].fill(0.0);
+            let Some(iy) = g.row(ky, oy) else { continue };
             let from = iy * w + ox0 * g.stride + kx - g.pad;
             let out = &mut out[ox0..ox1];
-            if g.stride == 1 {
-                out.copy_from_slice(&src[from..from + out.len()]);
-            } else {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = src[from + i * g.stride];
+            match g.stride {
+                1 => out.copy_from_slice(&src[from..from + out.len()]),
+                2 => gather_even(&src[from..], out),
+                s => {
+                    // An iterator, not indexing: no bounds check per value on this hot path.
+                    for (o, &v) in out.iter_mut().zip(src[from..].iter().step_by(s)) {
+                        *o = v;
+                    }
                 }
             }
         }
     }
+}
+
+/// `out[i] = src[2i]`, in pairs that the compiler turns into vector shuffles (stride-2
+/// convolutions gather most of their im2col matrix this way).
+fn gather_even(src: &[f32], out: &mut [f32]) {
+    let Some((last, head)) = out.split_last_mut() else {
+        return;
+    };
+    for (o, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
+        *o = pair[0];
+    }
+    *last = src[2 * head.len()];
 }
 
 /// The adjoint of [`im2col`] (same `ld`): each column entry added back into the pixel it was
@@ -98,8 +113,8 @@ pub(super) fn col2im(cols: &[f32], ld: usize, dst: &mut [f32], g: &ConvShape) {
                     *d += v;
                 }
             } else {
-                for (i, v) in seg.iter().enumerate() {
-                    dst[from + i * g.stride] += v;
+                for (d, v) in dst[from..].iter_mut().step_by(g.stride).zip(seg) {
+                    *d += v;
                 }
             }
         }
