@@ -33,14 +33,7 @@ impl Linear {
 
     /// The same layer as a [`Layer`](super::Layer) of a network (a missing bias as zeros).
     pub(crate) fn layer(&self) -> Result<super::Layer> {
-        let bias = match &self.bias {
-            Some(b) => b.clone(),
-            None => Tensor::zeros(
-                self.weight.dim(0)?,
-                self.weight.dtype(),
-                self.weight.device(),
-            )?,
-        };
+        let bias = super::bias_or_zeros(self.bias.as_ref(), &self.weight)?;
         Ok(super::Layer::Linear {
             weight: self.weight.clone(),
             bias,

@@ -20,6 +20,11 @@
 //!
 //! All three attach their backward pass to candle's forward value with a custom op whose
 //! forward hands over that value's storage, so they run on every device candle supports.
+//!
+//! On the CPU, a [`Sequential`] or a zoo network with plain f32 weights does not go through
+//! these layers at all during attacks: [`crate::Model`] compiles it into the engine (`engine`,
+//! a forward pass and input gradient on reused f32 buffers without autograd; see the README's
+//! "Speed: the engine"), with the same semantics, first-maximum pooling included.
 
 mod conv;
 mod engine;
@@ -123,6 +128,15 @@ fn first_max_grad_cpu<T: WithDType + PartialOrd>(
         })
     })?;
     Tensor::from_vec(out, x.shape(), &Device::Cpu)
+}
+
+/// `bias`, or zeros for each of `weight`'s output rows (dimension 0): a layer without a bias as a
+/// [`Layer`] of a network, which always has one.
+fn bias_or_zeros(bias: Option<&Tensor>, weight: &Tensor) -> Result<Tensor> {
+    match bias {
+        Some(b) => Ok(b.clone()),
+        None => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device()),
+    }
 }
 
 /// Runs `f` on the values of a contiguous CPU tensor; an error naming `what` otherwise.
