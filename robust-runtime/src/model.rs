@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Module, Tensor};
 
 use crate::defense::Preprocessed;
-use crate::nn::{Engine, Sequential};
+use crate::nn::{Engine, Sequential, Source};
 use crate::zoo;
 
 use crate::{Error, Result};
@@ -163,9 +163,9 @@ pub struct Model {
     normalize: Option<Normalize>,
     domain: InputDomain,
     name: String,
-    /// The layers the engine compiles, when the module is a network it knows (a
-    /// [`Sequential`], the zoo's MLP and CNN).
-    layers: Option<Sequential>,
+    /// What the engine compiles, when the module is a network it knows (a [`Sequential`], the
+    /// zoo's MLP, CNN and ResNet-18).
+    layers: Option<Source>,
     /// The compiled network, made on first use (with the normalisation then set).
     engine: OnceLock<Option<Engine>>,
     /// Whether passes may run on the engine (see [`Model::without_engine`]).
@@ -197,7 +197,9 @@ impl Model {
         let layers = network
             .clone()
             .or_else(|| any.downcast_ref::<zoo::MnistMlp>()?.network())
-            .or_else(|| any.downcast_ref::<zoo::MnistCnn>()?.network());
+            .or_else(|| any.downcast_ref::<zoo::MnistCnn>()?.network())
+            .map(Source::Chain)
+            .or_else(|| any.downcast_ref::<zoo::ResNet18>()?.graph());
         Model {
             inner: Box::new(module),
             network,
@@ -236,7 +238,7 @@ impl Model {
         }
         let engine = self
             .engine
-            .get_or_init(|| Engine::compile(self.layers.as_ref()?, self.normalize.as_ref()))
+            .get_or_init(|| self.layers.as_ref()?.compile(self.normalize.as_ref()))
             .as_ref()?;
         engine.accepts(x).then_some(engine)
     }

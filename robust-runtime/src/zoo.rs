@@ -19,7 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{relu_max_pool2d, Conv2d, Layer, Linear, Sequential};
+use crate::nn::{relu_max_pool2d, Conv2d, Layer, Linear, Node, Sequential, Source};
 use crate::{Error, Result};
 
 /// The MLP 784-256-256-10 with ReLU activations, as
@@ -202,6 +202,38 @@ impl ResNet18 {
         load_with("ResNet18", path.as_ref(), device, |vb| Self::new(vb, 10))
     }
 
+    /// The same network as a graph of layers, for the engine: each block's sum reads its
+    /// input (or the projection of it) besides the second convolution.
+    pub(crate) fn graph(&self) -> Option<Source> {
+        let mut nodes: Vec<(Node, usize)> = Vec::new();
+        // Adds a node reading activation `input`; returns the activation it makes.
+        let mut push = |node: Node, input: usize| {
+            nodes.push((node, input));
+            nodes.len()
+        };
+        let stem = push(Node::Layer(self.stem.layer().ok()?), 0);
+        let mut x = push(Node::Layer(Layer::Relu), stem);
+        for block in &self.blocks {
+            let a = push(Node::Layer(block.conv1.layer().ok()?), x);
+            let a = push(Node::Layer(Layer::Relu), a);
+            let out = push(Node::Layer(block.conv2.layer().ok()?), a);
+            let skip = match &block.shortcut {
+                Some(conv) => push(Node::Layer(conv.layer().ok()?), x),
+                None => x,
+            };
+            let sum = push(Node::Add(skip), out);
+            x = push(Node::Layer(Layer::Relu), sum);
+        }
+        let pool = Layer::AvgPool2d {
+            kernel: 4,
+            stride: 4,
+        };
+        let x = push(Node::Layer(pool), x);
+        let x = push(Node::Layer(Layer::Flatten), x);
+        push(Node::Layer(self.fc.layer().ok()?), x);
+        Some(Source::Graph(vec![3, 32, 32], nodes))
+    }
+
     /// Untrained weights for `classes` outputs drawn from `rng`, by torchvision's names: He
     /// (fan-out) normal convolutions, batch-norm scales in [0.5, 1.5], shifts, means in
     /// ±0.1 and variances in [0.5, 1.5] (so that folding them is exercised), PyTorch's default
@@ -378,6 +410,42 @@ fn load_with<M>(
 #[cfg(test)]
 mod should {
     use super::*;
+
+    /// The residual graph on the engine against candle's forward pass and autograd: logits and
+    /// the input gradient of a random linear function of them, on seeded random weights (batch
+    /// norm folded, so every block's projection and identity shortcut is exercised).
+    #[test]
+    fn run_resnet18_on_the_engine_with_candles_logits_and_gradients() -> Result<()> {
+        let mut rng = crate::Rng::seed_from_u64(3);
+        let weights = ResNet18::random_weights(&mut rng, 10)?;
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let net = ResNet18::new(vb, 10)?;
+        let engine = net
+            .graph()
+            .and_then(|g| g.compile(None))
+            .expect("a known graph");
+        let x = Tensor::from_vec(
+            rng.uniform_vec(2 * 3072, 0.0, 1.0),
+            (2, 3, 32, 32),
+            &Device::Cpu,
+        )?;
+        let r = Tensor::from_vec(rng.normal_vec(20), (2, 10), &Device::Cpu)?;
+        let var = candle_core::Var::from_tensor(&x)?;
+        let logits = net.forward(var.as_tensor())?;
+        let grads = (&logits * &r)?.sum_all()?.backward()?;
+        let grad = grads.get(var.as_tensor()).expect("input gradient").clone();
+        let (ours, (), our_grad) = engine.forward_backward(&x, |_| Ok(((), r.clone())))?;
+        let max = |t: &Tensor| -> Result<f32> { Ok(t.abs()?.max_all()?.to_scalar::<f32>()?) };
+        let (dl, dg) = (max(&(&ours - &logits)?)?, max(&(&our_grad - &grad)?)?);
+        assert!(dl <= 1e-4 * max(&logits)?.max(1.0), "logits differ by {dl}");
+        assert!(
+            dg <= 1e-3 * max(&grad)?,
+            "gradients differ by {dg} of {}",
+            max(&grad)?
+        );
+        assert!(max(&grad)? > 0.0);
+        Ok(())
+    }
 
     #[test]
     fn name_a_missing_weight_file() {

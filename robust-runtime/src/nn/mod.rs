@@ -33,7 +33,7 @@ mod linear;
 mod sequential;
 
 pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
-pub(crate) use engine::Engine;
+pub(crate) use engine::{Engine, Node, Source};
 pub use linear::Linear;
 pub(crate) use sequential::channel_shape;
 pub use sequential::{Layer, Sequential, SequentialBuilder};

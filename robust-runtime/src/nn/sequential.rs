@@ -149,6 +149,37 @@ impl Layer {
     }
 }
 
+/// The per-sample shape `layer` makes of inputs of per-sample `shape`, as the builder infers it;
+/// `None` when the layer does not fit the shape.
+pub(crate) fn output_shape(layer: &Layer, shape: &[usize]) -> Option<Vec<usize>> {
+    let window = |n: usize, k: usize, stride: usize, pad: usize| {
+        (n + 2 * pad).checked_sub(k).map(|v| v / stride + 1)
+    };
+    Some(match (layer, shape) {
+        (Layer::Linear { weight, .. }, [_]) => vec![weight.dim(0).ok()?],
+        (
+            Layer::Conv2d {
+                weight,
+                stride,
+                padding,
+                ..
+            },
+            &[_, h, w],
+        ) => {
+            let (c_out, k) = (weight.dim(0).ok()?, weight.dim(2).ok()?);
+            let size = |n| window(n, k, *stride, *padding);
+            vec![c_out, size(h)?, size(w)?]
+        }
+        (Layer::Relu | Layer::ChannelAffine { .. }, _) => shape.to_vec(),
+        (Layer::Flatten, _) => vec![shape.iter().product()],
+        (Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride }, &[c, h, w]) => {
+            let size = |n| window(n, *kernel, *stride, 0);
+            vec![c, size(h)?, size(w)?]
+        }
+        _ => return None,
+    })
+}
+
 /// `[1, channels, 1, …]` with `rank` entries: broadcasts a per-channel vector over a batch.
 pub(crate) fn channel_shape(rank: usize, channels: usize) -> Vec<usize> {
     let mut shape = vec![1; rank.max(2)];
@@ -266,36 +297,7 @@ impl Sequential {
     pub(crate) fn from_layers(input: &[usize], layers: Vec<Layer>) -> Option<Sequential> {
         let mut shapes = vec![input.to_vec()];
         for layer in &layers {
-            let shape = shapes.last()?;
-            let window = |n: usize, k: usize, stride: usize, pad: usize| {
-                (n + 2 * pad).checked_sub(k).map(|v| v / stride + 1)
-            };
-            let next = match (layer, &shape[..]) {
-                (Layer::Linear { weight, .. }, [_]) => vec![weight.dim(0).ok()?],
-                (
-                    Layer::Conv2d {
-                        weight,
-                        stride,
-                        padding,
-                        ..
-                    },
-                    &[_, h, w],
-                ) => {
-                    let (c_out, k) = (weight.dim(0).ok()?, weight.dim(2).ok()?);
-                    let size = |n| window(n, k, *stride, *padding);
-                    vec![c_out, size(h)?, size(w)?]
-                }
-                (Layer::Relu | Layer::ChannelAffine { .. }, _) => shape.clone(),
-                (Layer::Flatten, _) => vec![shape.iter().product()],
-                (
-                    Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride },
-                    &[c, h, w],
-                ) => {
-                    let size = |n| window(n, *kernel, *stride, 0);
-                    vec![c, size(h)?, size(w)?]
-                }
-                _ => return None,
-            };
+            let next = output_shape(layer, shapes.last()?)?;
             shapes.push(next);
         }
         Some(Sequential { layers, shapes })

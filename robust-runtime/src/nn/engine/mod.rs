@@ -68,6 +68,12 @@ enum Op {
         /// `|W|`, made when interval bounds first need it.
         abs_w: OnceLock<Vec<f32>>,
     },
+    /// `x + other` (a residual connection), then ReLU if `relu`.
+    Add {
+        /// The activation added to the op's input.
+        other: usize,
+        relu: bool,
+    },
     /// `max(x, 0)`, where no layer before it could take it.
     Relu,
     MaxPool(PoolShape),
@@ -93,7 +99,10 @@ impl Op {
     fn relu(&self) -> bool {
         matches!(
             self,
-            Op::Relu | Op::Linear { relu: true, .. } | Op::Conv { relu: true, .. }
+            Op::Relu
+                | Op::Linear { relu: true, .. }
+                | Op::Conv { relu: true, .. }
+                | Op::Add { relu: true, .. }
         )
     }
 }
@@ -103,7 +112,10 @@ impl Op {
 pub(crate) struct Engine {
     input: Vec<usize>,
     ops: Vec<Op>,
-    /// `sizes[i]`: values per sample entering op `i`; the last is the number of classes.
+    /// `inputs[i]`: the activation op `i` reads. Activation 0 is the network's input and
+    /// activation `i + 1` op `i`'s output; a chain reads `inputs[i] = i`.
+    inputs: Vec<usize>,
+    /// `sizes[j]`: values per sample of activation `j`; the last is the number of classes.
     sizes: Vec<usize>,
     /// Workspaces of finished passes, for the next pass of the same batch size.
     spare: Mutex<Vec<Workspace>>,
@@ -117,8 +129,40 @@ struct Workspace {
     acts: Vec<Vec<f32>>,
     /// `args[i]`: op `i`'s max-pool positions (empty for other ops).
     args: Vec<Vec<u32>>,
-    /// Two gradient buffers the backward pass alternates between, `batch × max(sizes)` each.
-    grads: [Vec<f32>; 2],
+    /// `grads[j]`: the gradient of activation `j`, `batch × sizes[j]`, summed over the ops
+    /// that read it.
+    grads: Vec<Vec<f32>>,
+    /// Whether `grads[j]` holds a gradient yet in this backward pass.
+    touched: Vec<bool>,
+    /// One op's contribution to a gradient that another op already wrote.
+    scratch: Vec<f32>,
+}
+
+/// A network the engine can compile: a chain of layers, or a graph of them.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    Chain(Sequential),
+    /// The per-sample input shape and the nodes (see [`Engine::compile_graph`]).
+    Graph(Vec<usize>, Vec<(Node, usize)>),
+}
+
+impl Source {
+    /// The compiled plan, preceded by `normalize` (see [`Engine::compile`]).
+    pub(crate) fn compile(&self, normalize: Option<&Normalize>) -> Option<Engine> {
+        match self {
+            Source::Chain(net) => Engine::compile(net, normalize),
+            Source::Graph(input, nodes) => Engine::compile_graph(input, nodes, normalize),
+        }
+    }
+}
+
+/// One node of a network graph (see [`Engine::compile_graph`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Node {
+    /// A layer applied to the node's input.
+    Layer(Layer),
+    /// The node's input plus activation `other` (a residual connection).
+    Add(usize),
 }
 
 /// The values of a weight tensor as f32, if it is a plain CPU f32 tensor (not a variable that
@@ -145,30 +189,84 @@ impl Engine {
     /// engine cannot run it: weights off the CPU, not f32 or trainable, or an output that is
     /// not one vector of logits per sample.
     pub(crate) fn compile(net: &Sequential, normalize: Option<&Normalize>) -> Option<Engine> {
-        let input = net.input_shape().to_vec();
+        let nodes: Vec<(Node, usize)> = (net.layers().iter().cloned().enumerate())
+            .map(|(i, layer)| (Node::Layer(layer), i))
+            .collect();
+        Engine::compile_graph(net.input_shape(), &nodes, normalize)
+    }
+
+    /// Compiles a network graph on inputs of per-sample shape `input`: node `k` is applied to
+    /// activation `nodes[k].1` and makes activation `k + 1` (activation 0 is the input); the
+    /// last node's output is the logits. A ReLU is fused into the layer (or sum) before it
+    /// when nothing else reads that layer's output.
+    pub(crate) fn compile_graph(
+        input: &[usize],
+        nodes: &[(Node, usize)],
+        normalize: Option<&Normalize>,
+    ) -> Option<Engine> {
         let mut ops = Vec::new();
+        let mut inputs = Vec::new();
         let mut sizes = vec![input.iter().product::<usize>()];
+        // Per node activation: its shape, the engine activation holding it, and whether that
+        // activation is another node's too (a flatten, a fused ReLU).
+        let mut shapes = vec![input.to_vec()];
+        let mut map = vec![0];
+        let mut alias = vec![false];
         if let Some(n) = normalize {
             let (mean, std) = (n.mean().to_vec(), n.std().to_vec());
-            let plane = channel_plane(&input, mean.len())?;
+            let plane = channel_plane(input, mean.len())?;
             ops.push(Op::Normalize { mean, std, plane });
+            inputs.push(0);
             sizes.push(sizes[0]);
+            map[0] = 1;
         }
-        for (i, layer) in net.layers().iter().enumerate() {
-            let (shape, next) = (net.shape_before(i), net.shape_before(i + 1));
-            let op = match layer {
-                Layer::Flatten => continue,
-                Layer::Relu => match ops.last_mut() {
-                    Some(Op::Linear { relu, .. } | Op::Conv { relu, .. }) if !*relu => {
-                        *relu = true;
-                        continue;
+        let mut readers = vec![0usize; nodes.len() + 1];
+        for (node, a) in nodes {
+            *readers.get_mut(*a)? += 1;
+            if let Node::Add(other) = node {
+                *readers.get_mut(*other)? += 1;
+            }
+        }
+        for (node, a) in nodes {
+            let shape = shapes.get(*a)?.clone();
+            let source = map[*a];
+            let layer = match node {
+                Node::Add(other) => {
+                    if shapes.get(*other)? != &shape {
+                        return None;
                     }
-                    _ => Op::Relu,
-                },
+                    ops.push(Op::Add {
+                        other: map[*other],
+                        relu: false,
+                    });
+                    inputs.push(source);
+                    sizes.push(sizes[source]);
+                    shapes.push(shape);
+                    map.push(ops.len());
+                    alias.push(false);
+                    continue;
+                }
+                Node::Layer(layer) => layer,
+            };
+            let next = super::sequential::output_shape(layer, &shape)?;
+            let op = match layer {
+                Layer::Flatten => None,
+                Layer::Relu => {
+                    let fusable = readers[*a] == 1 && !alias[*a] && source > 0;
+                    match ops.get_mut(source.wrapping_sub(1)) {
+                        Some(
+                            Op::Linear { relu, .. } | Op::Conv { relu, .. } | Op::Add { relu, .. },
+                        ) if fusable && !*relu => {
+                            *relu = true;
+                            None
+                        }
+                        _ => Some(Op::Relu),
+                    }
+                }
                 Layer::Linear { weight, bias } => {
                     let (d_in, d_out) = (shape.iter().product(), next.iter().product());
                     let w = values(weight)?;
-                    Op::Linear {
+                    Some(Op::Linear {
                         wt: transpose(&w, d_out, d_in),
                         w,
                         b: values(bias)?,
@@ -176,7 +274,7 @@ impl Engine {
                         d_out,
                         relu: false,
                         abs_w: OnceLock::new(),
-                    }
+                    })
                 }
                 Layer::Conv2d {
                     weight,
@@ -184,7 +282,7 @@ impl Engine {
                     stride,
                     padding,
                 } => {
-                    let (&[c_in, h, w], &[c_out, oh, ow]) = (shape, next) else {
+                    let (&[c_in, h, w], &[c_out, oh, ow]) = (&shape[..], &next[..]) else {
                         return None;
                     };
                     let g = ConvShape {
@@ -198,7 +296,7 @@ impl Engine {
                         ow,
                     };
                     let w = values(weight)?;
-                    Op::Conv {
+                    Some(Op::Conv {
                         wt: transpose(&w, c_out, g.rows()),
                         w,
                         b: values(bias)?,
@@ -206,10 +304,10 @@ impl Engine {
                         g,
                         relu: false,
                         abs_w: OnceLock::new(),
-                    }
+                    })
                 }
                 Layer::MaxPool2d { kernel, stride } | Layer::AvgPool2d { kernel, stride } => {
-                    let (&[_, h, w], &[_, oh, ow]) = (shape, next) else {
+                    let (&[_, h, w], &[_, oh, ow]) = (&shape[..], &next[..]) else {
                         return None;
                     };
                     let g = PoolShape {
@@ -220,30 +318,45 @@ impl Engine {
                         oh,
                         ow,
                     };
-                    match layer {
+                    Some(match layer {
                         Layer::MaxPool2d { .. } => Op::MaxPool(g),
                         _ => Op::AvgPool(g),
-                    }
+                    })
                 }
                 Layer::ChannelAffine { scale, shift, .. } => {
                     let (scale, shift) = (values(scale)?, values(shift)?);
-                    let plane = channel_plane(shape, scale.len())?;
-                    Op::Affine {
+                    let plane = channel_plane(&shape, scale.len())?;
+                    Some(Op::Affine {
                         scale,
                         shift,
                         plane,
-                    }
+                    })
                 }
             };
-            ops.push(op);
-            sizes.push(next.iter().product());
+            match op {
+                Some(op) => {
+                    ops.push(op);
+                    inputs.push(source);
+                    sizes.push(next.iter().product());
+                    map.push(ops.len());
+                    alias.push(false);
+                }
+                // A flatten or a fused ReLU: the same values under another name.
+                None => {
+                    map.push(source);
+                    alias.push(true);
+                }
+            }
+            shapes.push(next);
         }
-        if net.output_shape().len() != 1 || ops.is_empty() {
+        let last = shapes.last()?;
+        if last.len() != 1 || ops.is_empty() || *map.last()? != ops.len() {
             return None;
         }
         Some(Engine {
-            input,
+            input: input.to_vec(),
             ops,
+            inputs,
             sizes,
             spare: Mutex::new(Vec::new()),
         })
@@ -358,7 +471,9 @@ impl Engine {
                     _ => Vec::new(),
                 })
                 .collect(),
-            grads: [vec![0.0; batch * widest], vec![0.0; batch * widest]],
+            grads: self.sizes.iter().map(|s| vec![0.0; batch * s]).collect(),
+            touched: vec![false; self.sizes.len()],
+            scratch: vec![0.0; batch * widest],
         }
     }
 
@@ -366,17 +481,28 @@ impl Engine {
     fn run_forward(&self, x: &[f32], ws: &mut Workspace) {
         for (i, op) in self.ops.iter().enumerate() {
             let (done, rest) = ws.acts.split_at_mut(i);
-            let src = if i == 0 { x } else { &done[i - 1][..] };
-            let sizes = (self.sizes[i], self.sizes[i + 1]);
+            let act = |j: usize| if j == 0 { x } else { &done[j - 1][..] };
+            let (src, out) = (act(self.inputs[i]), &mut rest[0][..]);
+            let other = match op {
+                Op::Add { other, .. } => act(*other),
+                _ => &[],
+            };
+            let sizes = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
             apply(
                 op,
                 Weights::Signed,
-                src,
-                &mut rest[0],
+                (src, other),
+                out,
                 &mut ws.args[i],
                 sizes,
             );
         }
+    }
+
+    /// Whether the plan is a chain (each op reads the one before), as interval bounds need.
+    fn is_chain(&self) -> bool {
+        self.inputs.iter().enumerate().all(|(i, &j)| i == j)
+            && !self.ops.iter().any(|op| matches!(op, Op::Add { .. }))
     }
 
     /// Interval bound propagation (see [`crate::certify`]'s `ibp`) through the plan: the box
@@ -384,6 +510,9 @@ impl Engine {
     /// version (centre `(u + l)·0.5`, radius `(u − l)·0.5`, `W c + b ± |W| r` for affine maps,
     /// corners through monotone ones).
     pub(crate) fn interval(&self, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
+        if !self.is_chain() {
+            candle_core::bail!("interval bounds through the engine need a chain of layers")
+        }
         let n = lower.dim(0)?;
         let (lower, upper) = (lower.contiguous()?, upper.contiguous()?);
         let mut l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
@@ -400,8 +529,15 @@ impl Engine {
                 Op::Linear { .. } | Op::Conv { .. } | Op::Affine { .. } => {
                     let centre: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u + l) * 0.5).collect();
                     let radius: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u - l) * 0.5).collect();
-                    apply(op, Weights::AffineOnly, &centre, &mut lo, &mut args, sizes);
-                    apply(op, Weights::Abs, &radius, &mut hi, &mut args, sizes);
+                    apply(
+                        op,
+                        Weights::AffineOnly,
+                        (&centre, &[]),
+                        &mut lo,
+                        &mut args,
+                        sizes,
+                    );
+                    apply(op, Weights::Abs, (&radius, &[]), &mut hi, &mut args, sizes);
                     for (c, r) in lo.iter_mut().zip(hi.iter_mut()) {
                         (*c, *r) = (*c - *r, *c + *r);
                         // A fused ReLU is monotone: it maps the corners.
@@ -411,9 +547,10 @@ impl Engine {
                     }
                 }
                 // Monotone non-decreasing in every input: the corners map to the corners.
+                // (No `Add` here: the plan is a chain.)
                 _ => {
-                    apply(op, Weights::Signed, &l, &mut lo, &mut args, sizes);
-                    apply(op, Weights::Signed, &u, &mut hi, &mut args, sizes);
+                    apply(op, Weights::Signed, (&l, &[]), &mut lo, &mut args, sizes);
+                    apply(op, Weights::Signed, (&u, &[]), &mut hi, &mut args, sizes);
                 }
             }
             (l, u) = (lo, hi);
@@ -441,7 +578,7 @@ enum Weights {
 fn apply(
     op: &Op,
     weights: Weights,
-    src: &[f32],
+    (src, other): (&[f32], &[f32]),
     out: &mut [f32],
     args: &mut [u32],
     (s_in, s_out): (usize, usize),
@@ -502,6 +639,15 @@ fn apply(
                 }
             });
         }
+        Op::Add { relu, .. } => out
+            .par_chunks_mut(s_out)
+            .zip(src.par_chunks(s_in).zip(other.par_chunks(s_in)))
+            .for_each(|(out, (a, b))| {
+                for (o, (&a, &b)) in out.iter_mut().zip(a.iter().zip(b)) {
+                    let y = a + b;
+                    *o = if *relu && !(y > 0.0) { 0.0 } else { y };
+                }
+            }),
         Op::Relu => out
             .par_chunks_mut(s_out)
             .zip(src.par_chunks(s_in))
@@ -606,68 +752,114 @@ impl Pass<'_> {
         Tensor::from_vec(out, (self.ws.batch, self.engine.classes()), &Device::Cpu)
     }
 
-    /// The input gradient of `Σ_n ⟨g_n, z_n⟩` for `g` (`N × classes`).
+    /// The input gradient of `Σ_n ⟨g_n, z_n⟩` for `g` (`N × classes`): the ops in reverse,
+    /// each adding its input's share to that activation's gradient (an activation read twice,
+    /// as a residual block's input, sums both).
     fn input_grad(&mut self, g: &Tensor) -> Result<Tensor> {
         let (e, n) = (self.engine, self.ws.batch);
         let g = g.to_dtype(DType::F32)?.contiguous()?;
-        let [cur, next] = &mut self.ws.grads;
+        let ws = &mut self.ws;
+        let last = e.ops.len();
+        ws.touched.fill(false);
         cpu_values(&g, "engine logit gradient", |gv: &[f32]| {
-            cur[..gv.len()].copy_from_slice(gv);
+            ws.grads[last][..gv.len()].copy_from_slice(gv);
             Ok(())
         })?;
+        ws.touched[last] = true;
         for (i, op) in e.ops.iter().enumerate().rev() {
-            let (s_in, s_out) = (e.sizes[i], e.sizes[i + 1]);
-            let (gout, gin) = (&mut cur[..n * s_out], &mut next[..n * s_in]);
+            if !ws.touched[i + 1] {
+                continue; // nothing downstream reads this op's output
+            }
+            let s_out = e.sizes[i + 1];
+            let (before, after) = ws.grads.split_at_mut(i + 1);
+            let gout = &mut after[0][..n * s_out];
             if op.relu() {
                 gout.par_chunks_mut(s_out)
-                    .zip(self.ws.acts[i].par_chunks(s_out))
+                    .zip(ws.acts[i].par_chunks(s_out))
                     .for_each(|(g, y)| {
                         for (g, &y) in g.iter_mut().zip(y) {
                             *g = if y > 0.0 { *g } else { 0.0 };
                         }
                     });
             }
-            match op {
-                Op::Linear { w, d_in, d_out, .. } => matmul(
-                    (n, *d_in, *d_out),
-                    gin,
-                    View::rows(gout, *d_out),
-                    View::rows(w, *d_in),
-                    rayon::current_num_threads(),
-                ),
-                Op::Conv {
-                    w, wt, c_out, g, ..
-                } => Conv {
-                    w,
-                    wt,
-                    c_out: *c_out,
-                    g,
-                }
-                .backward(gout, gin),
-                Op::Relu => gin.copy_from_slice(gout),
-                Op::MaxPool(g) => {
-                    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-                    gin.par_chunks_mut(plane_in)
-                        .zip(gout.par_chunks(plane_out))
-                        .zip(self.ws.args[i].par_chunks(plane_out))
-                        .for_each(|((gin, gout), arg)| kernels::max_pool_back(gout, arg, gin));
-                }
-                Op::AvgPool(g) => {
-                    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-                    gin.par_chunks_mut(plane_in)
-                        .zip(gout.par_chunks(plane_out))
-                        .for_each(|(gin, gout)| kernels::avg_pool_back(gout, gin, g));
-                }
-                Op::Affine { scale, plane, .. } => {
-                    per_channel(gout, gin, s_in, *plane, |c, v| v * scale[c])
-                }
-                Op::Normalize { std, plane, .. } => {
-                    per_channel(gout, gin, s_in, *plane, |c, v| v / std[c])
-                }
+            let gout = &after[0][..n * s_out];
+            let mut targets = vec![e.inputs[i]];
+            if let Op::Add { other, .. } = op {
+                targets.push(*other);
             }
-            std::mem::swap(cur, next);
+            for j in targets {
+                let s_in = e.sizes[j];
+                let first = !ws.touched[j];
+                let gin = if first {
+                    &mut before[j][..n * s_in]
+                } else {
+                    &mut ws.scratch[..n * s_in]
+                };
+                backward_op(op, gout, gin, &ws.args[i], (s_in, s_out));
+                if !first {
+                    let sum = &mut before[j][..n * s_in];
+                    sum.par_chunks_mut(1 << 14)
+                        .zip(ws.scratch[..n * s_in].par_chunks(1 << 14))
+                        .for_each(|(sum, add)| {
+                            sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
+                        });
+                }
+                ws.touched[j] = true;
+            }
         }
-        Tensor::from_slice(&cur[..n * e.sizes[0]], self.dims.as_slice(), &Device::Cpu)
+        let size = n * e.sizes[0];
+        if !ws.touched[0] {
+            return Tensor::zeros(self.dims.as_slice(), DType::F32, &Device::Cpu);
+        }
+        Tensor::from_slice(&ws.grads[0][..size], self.dims.as_slice(), &Device::Cpu)
+    }
+}
+
+/// One op's backward pass: `gin` (`batch × s_in`, overwritten) from the gradient `gout` of its
+/// output (already masked by a fused ReLU). For `Add`, the share of either summand.
+fn backward_op(
+    op: &Op,
+    gout: &[f32],
+    gin: &mut [f32],
+    args: &[u32],
+    (s_in, s_out): (usize, usize),
+) {
+    let n = gout.len() / s_out.max(1);
+    match op {
+        Op::Linear { w, d_in, d_out, .. } => matmul(
+            (n, *d_in, *d_out),
+            gin,
+            View::rows(gout, *d_out),
+            View::rows(w, *d_in),
+            rayon::current_num_threads(),
+        ),
+        Op::Conv {
+            w, wt, c_out, g, ..
+        } => Conv {
+            w,
+            wt,
+            c_out: *c_out,
+            g,
+        }
+        .backward(gout, gin),
+        Op::Relu | Op::Add { .. } => gin.copy_from_slice(gout),
+        Op::MaxPool(g) => {
+            let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+            gin.par_chunks_mut(plane_in)
+                .zip(gout.par_chunks(plane_out))
+                .zip(args.par_chunks(plane_out))
+                .for_each(|((gin, gout), arg)| kernels::max_pool_back(gout, arg, gin));
+        }
+        Op::AvgPool(g) => {
+            let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+            gin.par_chunks_mut(plane_in)
+                .zip(gout.par_chunks(plane_out))
+                .for_each(|(gin, gout)| kernels::avg_pool_back(gout, gin, g));
+        }
+        Op::Affine { scale, plane, .. } => {
+            per_channel(gout, gin, s_in, *plane, |c, v| v * scale[c])
+        }
+        Op::Normalize { std, plane, .. } => per_channel(gout, gin, s_in, *plane, |c, v| v / std[c]),
     }
 }
 
