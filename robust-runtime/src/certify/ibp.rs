@@ -34,8 +34,13 @@ pub fn output_bounds(net: &Sequential, lower: &Tensor, upper: &Tensor) -> Result
     if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
         return Ok(engine.interval(lower, upper)?);
     }
+    through(net.layers(), lower, upper)
+}
+
+/// The box after `layers`, layer by layer with tensor operations (any device, differentiable).
+fn through(layers: &[Layer], lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
     let (mut l, mut u) = (lower.clone(), upper.clone());
-    for layer in net.layers() {
+    for layer in layers {
         (l, u) = layer_interval(layer, &l, &u)?;
     }
     Ok((l, u))
@@ -83,13 +88,7 @@ fn margins(net: &Sequential, lower: &Tensor, upper: &Tensor, labels: &[u32]) -> 
         let hidden = &layers[..layers.len() - 1];
         let (l, u) = match Sequential::from_layers(net.input_shape(), hidden.to_vec()) {
             Some(prefix) => output_bounds(&prefix, lower, upper)?,
-            None => {
-                let (mut l, mut u) = (lower.clone(), upper.clone());
-                for layer in hidden {
-                    (l, u) = layer_interval(layer, &l, &u)?;
-                }
-                (l, u)
-            }
+            None => through(hidden, lower, upper)?,
         };
         let spec = super::margin_spec(labels, weight.dim(0)?, weight.device())?; // N × K × K
         let w = spec.broadcast_matmul(weight)?; // N × K × in
