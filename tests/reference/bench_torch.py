@@ -7,8 +7,9 @@ of the project.
 
 Each plan argument is a JSON object: key, kind (pgd, fgsm, apgd, ibp, crown, smoothing), model
 (mnist_mlp, mnist_cnn, resnet18, mnist_ibp, mnist_noise), weights, inputs, batch, eps, alpha,
-steps, n0, n, sigma. Prints `RESULT <key> <throughput>` per row (the best of `--reps` timed runs
-after a warm-up, CUDA synchronised before each clock read), in the unit the Rust side prints:
+steps, n0, n, sigma, once. Prints `RESULT <key> <throughput>` per row (the best of `--reps` timed
+runs after a warm-up, or one run without it where `once` is true: a row that takes minutes; CUDA
+synchronised before each clock read), in the unit the Rust side prints:
 step·images/s for attacks (images/s for FGSM), samples/s for bounds and smoothing. A row whose
 peer library is missing prints `SKIPPED <key> <why>`. With `--rss`, runs the rows and prints
 `RESULT <key>_rss <peak resident KiB>` instead.
@@ -197,10 +198,11 @@ def main():
             continue
         grad_free = kind in ("ibp", "crown", "smoothing")
         with torch.no_grad() if grad_free else torch.enable_grad():
-            run()  # warm-up
-            sync()
+            if not r.get("once"):
+                run()  # warm-up
+                sync()
             best = float("inf")
-            for _ in range(a.reps):
+            for _ in range(1 if r.get("once") else a.reps):
                 t = time.perf_counter()
                 run()
                 sync()

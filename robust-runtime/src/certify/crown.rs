@@ -24,7 +24,7 @@
 
 use candle_core::Tensor;
 
-use crate::nn::{channel_shape, conv_transpose2d, Layer, Sequential};
+use crate::nn::{channel_shape, conv_transpose2d, Engine, Layer, Sequential, Spec};
 use crate::{Error, Result};
 
 /// Largest coefficient tensor (in values) one chunk of specification rows may create.
@@ -57,6 +57,24 @@ pub fn output_bounds_with(
     upper: &Tensor,
     intermediate: Intermediate,
 ) -> Result<(Tensor, Tensor)> {
+    check_pools(net)?;
+    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+        let full = intermediate == Intermediate::Full;
+        if let Some(bounds) = engine.crown(lower, upper, Spec::Outputs, full)? {
+            return Ok(bounds);
+        }
+    }
+    tensor_output_bounds(net, lower, upper, intermediate)
+}
+
+/// [`output_bounds_with`] as batched tensor operations: on any device, and the reference the
+/// engine's version is tested against.
+fn tensor_output_bounds(
+    net: &Sequential,
+    lower: &Tensor,
+    upper: &Tensor,
+    intermediate: Intermediate,
+) -> Result<(Tensor, Tensor)> {
     let relax = relaxations(net, lower, upper, intermediate)?;
     let end = net.layers().len();
     let n = net.output_shape().iter().product();
@@ -84,11 +102,48 @@ pub fn margin_lower_bounds_with(
     labels: &[u32],
     intermediate: Intermediate,
 ) -> Result<Tensor> {
-    let relax = relaxations(net, lower, upper, intermediate)?;
     let classes = net.output_shape().iter().product();
+    // Checks the labels (a typed error) before either version runs.
     let spec = super::margin_spec(labels, classes, lower.device())?;
+    check_pools(net)?;
+    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+        let full = intermediate == Intermediate::Full;
+        if let Some((lb, _)) = engine.crown(lower, upper, Spec::Margins(labels), full)? {
+            return Ok(lb.to_dtype(lower.dtype())?);
+        }
+    }
+    tensor_margin_lower_bounds(net, lower, upper, labels, spec, intermediate)
+}
+
+/// [`margin_lower_bounds_with`] as batched tensor operations (see [`tensor_output_bounds`]).
+fn tensor_margin_lower_bounds(
+    net: &Sequential,
+    lower: &Tensor,
+    upper: &Tensor,
+    labels: &[u32],
+    spec: Tensor,
+    intermediate: Intermediate,
+) -> Result<Tensor> {
+    let relax = relaxations(net, lower, upper, intermediate)?;
     let (lb, _) = backward(net, net.layers().len(), spec, &relax, lower, upper, false)?;
     super::mask_label(&lb, labels)
+}
+
+/// Refuses overlapping max-pooling, which CROWN does not relax.
+fn check_pools(net: &Sequential) -> Result<()> {
+    for (j, layer) in net.layers().iter().enumerate() {
+        if let Layer::MaxPool2d { kernel, stride } = layer {
+            if kernel != stride {
+                return Err(Error::UnsupportedLayer {
+                    certifier: "CROWN",
+                    index: j,
+                    layer: layer.kind(),
+                    hint: "only non-overlapping max-pooling (stride = kernel) is relaxed; IBP bounds any",
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How CROWN replaces a nonlinear layer by linear bounds.
@@ -106,18 +161,7 @@ fn relaxations(
     upper: &Tensor,
     intermediate: Intermediate,
 ) -> Result<Vec<Option<Relax>>> {
-    for (j, layer) in net.layers().iter().enumerate() {
-        if let Layer::MaxPool2d { kernel, stride } = layer {
-            if kernel != stride {
-                return Err(Error::UnsupportedLayer {
-                    certifier: "CROWN",
-                    index: j,
-                    layer: layer.kind(),
-                    hint: "only non-overlapping max-pooling (stride = kernel) is relaxed; IBP bounds any",
-                });
-            }
-        }
-    }
+    check_pools(net)?;
     let mut relax: Vec<Option<Relax>> = (0..net.layers().len()).map(|_| None).collect();
     let mut mixing = 0;
     let mut first = true;
@@ -549,4 +593,159 @@ fn backward(
         Ok(t.broadcast_as((batch, rows))?.contiguous()?)
     };
     Ok((broadcast(lb)?, broadcast(ub)?))
+}
+
+#[cfg(test)]
+mod should {
+    use candle_core::{Device, Module};
+
+    use super::*;
+    use crate::nn::testing::random_network;
+    use crate::Rng;
+
+    /// Networks with every layer CROWN relaxes: strided and padded convolutions, max-pooling
+    /// followed by a ReLU of its own, batch norm, average pooling, a last layer with a ReLU
+    /// before it and none after.
+    fn networks() -> Result<Vec<Sequential>> {
+        let image = Sequential::builder(&[2, 8, 8])
+            .conv2d(4, 3, 1, 1)
+            .relu()
+            .max_pool2d(2)
+            .relu()
+            .batch_norm()
+            .conv2d(5, 4, 2, 1)
+            .relu()
+            .avg_pool2d(2)
+            .flatten()
+            .linear(7)
+            .relu()
+            .linear(4);
+        let strided = Sequential::builder(&[1, 12, 12])
+            .conv2d(3, 4, 2, 1)
+            .relu()
+            .conv2d(4, 4, 2, 1)
+            .relu()
+            .flatten()
+            .linear(6)
+            .relu()
+            .linear(3);
+        let flat = Sequential::builder(&[10])
+            .linear(8)
+            .relu()
+            .linear(8)
+            .relu()
+            .linear(5);
+        Ok(vec![
+            random_network(image, 1)?,
+            random_network(strided, 2)?,
+            random_network(flat, 3)?,
+        ])
+    }
+
+    /// A batch of boxes of radius `eps` around uniform points, clipped to `[0, 1]`.
+    fn boxes(net: &Sequential, n: usize, eps: f32, seed: u64) -> Result<(Tensor, Tensor)> {
+        let mut dims = vec![n];
+        dims.extend(net.input_shape());
+        let size: usize = dims.iter().product();
+        let mut rng = Rng::seed_from_u64(seed);
+        let x = rng.uniform_vec(size, 0.0, 1.0);
+        let x = Tensor::from_vec(x, dims.as_slice(), &Device::Cpu)?;
+        Ok((
+            (&x - eps as f64)?.clamp(0f32, 1f32)?,
+            (&x + eps as f64)?.clamp(0f32, 1f32)?,
+        ))
+    }
+
+    fn assert_close(engine: &Tensor, tensor: &Tensor, what: &str) -> Result<()> {
+        let (a, b) = (
+            engine.flatten_all()?.to_vec1::<f32>()?,
+            tensor.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            if a.is_infinite() || b.is_infinite() {
+                assert_eq!(a, b, "{what} [{i}]");
+                continue;
+            }
+            let tol = 1e-5 * a.abs().max(b.abs()).max(1.0);
+            assert!(
+                (a - b).abs() <= tol,
+                "{what} [{i}]: engine {a}, tensors {b}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn give_the_tensor_versions_bounds_on_the_engine() -> Result<()> {
+        for (k, net) in networks()?.iter().enumerate() {
+            assert!(
+                Engine::compile(net, None).is_some(),
+                "network {k} runs on the engine"
+            );
+            // A box where many neurons are unstable, and one where few are.
+            for (j, eps) in [0.3f32, 0.02].into_iter().enumerate() {
+                let (l, u) = boxes(net, 5, eps, 10 * k as u64 + j as u64)?;
+                let classes = net.output_shape().iter().product::<usize>();
+                let labels: Vec<u32> = (0..5).map(|i| (i % classes) as u32).collect();
+                for intermediate in [Intermediate::Full, Intermediate::UnstableOnly] {
+                    let what = format!("network {k}, eps {eps}, {intermediate:?}");
+                    let (el, eu) = output_bounds_with(net, &l, &u, intermediate)?;
+                    let (tl, tu) = tensor_output_bounds(net, &l, &u, intermediate)?;
+                    assert_close(&el, &tl, &format!("{what}: lower"))?;
+                    assert_close(&eu, &tu, &format!("{what}: upper"))?;
+                    let em = margin_lower_bounds_with(net, &l, &u, &labels, intermediate)?;
+                    let spec = crate::certify::margin_spec(&labels, classes, &Device::Cpu)?;
+                    let tm = tensor_margin_lower_bounds(net, &l, &u, &labels, spec, intermediate)?;
+                    assert_close(&em, &tm, &format!("{what}: margins"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bound_every_sampled_point_of_the_box_on_the_engine() -> Result<()> {
+        for (k, net) in networks()?.iter().enumerate() {
+            let (l, u) = boxes(net, 4, 0.1, 100 + k as u64)?;
+            let (lb, ub) = output_bounds(net, &l, &u)?;
+            let (lb, ub) = (lb.to_vec2::<f32>()?, ub.to_vec2::<f32>()?);
+            let mut rng = Rng::seed_from_u64(7);
+            for _ in 0..200 {
+                // A random point of each box, corners included half the time.
+                let (lv, uv) = (
+                    l.flatten_all()?.to_vec1::<f32>()?,
+                    u.flatten_all()?.to_vec1::<f32>()?,
+                );
+                let x: Vec<f32> = lv
+                    .iter()
+                    .zip(&uv)
+                    .map(|(&a, &b)| {
+                        let t = rng.uniform(0.0, 1.0) as f32;
+                        let t = if rng.uniform(0.0, 1.0) < 0.5 {
+                            t.round()
+                        } else {
+                            t
+                        };
+                        a + t * (b - a)
+                    })
+                    .collect();
+                let z = net
+                    .forward(&Tensor::from_vec(x, l.dims(), &Device::Cpu)?)?
+                    .to_vec2::<f32>()?;
+                for (s, row) in z.iter().enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        let slack = 1e-4 * v.abs().max(1.0);
+                        assert!(
+                            lb[s][c] - slack <= v && v <= ub[s][c] + slack,
+                            "network {k}, sample {s}, logit {c}: {v} outside [{}, {}]",
+                            lb[s][c],
+                            ub[s][c]
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -57,6 +57,11 @@ pub fn margin_lower_bounds(
     upper: &Tensor,
     labels: &[u32],
 ) -> Result<Tensor> {
+    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+        if let Some(m) = engine.interval_margins(lower, upper, labels)? {
+            return Ok(m.to_dtype(lower.dtype())?);
+        }
+    }
     super::mask_label(&margins(net, lower, upper, labels)?, labels)
 }
 
@@ -139,5 +144,76 @@ pub(crate) fn layer_interval(layer: &Layer, l: &Tensor, u: &Tensor) -> Result<(T
         Layer::Relu | Layer::Flatten | Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. } => {
             Ok((layer.forward(l)?, layer.forward(u)?))
         }
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::nn::testing::{on_tensors_only, random_network};
+    use crate::Rng;
+
+    #[test]
+    fn give_the_tensor_versions_boxes_and_margins_on_the_engine() -> Result<()> {
+        let nets = [
+            Sequential::builder(&[2, 9, 9])
+                .conv2d(4, 3, 2, 1)
+                .relu()
+                .max_pool2d(2)
+                .batch_norm()
+                .relu()
+                .flatten()
+                .linear(6)
+                .relu()
+                .linear(4),
+            Sequential::builder(&[1, 12, 12])
+                .conv2d(3, 4, 2, 1)
+                .relu()
+                .conv2d(5, 4, 2, 1)
+                .relu()
+                .avg_pool2d(3)
+                .flatten()
+                .linear(3),
+        ];
+        for (k, builder) in nets.into_iter().enumerate() {
+            let net = random_network(builder, 40 + k as u64)?;
+            assert!(Engine::compile(&net, None).is_some());
+            let slow = on_tensors_only(&net)?;
+            let mut dims = vec![6];
+            dims.extend(net.input_shape());
+            let mut rng = Rng::seed_from_u64(k as u64);
+            let x = rng.uniform_vec(dims.iter().product(), 0.0, 1.0);
+            let x = Tensor::from_vec(x, dims.as_slice(), &Device::Cpu)?;
+            let (l, u) = super::super::input_box(&x, 0.05, Default::default())?;
+            let labels: Vec<u32> = (0..6).map(|i| (i % 3) as u32).collect();
+            let pairs = [
+                (
+                    output_bounds(&net, &l, &u)?.0,
+                    output_bounds(&slow, &l, &u)?.0,
+                ),
+                (
+                    output_bounds(&net, &l, &u)?.1,
+                    output_bounds(&slow, &l, &u)?.1,
+                ),
+                (
+                    margin_lower_bounds(&net, &l, &u, &labels)?,
+                    margin_lower_bounds(&slow, &l, &u, &labels)?,
+                ),
+            ];
+            for (i, (fast, slow)) in pairs.iter().enumerate() {
+                let (a, b) = (
+                    fast.flatten_all()?.to_vec1::<f32>()?,
+                    slow.flatten_all()?.to_vec1::<f32>()?,
+                );
+                assert_eq!(a.len(), b.len());
+                for (a, b) in a.iter().zip(&b) {
+                    let close = a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0);
+                    assert!(close, "network {k}, bound {i}: engine {a}, tensors {b}");
+                }
+            }
+        }
+        Ok(())
     }
 }

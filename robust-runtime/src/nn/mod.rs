@@ -33,7 +33,7 @@ mod linear;
 mod sequential;
 
 pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
-pub(crate) use engine::{Engine, Node, Source};
+pub(crate) use engine::{Engine, Node, Source, Spec};
 pub use linear::Linear;
 pub(crate) use sequential::channel_shape;
 pub use sequential::{Layer, Sequential, SequentialBuilder};
@@ -217,6 +217,84 @@ fn first_max_grad_tensors(x: &Tensor, grad: &Tensor, k: usize, relu: bool) -> Re
         .reshape((n, c, oh * k, ow * k))?;
     g.pad_with_zeros(2, 0, h - oh * k)?
         .pad_with_zeros(3, 0, w - ow * k)
+}
+
+/// Networks with seeded random weights, for the tests of the modules that run them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::{Layer, Sequential, SequentialBuilder};
+    use crate::Rng;
+
+    /// `builder`'s network with seeded normal weights (positive variances for batch norm), as
+    /// plain tensors.
+    pub(crate) fn random_network(
+        builder: SequentialBuilder,
+        seed: u64,
+    ) -> crate::Result<Sequential> {
+        let varmap = VarMap::new();
+        builder
+            .clone()
+            .build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+        let mut rng = Rng::seed_from_u64(seed);
+        let mut tensors = HashMap::new();
+        let mut names: Vec<_> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let shape = varmap.data().lock().unwrap()[&name].dims().to_vec();
+            let n = shape.iter().product();
+            let mut v = rng.normal_vec(n);
+            if name.ends_with("running_var") {
+                v.iter_mut().for_each(|v| *v = v.abs() + 0.5);
+            }
+            tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
+        }
+        builder.build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+    }
+
+    /// `net` with its weights as variables: the engine refuses it, so everything that runs it
+    /// takes the tensor-operation path (the reference for the engine's numbers).
+    pub(crate) fn on_tensors_only(net: &Sequential) -> crate::Result<Sequential> {
+        let var = |t: &Tensor| -> crate::Result<Tensor> {
+            Ok(candle_core::Var::from_tensor(t)?.as_tensor().clone())
+        };
+        let layers = net
+            .layers()
+            .iter()
+            .map(|layer| {
+                Ok(match layer {
+                    Layer::Linear { weight, bias } => Layer::Linear {
+                        weight: var(weight)?,
+                        bias: var(bias)?,
+                    },
+                    Layer::Conv2d {
+                        weight,
+                        bias,
+                        stride,
+                        padding,
+                    } => Layer::Conv2d {
+                        weight: var(weight)?,
+                        bias: var(bias)?,
+                        stride: *stride,
+                        padding: *padding,
+                    },
+                    Layer::ChannelAffine { scale, shift, kind } => Layer::ChannelAffine {
+                        scale: var(scale)?,
+                        shift: var(shift)?,
+                        kind,
+                    },
+                    other => other.clone(),
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        let net = Sequential::from_layers(net.input_shape(), layers).expect("the same shapes");
+        assert!(super::Engine::compile(&net, None).is_none());
+        Ok(net)
+    }
 }
 
 #[cfg(test)]

@@ -22,15 +22,19 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `f` on this thread's scratch, split into two buffers of `a` and `b` values.
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+/// `f` on this thread's scratch, split into buffers of `a`, `b` and `c` values.
+fn with_scratch<R>(
+    (a, b, c): (usize, usize, usize),
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        if s.len() < a + b {
-            s.resize(a + b, 0.0);
+        if s.len() < a + b + c {
+            s.resize(a + b + c, 0.0);
         }
-        let (x, y) = s[..a + b].split_at_mut(a);
-        f(x, y)
+        let (x, rest) = s[..a + b + c].split_at_mut(a);
+        let (y, z) = rest.split_at_mut(b);
+        f(x, y, z)
     })
 }
 
@@ -65,34 +69,52 @@ impl Conv<'_> {
         out: &mut [f32],
         epilogue: impl Fn(usize, &mut [f32]) + Sync,
     ) {
+        let g = self.g;
         let (s_in, s_out) = self.sizes();
-        let (rows, plane, group) = (self.g.rows(), self.g.plane(), self.group());
+        let (rows, plane, group) = (g.rows(), g.plane(), self.group());
+        // Columns per sample in the im2col matrix and the product (wider than `plane` when
+        // phased: each output row then has unused columns, dropped when scattered back).
+        let (span, phased) = (g.span(), g.is_phased());
+        let phases = if phased { g.phases_len() } else { 0 };
         out.par_chunks_mut(group * s_out)
             .zip(src.par_chunks(group * s_in))
             .for_each(|(out, src)| {
                 let m = src.len() / s_in;
-                let ld = m * plane;
+                let ld = m * span;
                 let finish = |out: &mut [f32]| {
                     for (c, run) in out.chunks_mut(plane).enumerate() {
                         epilogue(c % self.c_out, run);
                     }
                 };
-                if m == 1 && self.g.is_pointwise() {
+                if m == 1 && g.is_pointwise() {
                     self.product(src, out, plane);
                     return finish(out);
                 }
-                with_scratch(rows * ld, self.c_out * ld, |cols, product| {
+                let sizes = (phases, rows * ld, self.c_out * ld);
+                with_scratch(sizes, |split, cols, product| {
                     for (j, x) in src.chunks(s_in).enumerate() {
-                        kernels::im2col(x, &mut cols[j * plane..], ld, self.g);
+                        if phased {
+                            kernels::split_phases(x, split, g);
+                            kernels::im2col_phased(split, &mut cols[j * span..], ld, g);
+                        } else {
+                            kernels::im2col(x, &mut cols[j * span..], ld, g);
+                        }
                     }
-                    if m == 1 {
+                    if m == 1 && !phased {
                         return self.product(cols, out, ld);
                     }
                     self.product(cols, product, ld);
                     // Row `co` of the product holds channel `co` of every sample of the group.
                     for (j, out) in out.chunks_mut(s_out).enumerate() {
                         for (co, run) in out.chunks_mut(plane).enumerate() {
-                            run.copy_from_slice(&product[co * ld + j * plane..][..plane]);
+                            let from = &product[co * ld + j * span..][..span];
+                            if phased {
+                                for (oy, run) in run.chunks_mut(g.ow).enumerate() {
+                                    run.copy_from_slice(&from[g.span_row(oy)..][..g.ow]);
+                                }
+                            } else {
+                                run.copy_from_slice(from);
+                            }
                         }
                     }
                 });
@@ -135,7 +157,7 @@ impl Conv<'_> {
                     return product(gout, gin);
                 }
                 let gathered = if m == 1 { 0 } else { self.c_out * ld };
-                with_scratch(rows * ld, gathered, |cols, g| {
+                with_scratch((0, rows * ld, gathered), |_, cols, g| {
                     if m == 1 {
                         product(gout, cols);
                     } else {

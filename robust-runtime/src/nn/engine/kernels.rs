@@ -46,6 +46,117 @@ impl ConvShape {
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+
+    /// Whether the forward im2col reads through phase planes ([`split_phases`]): at stride > 1,
+    /// where gathering every `stride`-th value into the matrix costs more than the product.
+    pub fn is_phased(&self) -> bool {
+        self.stride > 1 && !self.is_pointwise()
+    }
+
+    /// Rows and columns of one phase plane: the zero-padded input's pixels `(u·s + a, v·s + b)`
+    /// for one phase `(a, b)`, plus one spare zero row (the last output row's unused columns
+    /// read into it).
+    fn phase_dims(&self) -> (usize, usize) {
+        let s = self.stride;
+        (
+            (self.h + 2 * self.pad).div_ceil(s) + 1,
+            (self.w + 2 * self.pad).div_ceil(s),
+        )
+    }
+
+    /// Values of one sample's phase planes (`c_in × s × s` planes).
+    pub fn phases_len(&self) -> usize {
+        let (qh, qw) = self.phase_dims();
+        self.c_in * self.stride * self.stride * qh * qw
+    }
+
+    /// Columns the forward im2col matrix gives one sample: `oh·ow`, or `oh` rows of a phase
+    /// plane's width when phased (its last `qw − ow` columns of each row are not outputs).
+    pub fn span(&self) -> usize {
+        if self.is_phased() {
+            self.oh * self.phase_dims().1
+        } else {
+            self.plane()
+        }
+    }
+
+    /// Where output row `oy` starts within a sample's [`span`](Self::span).
+    pub fn span_row(&self, oy: usize) -> usize {
+        if self.is_phased() {
+            oy * self.phase_dims().1
+        } else {
+            oy * self.ow
+        }
+    }
+}
+
+/// The phase planes of one sample for a strided convolution: plane `(ci, a, b)` holds the
+/// zero-padded input's pixels `(u·s + a, v·s + b)` at `(u, v)`. Output pixel `(oy, ox)` reads
+/// kernel offset `(ky, kx)` from plane `(ci, ky mod s, kx mod s)` at `(oy + ky/s, ox + kx/s)`, so
+/// each im2col row is one contiguous run of a plane ([`im2col_phased`]). `phases` holds
+/// [`ConvShape::phases_len`] values, all overwritten.
+pub(super) fn split_phases(src: &[f32], phases: &mut [f32], g: &ConvShape) {
+    let (s, p) = (g.stride, g.pad);
+    let (qh, qw) = g.phase_dims();
+    let phases = &mut phases[..g.phases_len()];
+    phases.fill(0.0);
+    // For each column phase `b`: the first input column whose padded column is `b` modulo
+    // `s`, and where it lands in the phase plane's row.
+    let starts: Vec<(usize, usize)> = (0..s)
+        .map(|b| {
+            let ix0 = (b + s - p % s) % s;
+            (ix0, (ix0 + p) / s)
+        })
+        .collect();
+    for (ci, channel) in src.chunks(g.h * g.w).take(g.c_in).enumerate() {
+        let planes = &mut phases[ci * s * s * qh * qw..][..s * s * qh * qw];
+        // Padded row `iy + p` is row `u` of the row phase `a`.
+        let (mut a, mut u) = (p % s, p / s);
+        for row in channel.chunks(g.w) {
+            for (b, &(ix0, v0)) in starts.iter().enumerate() {
+                let dst = &mut planes[((a * s + b) * qh + u) * qw + v0..][..qw - v0];
+                every_nth(&row[ix0.min(row.len())..], s, dst);
+            }
+            a += 1;
+            if a == s {
+                (a, u) = (0, u + 1);
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[i·s]` for as many values as both have; pairs at `s = 2`, which the compiler
+/// turns into vector shuffles.
+fn every_nth(src: &[f32], s: usize, dst: &mut [f32]) {
+    if s == 2 {
+        let pairs = src.chunks_exact(2);
+        let odd = pairs.remainder().first();
+        let n = pairs.len();
+        for (d, pair) in dst.iter_mut().zip(pairs) {
+            *d = pair[0];
+        }
+        if let (Some(&v), Some(d)) = (odd, dst.get_mut(n)) {
+            *d = v;
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+            *d = v;
+        }
+    }
+}
+
+/// The forward im2col matrix of one sample from its phase planes ([`split_phases`]): row
+/// `(ci, ky, kx)` is the [`ConvShape::span`] values of plane `(ci, ky mod s, kx mod s)` from
+/// `(ky/s, kx/s)` on, one copy, written at `cols[r·ld..]`.
+pub(super) fn im2col_phased(phases: &[f32], cols: &mut [f32], ld: usize, g: &ConvShape) {
+    let (k, s, span) = (g.k, g.stride, g.span());
+    let (qh, qw) = g.phase_dims();
+    for r in 0..g.rows() {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = (ci * s + ky % s) * s + kx % s;
+        let from = plane * qh * qw + (ky / s) * qw + kx / s;
+        cols[r * ld..r * ld + span].copy_from_slice(&phases[from..from + span]);
+    }
 }
 
 /// The im2col matrix of one sample: row `(ci, ky, kx)`, column `(oy, ox)` holds input pixel
@@ -70,28 +181,10 @@ pub(super) fn im2col(src: &[f32], cols: &mut [f32], ld: usize, g: &ConvShape) {
             let out = &mut out[ox0..ox1];
             match g.stride {
                 1 => out.copy_from_slice(&src[from..from + out.len()]),
-                2 => gather_even(&src[from..], out),
-                s => {
-                    // An iterator, not indexing: no bounds check per value on this hot path.
-                    for (o, &v) in out.iter_mut().zip(src[from..].iter().step_by(s)) {
-                        *o = v;
-                    }
-                }
+                s => every_nth(&src[from..], s, out),
             }
         }
     }
-}
-
-/// `out[i] = src[2i]`, in pairs that the compiler turns into vector shuffles (stride-2
-/// convolutions gather most of their im2col matrix this way).
-fn gather_even(src: &[f32], out: &mut [f32]) {
-    let Some((last, head)) = out.split_last_mut() else {
-        return;
-    };
-    for (o, pair) in head.iter_mut().zip(src.chunks_exact(2)) {
-        *o = pair[0];
-    }
-    *last = src[2 * head.len()];
 }
 
 /// The adjoint of [`im2col`] (same `ld`): each column entry added back into the pixel it was
@@ -254,6 +347,40 @@ mod should {
             return 0.0;
         }
         src[ci * g.h * g.w + (iy - g.pad) * g.w + ix - g.pad]
+    }
+
+    #[test]
+    fn read_every_phased_im2col_entry_as_defined() {
+        for g in [
+            shape(3, 9, 9, 4, 2, 1),
+            shape(1, 28, 28, 4, 2, 1),
+            shape(16, 14, 14, 4, 2, 1),
+            shape(2, 8, 7, 3, 2, 1),
+            shape(2, 11, 10, 3, 3, 2),
+            shape(1, 6, 6, 2, 2, 0),
+            shape(2, 9, 8, 5, 2, 0),
+        ] {
+            assert!(g.is_phased());
+            let src: Vec<f32> = (0..g.c_in * g.h * g.w).map(|i| i as f32 + 1.0).collect();
+            let mut phases = vec![f32::NAN; g.phases_len()];
+            split_phases(&src, &mut phases, &g);
+            // Two samples side by side, as a group of samples lays them out.
+            let ld = 2 * g.span() + 3;
+            let mut cols = vec![f32::NAN; g.rows() * ld];
+            im2col_phased(&phases, &mut cols[g.span()..], ld, &g);
+            for r in 0..g.rows() {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let at = r * ld + g.span() + g.span_row(oy) + ox;
+                        assert_eq!(
+                            cols[at],
+                            entry(&src, &g, r, oy, ox),
+                            "{g:?} row {r} ({oy}, {ox})"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

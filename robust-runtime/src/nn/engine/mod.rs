@@ -24,6 +24,7 @@
 //! through candle.
 
 mod conv;
+mod crown;
 mod gemm;
 mod kernels;
 
@@ -33,6 +34,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
 use self::conv::Conv;
+pub(crate) use self::crown::Spec;
 use self::gemm::{matmul, View};
 use self::kernels::{ConvShape, PoolShape};
 use super::{cpu_values, Layer, Sequential};
@@ -514,53 +516,150 @@ impl Engine {
             candle_core::bail!("interval bounds through the engine need a chain of layers")
         }
         let n = lower.dim(0)?;
-        let (lower, upper) = (lower.contiguous()?, upper.contiguous()?);
-        let mut l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
-        let mut u = cpu_values(&upper, "interval upper bound", |v: &[f32]| Ok(v.to_vec()))?;
-        let mut args = Vec::new();
-        for (i, op) in self.ops.iter().enumerate() {
-            let sizes = (self.sizes[i], self.sizes[i + 1]);
-            let mut lo = vec![0.0; n * sizes.1];
-            let mut hi = vec![0.0; n * sizes.1];
-            if matches!(op, Op::MaxPool(_)) {
-                args.resize(n * sizes.1, 0);
-            }
-            match op {
-                Op::Linear { .. } | Op::Conv { .. } | Op::Affine { .. } => {
-                    let centre: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u + l) * 0.5).collect();
-                    let radius: Vec<f32> = u.iter().zip(&l).map(|(u, l)| (u - l) * 0.5).collect();
-                    apply(
-                        op,
-                        Weights::AffineOnly,
-                        (&centre, &[]),
-                        &mut lo,
-                        &mut args,
-                        sizes,
-                    );
-                    apply(op, Weights::Abs, (&radius, &[]), &mut hi, &mut args, sizes);
-                    for (c, r) in lo.iter_mut().zip(hi.iter_mut()) {
-                        (*c, *r) = (*c - *r, *c + *r);
-                        // A fused ReLU is monotone: it maps the corners.
-                        if op.relu() {
-                            (*c, *r) = (c.max(0.0), r.max(0.0));
-                        }
-                    }
-                }
-                // Monotone non-decreasing in every input: the corners map to the corners.
-                // (No `Add` here: the plan is a chain.)
-                _ => {
-                    apply(op, Weights::Signed, (&l, &[]), &mut lo, &mut args, sizes);
-                    apply(op, Weights::Signed, (&u, &[]), &mut hi, &mut args, sizes);
-                }
-            }
-            (l, u) = (lo, hi);
-        }
+        let (l, u) = self.interval_before(lower, upper, self.ops.len())?;
         let shape = (n, self.classes());
         Ok((
             Tensor::from_vec(l, shape, &Device::Cpu)?,
             Tensor::from_vec(u, shape, &Device::Cpu)?,
         ))
     }
+
+    /// The box of activation `end` (the input of op `end`), batch-major.
+    fn interval_before(
+        &self,
+        lower: &Tensor,
+        upper: &Tensor,
+        end: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = lower.dim(0)?;
+        let (lower, upper) = (lower.contiguous()?, upper.contiguous()?);
+        let mut l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
+        let mut u = cpu_values(&upper, "interval upper bound", |v: &[f32]| Ok(v.to_vec()))?;
+        for (i, op) in self.ops.iter().enumerate().take(end) {
+            // A ReLU, fused or not, is monotone: it maps the corners.
+            if !matches!(op, Op::Relu) {
+                (l, u) = pre_relu_interval(op, (&l, &u), n, (self.sizes[i], self.sizes[i + 1]));
+            }
+            if op.relu() {
+                relu_in_place(&mut l);
+                relu_in_place(&mut u);
+            }
+        }
+        Ok((l, u))
+    }
+
+    /// Interval bounds of the margins `z_y − z_j` (`N × classes`, `+∞` at `j = y`) with the
+    /// last layer merged into the specification, as `certify`'s `ibp` defines them: `(W_y −
+    /// W_j)·c − |W_y − W_j|·r + b_y − b_j` over the box `c ± r` of that layer's input. `None`
+    /// when the plan does not end in a linear layer without ReLU, or is not a chain.
+    pub(crate) fn interval_margins(
+        &self,
+        lower: &Tensor,
+        upper: &Tensor,
+        labels: &[u32],
+    ) -> Result<Option<Tensor>> {
+        let last = self.ops.len() - 1;
+        let Some(Op::Linear {
+            w,
+            b,
+            d_in,
+            d_out,
+            relu: false,
+            ..
+        }) = self.ops.last()
+        else {
+            return Ok(None);
+        };
+        if !self.is_chain() || labels.iter().any(|&y| y as usize >= *d_out) {
+            return Ok(None);
+        }
+        let (l, u) = self.interval_before(lower, upper, last)?;
+        let mut margins = vec![f32::INFINITY; labels.len() * d_out];
+        (margins.par_chunks_mut(*d_out).zip(labels.par_iter()))
+            .zip(l.par_chunks(*d_in).zip(u.par_chunks(*d_in)))
+            .for_each(|((out, &y), (l, u))| {
+                let y = y as usize;
+                let wy = &w[y * d_in..][..*d_in];
+                for (j, out) in out.iter_mut().enumerate().filter(|&(j, _)| j != y) {
+                    let wj = &w[j * d_in..][..*d_in];
+                    let (mut value, mut spread) = (0f32, 0f32);
+                    for (((&a, &c), &l), &u) in wy.iter().zip(wj).zip(l).zip(u) {
+                        let d = a - c;
+                        value += d * ((u + l) * 0.5);
+                        spread += d.abs() * ((u - l) * 0.5);
+                    }
+                    *out = value - spread + (b[y] - b[j]);
+                }
+            });
+        Ok(Some(Tensor::from_vec(
+            margins,
+            (labels.len(), *d_out),
+            &Device::Cpu,
+        )?))
+    }
+}
+
+/// The interval of `op`'s output before any ReLU of its own, from its input's `[l, u]` (`n`
+/// samples of `sizes.0` values): `W c + b ± |W| r` with centre `(u + l)·0.5` and radius
+/// `(u − l)·0.5` for an affine op, the corners through a monotone one. (No `Add`: interval
+/// bounds run on chains.)
+fn pre_relu_interval(
+    op: &Op,
+    (l, u): (&[f32], &[f32]),
+    n: usize,
+    sizes: (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let mut lo = vec![0f32; n * sizes.1];
+    let mut hi = vec![0f32; n * sizes.1];
+    let mut args = Vec::new();
+    if matches!(op, Op::MaxPool(_)) {
+        args.resize(n * sizes.1, 0);
+    }
+    match op {
+        Op::Linear { .. } | Op::Conv { .. } | Op::Affine { .. } => {
+            let mut centre = vec![0f32; l.len()];
+            let mut radius = vec![0f32; l.len()];
+            (centre
+                .par_chunks_mut(CHUNK)
+                .zip(radius.par_chunks_mut(CHUNK)))
+            .zip(l.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|((c, r), (l, u))| {
+                for (((c, r), l), u) in c.iter_mut().zip(r).zip(l).zip(u) {
+                    (*c, *r) = ((u + l) * 0.5, (u - l) * 0.5);
+                }
+            });
+            apply(
+                op,
+                Weights::AffineOnly,
+                (&centre, &[]),
+                &mut lo,
+                &mut args,
+                sizes,
+            );
+            apply(op, Weights::Abs, (&radius, &[]), &mut hi, &mut args, sizes);
+            (lo.par_chunks_mut(CHUNK).zip(hi.par_chunks_mut(CHUNK))).for_each(|(lo, hi)| {
+                for (c, r) in lo.iter_mut().zip(hi) {
+                    (*c, *r) = (*c - *r, *c + *r);
+                }
+            });
+        }
+        _ => {
+            apply(op, Weights::Signed, (l, &[]), &mut lo, &mut args, sizes);
+            apply(op, Weights::Signed, (u, &[]), &mut hi, &mut args, sizes);
+        }
+    }
+    (lo, hi)
+}
+
+/// Values per task of an element-wise pass.
+const CHUNK: usize = 1 << 14;
+
+/// `v = max(v, 0)` element-wise, in parallel.
+fn relu_in_place(v: &mut [f32]) {
+    v.par_chunks_mut(CHUNK).for_each(|v| {
+        v.iter_mut()
+            .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 })
+    });
 }
 
 /// How an affine op is applied: as it is (bias and any fused ReLU), its affine map alone (the
@@ -865,36 +964,12 @@ fn backward_op(
 
 #[cfg(test)]
 mod should {
-    use std::collections::HashMap;
-
     use candle_core::{Module, Var};
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
-    use crate::nn::SequentialBuilder;
+    use crate::nn::testing::random_network as random;
     use crate::Rng;
-
-    /// `builder`'s network with seeded random weights (positive variances for batch norm).
-    fn random(builder: SequentialBuilder, seed: u64) -> crate::Result<Sequential> {
-        let varmap = VarMap::new();
-        builder
-            .clone()
-            .build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
-        let mut rng = Rng::seed_from_u64(seed);
-        let mut tensors = HashMap::new();
-        let mut names: Vec<_> = varmap.data().lock().unwrap().keys().cloned().collect();
-        names.sort();
-        for name in names {
-            let shape = varmap.data().lock().unwrap()[&name].dims().to_vec();
-            let n = shape.iter().product();
-            let mut v = rng.normal_vec(n);
-            if name.ends_with("running_var") {
-                v.iter_mut().for_each(|v| *v = v.abs() + 0.5);
-            }
-            tensors.insert(name, Tensor::from_vec(v, shape, &Device::Cpu)?);
-        }
-        builder.build(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
-    }
 
     /// Every layer kind: normalisation, padded and strided convolutions, max pooling, a ReLU that
     /// no layer can absorb, batch norm, average pooling, a 1×1 convolution.
