@@ -420,6 +420,10 @@ static NO_ENGINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 fn load(row: &Row, dev: &Device) -> robust_runtime::Result<Model> {
     let model = match row.model {
         "mnist_mlp" => Model::new(zoo::MnistMlp::load(&row.weights, dev)?),
+        // Certifiers need the layers: the same network as a `Sequential`.
+        "mnist_cnn" if matches!(row.kind, Kind::Bounds(_)) => {
+            Model::new(zoo::layers::mnist_cnn().load(&row.weights, dev)?)
+        }
         "mnist_cnn" => Model::new(zoo::MnistCnn::load(&row.weights, dev)?),
         "resnet18" => Model::new(zoo::ResNet18::load(&row.weights, dev)?),
         _ => Model::new(zoo::layers::mnist_small_cnn().load(&row.weights, dev)?),

@@ -121,8 +121,10 @@ impl Rng {
     /// Box–Muller (`√(−2 ln u₁)·(cos, sin)(2π u₂)`, 24-bit `u₁ ∈ (0, 1]` and `u₂ ∈ [0, 1)`).
     /// The blocks run on every core; the values depend on the seed only, never on the number
     /// of threads. A different stream from [`Rng::normal_vec`] (which spends two draws and
-    /// three f64 functions per value): about 4× fewer draws and transcendental calls. The 24-bit
-    /// `u₁` truncates the tails at 5.77σ (probability 8·10⁻⁹).
+    /// three f64 functions per value): about 4× fewer draws and transcendental calls, and those
+    /// are f32 series of this module's own (`ln_unit`, `sin_cos_turns`): vectorised, and the
+    /// same values on every platform, where libm's may differ. The 24-bit `u₁` truncates the
+    /// tails at 5.77σ (probability 8·10⁻⁹).
     pub fn normal_vec_f32(&mut self, n: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let seeds: Vec<u64> = (0..n.div_ceil(NORMAL_BLOCK))
@@ -134,19 +136,83 @@ impl Rng {
             .for_each(|(block, seed)| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 const UNIT: f32 = 1.0 / (1u32 << 24) as f32;
-                for pair in block.chunks_mut(2) {
+                // The draws first, then the arithmetic in a loop without branches or calls,
+                // which the compiler vectorises.
+                let mut u = [(0f32, 0f32); NORMAL_BLOCK / 2];
+                let pairs = block.len().div_ceil(2);
+                for u in &mut u[..pairs] {
                     let bits = rng.next_u64();
-                    let u1 = ((bits >> 40) as f32 + 1.0) * UNIT;
-                    let u2 = (bits & 0xFF_FFFF) as f32 * UNIT;
-                    let radius = (-2.0 * u1.ln()).sqrt();
-                    let (sin, cos) = (std::f32::consts::TAU * u2).sin_cos();
-                    pair[0] = radius * cos;
+                    *u = (
+                        ((bits >> 40) as f32 + 1.0) * UNIT,
+                        (bits & 0xFF_FFFF) as f32 * UNIT,
+                    );
+                }
+                let mut z = [(0f32, 0f32); NORMAL_BLOCK / 2];
+                for (z, &(u1, u2)) in z.iter_mut().zip(&u[..pairs]) {
+                    let radius = (-2.0 * ln_unit(u1)).sqrt();
+                    let (sin, cos) = sin_cos_turns(u2);
+                    *z = (radius * cos, radius * sin);
+                }
+                for (pair, z) in block.chunks_mut(2).zip(z) {
+                    pair[0] = z.0;
                     if let Some(second) = pair.get_mut(1) {
-                        *second = radius * sin;
+                        *second = z.1;
                     }
                 }
             });
         out
+    }
+}
+
+/// `ln u` for a normal positive f32 `u` (here `u ∈ [2⁻²⁴, 1]`), within 2 ulp of `ln`: `u =
+/// m·2ᵉ` with `m ∈ [√½, √2)`, `ln m = 2·atanh(t)`, `t = (m − 1)/(m + 1)`, by its odd series to
+/// `t⁹` (`|t| ≤ 0.172`, the next term below 3·10⁻¹⁰). Plain f32 arithmetic, no libm: the same
+/// value on every platform.
+fn ln_unit(u: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75; // ln 2 rounded to 16 significant bits: e·LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let bits = u.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let big = m > std::f32::consts::SQRT_2;
+    m = if big { m * 0.5 } else { m };
+    e += big as i32;
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let series = 2.0 / 9.0;
+    let series = series * t2 + 2.0 / 7.0;
+    let series = series * t2 + 2.0 / 5.0;
+    let series = series * t2 + 2.0 / 3.0;
+    let series = series * t2 + 2.0;
+    let e = e as f32;
+    e * LN2_HI + (e * LN2_LO + t * series)
+}
+
+/// `(sin 2πu, cos 2πu)` for `u ∈ [0, 1)`: the quarter turn `q` nearest `4u` taken out exactly,
+/// the rest `θ ∈ [−π/4, π/4]` by Taylor series (to `θ⁹` and `θ¹⁰`, the next terms below 2·10⁻⁹),
+/// then rotated by `q` quarter turns. Plain f32 arithmetic, no libm, no branches.
+fn sin_cos_turns(u: f32) -> (f32, f32) {
+    let x = 4.0 * u;
+    let q = (x + 0.5).floor();
+    let theta = (x - q) * std::f32::consts::FRAC_PI_2;
+    let t2 = theta * theta;
+    let sin = -1.0 / 362_880.0;
+    let sin = sin * t2 + 1.0 / 5_040.0;
+    let sin = sin * t2 - 1.0 / 120.0;
+    let sin = sin * t2 + 1.0 / 6.0;
+    let sin = theta - theta * t2 * sin;
+    let cos = 1.0 / 3_628_800.0;
+    let cos = cos * t2 - 1.0 / 40_320.0;
+    let cos = cos * t2 + 1.0 / 720.0;
+    let cos = cos * t2 - 1.0 / 24.0;
+    let cos = cos * t2 + 0.5;
+    let cos = 1.0 - t2 * cos;
+    let q = q as u32 & 3;
+    let (s, c) = if q & 1 == 1 { (cos, -sin) } else { (sin, cos) };
+    if q & 2 == 2 {
+        (-s, -c)
+    } else {
+        (s, c)
     }
 }
 
@@ -222,6 +288,30 @@ mod should {
         let beyond = |t: f32| xs.iter().filter(|x| x.abs() > t).count() as f64 / n;
         assert!((beyond(2.0) - 0.0455).abs() < 0.002, "{}", beyond(2.0));
         assert!((beyond(3.0) - 0.0027).abs() < 0.0004, "{}", beyond(3.0));
+    }
+
+    #[test]
+    fn compute_logarithms_and_turns_within_a_few_ulp_of_libm() {
+        // Every 24-bit argument the generator can draw, in steps of 7.
+        let ulp = |v: f64| (v.abs() as f32).max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
+        for i in (0..1u32 << 24).step_by(7) {
+            let u1 = (i as f32 + 1.0) / (1u32 << 24) as f32;
+            let exact = (u1 as f64).ln();
+            let got = super::ln_unit(u1) as f64;
+            assert!(
+                (got - exact).abs() <= 2.0 * ulp(exact).max(1e-30),
+                "ln {u1}: {got} vs {exact}"
+            );
+            let u2 = i as f32 / (1u32 << 24) as f32;
+            let (s, c) = super::sin_cos_turns(u2);
+            let angle = std::f64::consts::TAU * u2 as f64;
+            // Absolute error near the zeros (the argument itself carries 2⁻²⁴ of a turn).
+            assert!((s as f64 - angle.sin()).abs() <= 3e-7, "sin 2π·{u2}: {s}");
+            assert!((c as f64 - angle.cos()).abs() <= 3e-7, "cos 2π·{u2}: {c}");
+        }
+        assert_eq!(super::ln_unit(1.0), 0.0);
+        assert_eq!(super::sin_cos_turns(0.0), (0.0, 1.0));
+        assert_eq!(super::sin_cos_turns(0.5), (-0.0, -1.0));
     }
 
     #[test]

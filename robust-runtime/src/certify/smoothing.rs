@@ -17,7 +17,8 @@
 //! without clamping to the input domain. Copies go through the model in batches of
 //! `batch_size`.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use super::stats;
 use crate::{Error, Model, Result, Rng};
@@ -97,6 +98,11 @@ impl Smoothing {
         let dims = x.dims().to_vec();
         let size = x.elem_count();
         let x = x.to_dtype(DType::F32)?.unsqueeze(0)?;
+        // On the CPU the noise is added in place, in parallel (the same f32 sums).
+        let host = match x.device() {
+            Device::Cpu => Some(x.flatten_all()?.to_vec1::<f32>()?),
+            _ => None,
+        };
         let mut counts: Vec<u64> = Vec::new();
         let mut left = num;
         while left > 0 {
@@ -104,11 +110,23 @@ impl Smoothing {
             left -= m;
             let sigma = self.sigma as f32;
             let mut noise = rng.normal_vec_f32(m * size);
-            noise.iter_mut().for_each(|v| *v *= sigma);
             let mut shape = vec![m];
             shape.extend(&dims);
-            let noise = Tensor::from_vec(noise, shape.as_slice(), x.device())?;
-            let predictions = model.predict(&noise.broadcast_add(&x)?)?;
+            let noisy = match &host {
+                Some(x) => {
+                    noise.par_chunks_mut(size).for_each(|copy| {
+                        for (v, &x) in copy.iter_mut().zip(x) {
+                            *v = x + *v * sigma;
+                        }
+                    });
+                    Tensor::from_vec(noise, shape.as_slice(), &Device::Cpu)?
+                }
+                None => {
+                    noise.iter_mut().for_each(|v| *v *= sigma);
+                    Tensor::from_vec(noise, shape.as_slice(), x.device())?.broadcast_add(&x)?
+                }
+            };
+            let predictions = model.predict(&noisy)?;
             for p in predictions {
                 let p = p as usize;
                 if counts.len() <= p {
