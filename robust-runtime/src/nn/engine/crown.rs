@@ -46,7 +46,7 @@ enum Relax {
         upper: Vec<f32>,
         bias: Vec<f32>,
     },
-    /// Non-overlapping max-pooling: per window the position (in its plane) of the element with
+    /// Non-overlapping max-pooling: per window the position (in its sample) of the element with
     /// the largest lower bound, whether the max is linear there, else the constant `max u`.
     Pool {
         chosen: Vec<u32>,
@@ -213,7 +213,7 @@ impl Engine {
                 relu_in_place(&mut pl);
                 relu_in_place(&mut pu);
             } else if let Op::MaxPool(g) = op {
-                relax.push(Relax::pool(&l, &u, g));
+                relax.push(Relax::pool(&l, &u, g, sizes.0 / (g.h * g.w)));
             } else {
                 relax.push(Relax::None);
             }
@@ -336,11 +336,8 @@ impl Engine {
                     linear,
                     constant,
                 } => {
-                    let Op::MaxPool(g) = op else {
-                        unreachable!("a pool relaxation belongs to a max-pool")
-                    };
                     let windows = (&chosen[b * s..][..s], &linear[b * s..][..s]);
-                    rows.through_pool(windows, &constant[b * s..][..s], g, self.sizes[i]);
+                    rows.through_pool(windows, &constant[b * s..][..s], self.sizes[i]);
                     continue;
                 }
                 Relax::None => {}
@@ -358,7 +355,7 @@ impl Engine {
                 w, b, d_in, d_out, ..
             } => {
                 for (r, bias) in rows.bias.iter_mut().enumerate() {
-                    *bias += dot(&rows.lam[r * d_out..][..*d_out], b);
+                    *bias += dot(&rows.lam[r * d_out..][..*d_out], b, |v| v);
                 }
                 rows.replace(*d_in, |lam, out| {
                     matmul(
@@ -377,7 +374,7 @@ impl Engine {
                 for (r, bias) in rows.bias.iter_mut().enumerate() {
                     let row = &rows.lam[r * c_out * plane..][..c_out * plane];
                     for (run, &bc) in row.chunks(plane).zip(b) {
-                        *bias += bc * run.iter().sum::<f32>();
+                        *bias += bc * sum(run);
                     }
                 }
                 let conv = Conv {
@@ -424,8 +421,35 @@ fn inner_threads(samples: usize) -> usize {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(a, b)| a * b).sum()
+/// Accumulators of the sums here: independent partial sums vectorise, one f32 running sum
+/// does not.
+const LANES: usize = 16;
+
+/// `Σ f(a_k)·b_k`.
+fn dot(a: &[f32], b: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(&a, b)| f(a) * b)
+        .sum();
+    for (a, b) in ca.zip(cb) {
+        for j in 0..LANES {
+            acc[j] += f(a[j]) * b[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for a in chunks {
+        for j in 0..LANES {
+            acc[j] += a[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// The input box of every sample, batch-major.
@@ -451,7 +475,7 @@ impl Relax {
     /// `certify::crown::PoolRelaxation`): per window the first element with the largest lower
     /// bound; the max is linear there when that lower bound is at least every other element's
     /// upper bound, else bounded above by the constant `max u`.
-    fn pool(l: &[f32], u: &[f32], g: &PoolShape) -> Relax {
+    fn pool(l: &[f32], u: &[f32], g: &PoolShape, channels: usize) -> Relax {
         let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         let windows = l.len() / plane_in * plane_out;
         let mut chosen = vec![0u32; windows];
@@ -473,7 +497,8 @@ impl Relax {
                         .map(|c| u[c])
                         .fold(f32::NEG_INFINITY, f32::max);
                     let o = p * plane_out + oy * g.ow + ox;
-                    chosen[o] = best as u32;
+                    // The position within the sample, not just the plane.
+                    chosen[o] = ((p % channels) * plane_in + best) as u32;
                     if l[best] >= others {
                         linear[o] = true;
                     } else {
@@ -502,9 +527,9 @@ impl Rows {
         }
     }
 
-    /// Resizes `spare` to `rows × width`, lets `fill` write it from `lam`, and swaps it in.
+    /// Resizes `spare` to `rows × width`, lets `fill` overwrite all of it from `lam`, and
+    /// swaps it in.
     fn replace(&mut self, width: usize, fill: impl FnOnce(&[f32], &mut [f32])) {
-        self.spare.clear();
         self.spare.resize(self.rows * width, 0.0);
         fill(&self.lam, &mut self.spare);
         std::mem::swap(&mut self.lam, &mut self.spare);
@@ -514,19 +539,31 @@ impl Rows {
     /// Through a ReLU's relaxation, for a lower bound: positive coefficients take the lower
     /// line, negative ones the upper line (and its intercept).
     fn through_relu(&mut self, (lower, upper): (&[f32], &[f32]), intercept: &[f32]) {
+        // Branch-free and in fixed-width chunks, so that it vectorises: `lam = pos + neg`, one
+        // of them zero.
+        fn step(v: &mut f32, add: &mut f32, (lo, up, ic): (f32, f32, f32)) {
+            let lam = *v;
+            let pos = if lam > 0.0 { lam } else { 0.0 };
+            let neg = lam - pos;
+            *add += neg * ic;
+            *v = pos * lo + neg * up;
+        }
         let width = self.width;
         for (row, bias) in self.lam.chunks_mut(width).zip(self.bias.iter_mut()) {
-            let mut add = 0f32;
-            for (k, v) in row.iter_mut().enumerate() {
-                let lam = *v;
-                if lam >= 0.0 {
-                    *v = lam * lower[k];
-                } else {
-                    add += lam * intercept[k];
-                    *v = lam * upper[k];
+            let mut add = [0f32; LANES];
+            let mut chunks = row.chunks_exact_mut(LANES);
+            let lines = lower.chunks_exact(LANES).zip(upper.chunks_exact(LANES));
+            for ((v, (lo, up)), ic) in (&mut chunks).zip(lines).zip(intercept.chunks_exact(LANES)) {
+                for j in 0..LANES {
+                    step(&mut v[j], &mut add[j], (lo[j], up[j], ic[j]));
                 }
             }
-            *bias += add;
+            let tail = width / LANES * LANES;
+            for (k, v) in row[tail..].iter_mut().enumerate() {
+                let k = tail + k;
+                step(v, &mut add[0], (lower[k], upper[k], intercept[k]));
+            }
+            *bias += add.iter().sum::<f32>();
         }
     }
 
@@ -536,10 +573,8 @@ impl Rows {
         &mut self,
         (chosen, linear): (&[u32], &[bool]),
         constant: &[f32],
-        g: &PoolShape,
         width_in: usize,
     ) {
-        let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
         let bias = &mut self.bias;
         let width = self.width;
         self.spare.clear();
@@ -551,9 +586,8 @@ impl Rows {
             .enumerate()
         {
             for (o, &lam) in row.iter().enumerate() {
-                let at = o / plane_out * plane_in + chosen[o] as usize;
                 if lam >= 0.0 || linear[o] {
-                    out[at] += lam;
+                    out[chosen[o] as usize] = lam;
                 } else {
                     bias[r] += lam * constant[o];
                 }
@@ -584,12 +618,7 @@ impl Rows {
         (0..self.rows)
             .map(|r| {
                 let row = &self.lam[r * self.width..][..self.width];
-                let (mut value, mut spread) = (0f32, 0f32);
-                for ((&v, &c), &rad) in row.iter().zip(&centre).zip(&radius) {
-                    value += v * c;
-                    spread += v.abs() * rad;
-                }
-                value - spread + self.bias[r]
+                dot(row, &centre, |v| v) - dot(row, &radius, f32::abs) + self.bias[r]
             })
             .collect()
     }
