@@ -6,7 +6,9 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::ReturnType;
 
-use crate::args::{self, CaseKind, Kind, Spec};
+use robust_spec::{CaseKind, Kind, Setting};
+
+use crate::args::{self, Spec};
 use crate::item::{self, TestFn};
 
 /// Why a `_cuda` variant is ignored by default, as libtest prints it.
@@ -30,6 +32,17 @@ pub(crate) fn robustness_test(args: TokenStream, item: TokenStream) -> TokenStre
     let mut tokens = error.to_compile_error();
     tokens.extend(item);
     tokens
+}
+
+/// A setting as the literal its builder method takes: `"l2"`, `10usize`, `0.6f64`, `true`.
+fn literal(setting: Setting) -> TokenStream {
+    match setting {
+        Setting::Name(name) => name.into_token_stream(),
+        Setting::Usize(v) => v.into_token_stream(),
+        Setting::U64(v) => v.into_token_stream(),
+        Setting::F64(v) => v.into_token_stream(),
+        Setting::Bool(v) => v.into_token_stream(),
+    }
 }
 
 fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
@@ -61,15 +74,16 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
         .into_iter()
         .map(|(method, value)| {
             let method = Ident::new(method, Span::call_site());
+            let value = literal(value);
             quote!(.#method(#value))
         })
         .collect();
 
     // With several ε, every test gets the whole list, so minimal-perturbation attacks can run
     // once for the sweep and each test reads its ε off that run.
-    let sweep = match &spec.kind {
-        Kind::Attack { eps, .. } if eps.len() > 1 => {
-            let all = eps.iter().map(|e| e.value.into_token_stream());
+    let sweep = match spec.kind {
+        Kind::Attack if spec.eps.len() > 1 => {
+            let all = spec.eps.iter().map(|e| e.value.into_token_stream());
             Some(quote!(.sweep(&[#(#all),*])))
         }
         _ => None,
@@ -85,7 +99,6 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
             let name = quote!(::core::concat!(::core::module_path!(), #suffix));
             match &case.test {
                 CaseKind::Attack { attack, eps } => {
-                    let attack = attack.name;
                     let eps = eps.value.into_token_stream();
                     quote! {
                         #private::TestSpec::new(#name, #attack, #eps,)
@@ -94,18 +107,16 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                         #sweep
                     }
                 }
-                CaseKind::Certify { certifier, radius } => {
-                    let certifier = certifier.name;
+                CaseKind::Certify {
+                    certifier,
+                    radius,
+                    all,
+                } => {
                     let value = radius.value.into_token_stream();
-                    let curve = match &spec.kind {
-                        Kind::Certify { radius, .. }
-                            if certifier == "smoothing" && radius.len() > 1 =>
-                        {
-                            let all = radius.iter().map(|e| e.value.into_token_stream());
-                            Some(quote!(.curve(&[#(#all),*])))
-                        }
-                        _ => None,
-                    };
+                    let curve = (*certifier == "smoothing" && all.len() > 1).then(|| {
+                        let all = all.iter().map(|e| e.value.into_token_stream());
+                        quote!(.curve(&[#(#all),*]))
+                    });
                     quote! {
                         #private::CertifySpec::new(#name, #certifier, #value,)
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
@@ -115,13 +126,10 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                 }
                 CaseKind::Perturbation { perturbation } => {
                     let perturbation = &perturbation.name;
-                    let eps = match &spec.kind {
-                        Kind::Perturbation { eps: Some(eps), .. } => {
-                            let eps = eps.value.into_token_stream();
-                            Some(quote!(.eps(#eps)))
-                        }
-                        _ => None,
-                    };
+                    let eps = spec.eps.first().map(|eps| {
+                        let eps = eps.value.into_token_stream();
+                        quote!(.eps(#eps))
+                    });
                     quote! {
                         #private::InvarianceSpec::new(#name, #perturbation)
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
