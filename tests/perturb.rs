@@ -608,22 +608,19 @@ fn a_spec_built_by_hand_is_checked_before_the_case_is_built() {
     let err = |spec: InvarianceSpec| spec.run(never).unwrap_err().to_string();
     assert_eq!(
         err(InvarianceSpec::new("t", "rotaton").min_invariance(0.9)),
-        "unknown perturbation `rotaton`; expected one of: linf, l2, gaussian, salt_pepper, \
-         brightness, contrast, shift, rotation, occlusion"
+        "unknown perturbation `rotaton`; did you mean `rotation`?"
     );
-    assert!(err(InvarianceSpec::new("t", "rotation"))
-        .starts_with("invalid value for `min_invariance`: none"));
+    assert!(err(InvarianceSpec::new("t", "rotation")).starts_with("missing `min_invariance`"));
     assert_eq!(
         err(InvarianceSpec::new("t", "rotation")
             .max_degrees(400.0)
             .min_invariance(0.9)),
-        "invalid value for `max_degrees`: 400; expected an angle in (0, 180]"
+        "`max_degrees` must be in (0, 180], found `400`"
     );
     assert_eq!(
         err(InvarianceSpec::new("t", "contrast")
             .max_contrast(1.0)
             .min_invariance(0.9)),
-        "invalid value for `max_contrast`: 1; expected a number in (0, 1), so that the contrast \
-         factor stays positive"
+        "`max_contrast` must be in (0, 1), found `1`"
     );
 }

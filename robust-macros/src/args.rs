@@ -90,18 +90,11 @@ fn at(args: &[Arg], entries: &[Entry], at: At, message: &str) -> syn::Error {
                     (Expr::Array(array), Some(j)) => array.elems.iter().nth(j).unwrap_or(&arg.value),
                     (expr, _) => expr,
                 };
-                syn::Error::new(span_of(expr), message)
+                // Spanned over the whole expression, so that `-0.1` is underlined in full.
+                syn::Error::new_spanned(expr, message)
             }
             None => syn::Error::new(Span::call_site(), message),
         },
-    }
-}
-
-/// A literal's own span; a longer expression's whole extent (`-0.1`).
-fn span_of(expr: &Expr) -> Span {
-    match expr {
-        Expr::Lit(ExprLit { lit, .. }) => lit.span(),
-        _ => syn::spanned::Spanned::span(expr),
     }
 }
 

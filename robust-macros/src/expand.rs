@@ -68,16 +68,19 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
         name.set_span(output_span);
         quote_spanned!(output_span=> super::#name)
     };
-    let options: Vec<TokenStream> = spec
-        .options
-        .written()
-        .into_iter()
-        .map(|(method, value)| {
-            let method = Ident::new(method, Span::call_site());
-            let value = literal(value);
-            quote!(.#method(#value))
-        })
-        .collect();
+    // One builder call per option the test reads (a perturbation test of a list leaves out
+    // the parameters of the list's other families).
+    let options = |case: &robust_spec::Case<'_>| -> Vec<TokenStream> {
+        spec.options_for(case)
+            .written()
+            .into_iter()
+            .map(|(method, value)| {
+                let method = Ident::new(method, Span::call_site());
+                let value = literal(value);
+                quote!(.#method(#value))
+            })
+            .collect()
+    };
 
     // With several ε, every test gets the whole list, so minimal-perturbation attacks can run
     // once for the sweep and each test reads its ε off that run.
@@ -93,6 +96,7 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
     let ignored = forwarded.iter().any(|a| a.path().is_ident("ignore"));
     let tests = spec.cases().into_iter().map(|case| {
         let test = format_ident!("{}", case.name);
+        let options = options(&case);
         // The runtime reports and files results under the test's full path, as libtest shows it.
         let test_spec = |test: &str| {
             let suffix = format!("::{test}");
@@ -126,7 +130,7 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                 }
                 CaseKind::Perturbation { perturbation } => {
                     let perturbation = &perturbation.name;
-                    let eps = spec.eps.first().map(|eps| {
+                    let eps = spec.eps_for(&case).map(|eps| {
                         let eps = eps.value.into_token_stream();
                         quote!(.eps(#eps))
                     });
@@ -388,7 +392,8 @@ mod should {
 
     #[test]
     fn expand_one_test_per_perturbation_with_the_manifest_dir() {
-        let test = |name: &str, perturbation: &str| {
+        let test = |name: &str, perturbation: &str, eps: bool| {
+            let eps = eps.then(|| quote!(.eps(0.05f64)));
             let test = format_ident!("{}", name);
             let path = format!("::{name}");
             quote! {
@@ -401,7 +406,7 @@ mod should {
                             #perturbation
                         )
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                        .eps(0.05f64)
+                        #eps
                         .max_degrees(15f64)
                         .cases(64usize)
                         .min_invariance(0.99f64),
@@ -410,8 +415,9 @@ mod should {
             }
         };
         let (first, second) = (
-            test("rotation", "rotation"),
-            test("linf_rotation", "linf+rotation"),
+            // `eps` is the radius of `linf`: the rotation-only test does not read it.
+            test("rotation", "rotation", false),
+            test("linf_rotation", "linf+rotation", true),
         );
         assert_expands(
             quote!(

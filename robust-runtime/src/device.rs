@@ -42,7 +42,7 @@ pub enum DeviceChoice {
 
 impl DeviceChoice {
     /// Names accepted by [`DeviceChoice::from_name`].
-    pub const NAMES: &'static [&'static str] = &["cpu", "cuda", "auto"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::DEVICES;
 
     /// `"cpu"`, `"cuda"` or `"auto"`.
     pub fn from_name(name: &str) -> Result<Self> {

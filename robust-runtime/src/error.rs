@@ -171,6 +171,15 @@ pub enum Error {
     NotCertified(Box<crate::certify::CertificationReport>),
 
     // ---- attacks and evaluation ------------------------------------------------------------------------
+    /// A test description breaks a rule of the key table (`robust_spec`): the message is the
+    /// one `#[robustness_test]` and the suite give for the same mistake.
+    #[error("{message}")]
+    Spec {
+        /// The test.
+        test: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// A hyper-parameter is out of its range.
     #[error("invalid value for `{name}`: {found}; expected {expected}")]
     InvalidParameter {

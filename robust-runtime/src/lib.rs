@@ -56,6 +56,9 @@ pub use eval::{InvarianceReport, RobustnessCase, RobustnessReport};
 pub use model::{InputDomain, Model, Normalize};
 pub use rng::{Rng, RngState};
 pub use robust_macros::robustness_test;
+/// The vocabulary of a test: name lists, the key table, `Options`, the checks and test names
+/// that `#[robustness_test]`, the suite and the builders share.
+pub use robust_spec as spec;
 
 /// What a robustness test file needs: `use robust_runtime::prelude::*;`.
 pub mod prelude {

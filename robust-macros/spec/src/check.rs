@@ -104,7 +104,7 @@ pub fn parse(entries: &[Entry]) -> Result<Spec, Vec<Issue>> {
             // perturbation = ["rotation", "shift", "rotation+brightness"]
             "perturbation" => {
                 spec.perturbations =
-                    list(name, value, &mut issues, composition).unwrap_or_default()
+                    list(name, value, &mut issues, read_composition).unwrap_or_default()
             }
             // eps = 0.1
             // eps = [0.05, 8e-3]
@@ -232,8 +232,13 @@ fn list<T>(
 }
 
 // perturbation = "rotation+brightness"
-fn composition(given: &Given<'_>) -> Result<Composition, Vec<String>> {
+fn read_composition(given: &Given<'_>) -> Result<Composition, Vec<String>> {
     let name = given.string(PERTURBATIONS[0]).map_err(|m| vec![m])?;
+    composition(name)
+}
+
+/// `"rotation+brightness"`: known families joined by `+`, none twice.
+pub fn composition(name: &str) -> Result<Composition, Vec<String>> {
     let mut families: Vec<&'static str> = Vec::new();
     let mut errors = Vec::new();
     for part in name.split('+').map(str::trim) {

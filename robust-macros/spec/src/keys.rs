@@ -207,6 +207,14 @@ macro_rules! keys {
                 written
             }
 
+            /// Unsets `key`.
+            pub fn clear(&mut self, key: &str) {
+                match key {
+                    $(stringify!($key) => self.$key = None,)*
+                    _ => {}
+                }
+            }
+
             /// Checks every option set from Rust with the rule of its key (a written value
             /// has passed it in [`Options::set`] already).
             pub fn check_values(&self) -> Result<(), (&'static str, String)> {

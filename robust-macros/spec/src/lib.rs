@@ -33,7 +33,7 @@ mod value;
 #[cfg(feature = "toml")]
 pub mod toml;
 
-pub use check::{check_spec, parse, At, Entry, Issue};
+pub use check::{check_spec, composition, parse, At, Entry, Issue};
 pub use keys::{key, key_names, Field, Key, Options, Scope, Setting, KEYS};
 pub use spec::{identifier_chars, Case, CaseKind, Composition, Kind, Radius, Spec};
 pub use ty::{Given, Ty};

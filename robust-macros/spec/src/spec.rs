@@ -1,7 +1,7 @@
 //! A robustness test as its writer describes it, whichever the front end: the lists that shape
 //! the tests, the options, and the tests they generate with their names.
 
-use crate::keys::Options;
+use crate::keys::{Options, Scope};
 
 /// The kinds of test, chosen by the key that names what to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +119,31 @@ impl Spec {
         }
     }
 
+    /// The options one test reads: a perturbation test of a list leaves out the parameters
+    /// of the list's other families (`max_degrees` in the `shift` test of
+    /// `perturbation = ["rotation", "shift"]`), which the attribute accepts for the list.
+    pub fn options_for(&self, case: &Case<'_>) -> Options {
+        let mut options = self.options;
+        if let CaseKind::Perturbation { perturbation } = &case.test {
+            for (key, _) in self.options.written() {
+                if !reads(key, &perturbation.families) {
+                    options.clear(key);
+                }
+            }
+        }
+        options
+    }
+
+    /// The radius of one perturbation test: `eps`, where its families read it.
+    pub fn eps_for(&self, case: &Case<'_>) -> Option<&Radius> {
+        match &case.test {
+            CaseKind::Perturbation { perturbation } if reads("eps", &perturbation.families) => {
+                self.eps.first()
+            }
+            _ => None,
+        }
+    }
+
     /// Every test: attack × ε, attack-major, so tests sort by attack in `cargo test` output;
     /// certifier × radius; or one per perturbation.
     pub fn cases(&self) -> Vec<Case<'_>> {
@@ -162,6 +187,18 @@ impl Spec {
                 .collect(),
         }
     }
+}
+
+/// Whether a perturbation test drawing from `families` reads `key`.
+fn reads(key: &str, families: &[&str]) -> bool {
+    let Some(k) = crate::keys::key(key) else {
+        return false;
+    };
+    k.scopes.iter().any(|scope| match scope {
+        Scope::Any | Scope::Perturbation => true,
+        Scope::Family(readers) => families.iter().any(|f| readers.contains(f)),
+        _ => false,
+    })
 }
 
 /// Lower-cases `text` and turns everything that cannot appear in an identifier into `_`.

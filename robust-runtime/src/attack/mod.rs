@@ -63,17 +63,8 @@ use crate::model::{argmax, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// The attacks that [`build`] knows, by the names the macro accepts.
-pub const ATTACKS: &[&str] = &[
-    "fgsm",
-    "pgd",
-    "apgd",
-    "apgd-t",
-    "autoattack",
-    "square",
-    "cw",
-    "deepfool",
-];
+/// The attacks that [`build`] knows, by the names the macro accepts (the key table's list).
+pub use robust_spec::names::ATTACKS;
 
 /// The norm of a threat model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -88,7 +79,7 @@ pub enum Norm {
 
 impl Norm {
     /// Names accepted by [`Norm::from_name`].
-    pub const NAMES: &'static [&'static str] = &["linf", "l2"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::NORMS;
 
     /// `"linf"` or `"l2"`.
     pub fn from_name(name: &str) -> Result<Self> {

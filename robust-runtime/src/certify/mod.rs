@@ -57,7 +57,7 @@ pub enum Method {
 
 impl Method {
     /// The names `certify = "…"` accepts, besides `"smoothing"`.
-    pub const NAMES: &'static [&'static str] = &["ibp", "crown"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::BOUND_CERTIFIERS;
 
     /// `"ibp"` or `"crown"`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -67,7 +67,7 @@ impl Method {
             _ => Err(Error::unknown(
                 "certifier",
                 name,
-                &["ibp", "crown", "smoothing"],
+                robust_spec::names::CERTIFIERS,
             )),
         }
     }

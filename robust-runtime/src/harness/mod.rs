@@ -65,7 +65,7 @@ pub trait GeneratedTest {
     /// The test's name.
     fn name(&self) -> &str;
     /// Its confidence level, baseline settings and folder.
-    fn guard(&self) -> &Guard;
+    fn guard(&self) -> Guard;
     /// The report a failed run's error carries.
     fn report_in(error: &Error) -> Option<&Self::Report>;
 }
@@ -78,7 +78,7 @@ impl GeneratedTest for TestSpec {
     fn name(&self) -> &str {
         TestSpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         TestSpec::guard(self)
     }
     fn report_in(error: &Error) -> Option<&Self::Report> {
@@ -97,7 +97,7 @@ impl GeneratedTest for CertifySpec {
     fn name(&self) -> &str {
         CertifySpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         CertifySpec::guard(self)
     }
     fn report_in(error: &Error) -> Option<&Self::Report> {
@@ -116,7 +116,7 @@ impl GeneratedTest for InvarianceSpec {
     fn name(&self) -> &str {
         InvarianceSpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         InvarianceSpec::guard(self)
     }
     fn report_in(error: &Error) -> Option<&Self::Report> {
@@ -159,7 +159,7 @@ pub fn conclude<T: GeneratedTest>(
     let mut baseline_failed = false;
     let mut baseline_missing = false;
     if guard.uses_baseline() {
-        let Some(dir) = guard.manifest_dir else {
+        let Some(dir) = guard.manifest_dir.as_deref() else {
             return Err(format!(
                 "robustness test `{name}` asks for a baseline but does not know its crate's folder \
                  (set `manifest_dir`, as the macro does with CARGO_MANIFEST_DIR)"
@@ -178,7 +178,7 @@ pub fn conclude<T: GeneratedTest>(
         baseline_missing = comparison.verdict == baseline::Verdict::Missing;
         baseline_text = comparison.describe(mode);
     }
-    let files = match guard.manifest_dir {
+    let files = match guard.manifest_dir.as_deref() {
         Some(dir) => {
             let folder = report::output_dir(Path::new(dir), name);
             match report::write(&folder, report, &baseline_text) {

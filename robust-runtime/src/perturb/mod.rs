@@ -371,18 +371,9 @@ impl Family {
         Family::Occlusion,
     ];
 
-    /// The names accepted by [`Family::from_name`].
-    pub const NAMES: &'static [&'static str] = &[
-        "linf",
-        "l2",
-        "gaussian",
-        "salt_pepper",
-        "brightness",
-        "contrast",
-        "shift",
-        "rotation",
-        "occlusion",
-    ];
+    /// The names accepted by [`Family::from_name`], in the order of [`Family::ALL`] (the key
+    /// table's list).
+    pub const NAMES: &'static [&'static str] = robust_spec::names::PERTURBATIONS;
 
     /// The family of a name in [`Family::NAMES`].
     pub fn from_name(name: &str) -> Result<Self> {
