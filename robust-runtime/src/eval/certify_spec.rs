@@ -105,7 +105,8 @@ impl CertifySpec {
     }
 
     /// Builds the case on the selected device, certifies it and checks `min_certified_acc`.
-    /// `Err(Error::NotCertified)` when it does not hold.
+    /// The report says whether it holds ([`CertifySpec::failure`]); `Err` only when the test
+    /// could not run.
     pub fn run(
         &self,
         build: impl FnOnce() -> Result<RobustnessCase>,
@@ -131,11 +132,12 @@ impl CertifySpec {
         report.min_certified_accuracy = Some(min);
         report.confidence = o.confidence;
         report.fingerprint = Some(fingerprint);
-        if report.passed() {
-            Ok(report)
-        } else {
-            Err(Error::NotCertified(Box::new(report)))
-        }
+        Ok(report)
+    }
+
+    /// The verdict on a report of this test: `None` when `min_certified_acc` holds.
+    pub fn failure(&self, report: &CertificationReport) -> Option<String> {
+        (!report.passed()).then(|| report.failure_message())
     }
 
     /// Smoothing certificates do not depend on the radius asked about: the first test of a

@@ -50,7 +50,7 @@ use crate::baseline::{self, UpdateMode};
 use crate::certify::CertificationReport;
 use crate::eval::{CertifySpec, Guard, InvarianceSpec, TestSpec};
 use crate::report::{self, Outcome};
-use crate::{Error, InvarianceReport, Result, RobustnessCase, RobustnessReport};
+use crate::{InvarianceReport, Result, RobustnessCase, RobustnessReport};
 
 /// What builds a test's case (the user's function).
 pub type Build<'a> = Box<dyn FnOnce() -> Result<RobustnessCase> + 'a>;
@@ -66,8 +66,8 @@ pub trait GeneratedTest {
     fn name(&self) -> &str;
     /// Its confidence level, baseline settings and folder.
     fn guard(&self) -> Guard;
-    /// The report a failed run's error carries.
-    fn report_in(error: &Error) -> Option<&Self::Report>;
+    /// The verdict on a report: `None` when the test passes, else the failure message.
+    fn failure(&self, report: &Self::Report) -> Option<String>;
 }
 
 impl GeneratedTest for TestSpec {
@@ -81,11 +81,8 @@ impl GeneratedTest for TestSpec {
     fn guard(&self) -> Guard {
         TestSpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotRobust(r) | Error::GradientMasking(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -100,11 +97,8 @@ impl GeneratedTest for CertifySpec {
     fn guard(&self) -> Guard {
         CertifySpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotCertified(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -119,11 +113,8 @@ impl GeneratedTest for InvarianceSpec {
     fn guard(&self) -> Guard {
         InvarianceSpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotInvariant(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -146,13 +137,12 @@ pub fn conclude<T: GeneratedTest>(
     spec: &T,
     result: Result<T::Report>,
 ) -> std::result::Result<String, String> {
-    let (report, failure) = match &result {
-        Ok(report) => (report, None),
-        Err(e) => match T::report_in(e) {
-            Some(report) => (report, Some(e.to_string())),
-            None => return Err(e.to_string()),
-        },
+    // Prepare: a test that could not run has no report to judge.
+    let report = match &result {
+        Ok(report) => report,
+        Err(e) => return Err(e.to_string()),
     };
+    let failure = spec.failure(report);
     let name = spec.name();
     let guard = spec.guard();
     let mut baseline_text = String::new();
