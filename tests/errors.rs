@@ -210,8 +210,9 @@ fn thresholds_outside_zero_one_and_specs_without_one() {
         .run(|| unreachable!())
         .unwrap_err();
     assert!(
-        err.to_string()
-            .contains("missing `min_acc` or `max_drop`: a robustness test needs something to assert"),
+        err.to_string().contains(
+            "missing `min_acc` or `max_drop`: a robustness test needs something to assert"
+        ),
         "{err}"
     );
 }

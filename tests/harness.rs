@@ -221,9 +221,7 @@ fn reject_what_the_attribute_rejects_before_anything_runs() {
     ));
     let e = parse(&text).unwrap_err();
     assert!(
-        e.contains(
-            "[[test]] number 2: expected an integer ≥ 1 for `steps`, found `0`"
-        ),
+        e.contains("[[test]] number 2: expected an integer ≥ 1 for `steps`, found `0`"),
         "{e}"
     );
     for (keys, key) in [
@@ -336,7 +334,11 @@ fn accept_every_key_of_the_attribute_with_its_checks_and_messages() {
             .expect_err("a bad value");
         let messages: Vec<String> = issues.into_iter().map(|i| i.message).collect();
         let expected = format!("[[test]] number 1: {}", messages.join("; "));
-        assert!(e.contains(&expected), "`{} = {bad}`:\n{e}\nexpected {expected}", key.name);
+        assert!(
+            e.contains(&expected),
+            "`{} = {bad}`:\n{e}\nexpected {expected}",
+            key.name
+        );
     }
     // `crate` names the runtime for the attribute's expansion: a suite refuses it, not ignores it.
     let e = parse(&suite_text(&[

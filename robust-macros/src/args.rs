@@ -71,12 +71,7 @@ pub(crate) fn parse(tokens: TokenStream) -> syn::Result<Spec> {
 
 /// The spec's "where" as a span: the key or value token, or the whole attribute.
 fn at(args: &[Arg], entries: &[Entry], at: At, message: &str) -> syn::Error {
-    let find = |key: &str| {
-        entries
-            .iter()
-            .position(|e| e.key == key)
-            .map(|i| &args[i])
-    };
+    let find = |key: &str| entries.iter().position(|e| e.key == key).map(|i| &args[i]);
     match at {
         At::Whole => syn::Error::new(Span::call_site(), message),
         At::Entry(i) => syn::Error::new(args[i].key.span(), message),
@@ -87,7 +82,9 @@ fn at(args: &[Arg], entries: &[Entry], at: At, message: &str) -> syn::Error {
         At::Value(key, element) => match find(key) {
             Some(arg) => {
                 let expr = match (&arg.value, element) {
-                    (Expr::Array(array), Some(j)) => array.elems.iter().nth(j).unwrap_or(&arg.value),
+                    (Expr::Array(array), Some(j)) => {
+                        array.elems.iter().nth(j).unwrap_or(&arg.value)
+                    }
                     (expr, _) => expr,
                 };
                 // Spanned over the whole expression, so that `-0.1` is underlined in full.

@@ -160,7 +160,11 @@ pub fn check_spec(spec: &Spec) -> Result<(), Vec<Issue>> {
         ("attack", crate::names::ATTACKS, &spec.attacks),
         ("certifier", CERTIFIERS, &spec.certifiers),
     ] {
-        let key = if what == "attack" { "attack" } else { "certify" };
+        let key = if what == "attack" {
+            "attack"
+        } else {
+            "certify"
+        };
         for (j, name) in list.iter().enumerate() {
             if let Err(m) = check_name(what, name, names) {
                 issues.at(At::Value(key, Some(j)), m);
@@ -212,7 +216,10 @@ fn list<T>(
         };
     };
     if values.is_empty() {
-        issues.at(At::Value(key, None), format!("`{key}` needs at least one value"));
+        issues.at(
+            At::Value(key, None),
+            format!("`{key}` needs at least one value"),
+        );
         return None;
     }
     let mut items = Vec::new();

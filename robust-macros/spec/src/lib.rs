@@ -41,7 +41,8 @@ pub use value::{Number, Value};
 
 /// The README's key table, as the key table says it: `| key | tests | type | default | meaning |`.
 pub fn readme_table() -> String {
-    let mut out = String::from("| key | tests | type | default | meaning |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| key | tests | type | default | meaning |\n|---|---|---|---|---|\n");
     for k in KEYS {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} | {} |\n",

@@ -178,7 +178,11 @@ impl Given<'_> {
         Err(self.expected("a string", &hint))
     }
 
-    pub(crate) fn name(&self, what: &str, choices: &[&'static str]) -> Result<&'static str, String> {
+    pub(crate) fn name(
+        &self,
+        what: &str,
+        choices: &[&'static str],
+    ) -> Result<&'static str, String> {
         let value = self.string(choices[0])?;
         check_name(what, value, choices)
     }

@@ -78,8 +78,21 @@ fn base(scope: Scope) -> Vec<(&'static str, String)> {
 /// Values to write for a key of type `ty`: good ones, and every kind of bad one.
 fn samples(ty: Ty) -> Vec<String> {
     let mut out: Vec<String> = [
-        "0", "1", "3", "0.5", "8e-3", "-0.5", "1.5", "60", "200.0", "true", r#""0.5""#,
-        r#""true""#, r#""3""#, "[]", "[0.5]",
+        "0",
+        "1",
+        "3",
+        "0.5",
+        "8e-3",
+        "-0.5",
+        "1.5",
+        "60",
+        "200.0",
+        "true",
+        r#""0.5""#,
+        r#""true""#,
+        r#""3""#,
+        "[]",
+        "[0.5]",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -94,9 +107,13 @@ fn samples(ty: Ty) -> Vec<String> {
     }
     if let Ty::Compositions = ty {
         out.extend(
-            [r#""rotation""#, r#""rotation+rotaton""#, r#"["shift", "shift"]"#]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                r#""rotation""#,
+                r#""rotation+rotaton""#,
+                r#"["shift", "shift"]"#,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
     }
     if let Ty::Radii = ty {
@@ -132,16 +149,21 @@ fn accept_every_key_alike_with_the_same_messages_and_test_names() {
         let scope = key.scopes[0];
         let mut lines = base(scope);
         lines.retain(|(k, _)| *k != key.name);
-        let good = samples(key.ty)
-            .into_iter()
-            .find(|v| {
-                let mut lines = lines.clone();
-                lines.push((key.name, v.clone()));
-                matches!(through_the_suite(&lines), Outcome::Spec(..))
-            });
-        assert!(good.is_some(), "no sample value of `{}` is accepted", key.name);
+        let good = samples(key.ty).into_iter().find(|v| {
+            let mut lines = lines.clone();
+            lines.push((key.name, v.clone()));
+            matches!(through_the_suite(&lines), Outcome::Spec(..))
+        });
+        assert!(
+            good.is_some(),
+            "no sample value of `{}` is accepted",
+            key.name
+        );
     }
-    assert!(compared > 1000 && accepted > 100, "{compared} compared, {accepted} accepted");
+    assert!(
+        compared > 1000 && accepted > 100,
+        "{compared} compared, {accepted} accepted"
+    );
 }
 
 #[test]

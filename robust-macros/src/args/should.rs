@@ -28,7 +28,11 @@ fn error(tokens: TokenStream) -> String {
 }
 
 fn eps(spec: &Spec) -> Vec<f64> {
-    spec.eps.iter().chain(&spec.radius).map(|e| e.value).collect()
+    spec.eps
+        .iter()
+        .chain(&spec.radius)
+        .map(|e| e.value)
+        .collect()
 }
 
 /// The first scope of `key` in the key table.
@@ -263,9 +267,7 @@ fn accept_every_perturbation_option_with_its_type() {
     let expected: Vec<&str> = Options::KEYS
         .iter()
         .copied()
-        .filter(|k| {
-            !matches!(scope(k), Scope::Attack | Scope::Certify | Scope::Smoothing)
-        })
+        .filter(|k| !matches!(scope(k), Scope::Attack | Scope::Certify | Scope::Smoothing))
         // `tolerance` with `baseline = false` is an error of its own (tested below).
         .filter(|k| *k != "tolerance")
         .collect();

@@ -91,7 +91,7 @@ impl CertifySpec {
             }
             other => {
                 Method::from_name(other)?;
-                crate::attack::check_positive_as("eps", self.radius, "a finite radius > 0")?;
+                crate::check::check_positive_as("eps", self.radius, "a finite radius > 0")?;
                 None
             }
         };

@@ -15,7 +15,7 @@ use crate::device::{self, DeviceChoice};
 use crate::{Error, Result};
 
 /// Environment variable that sets the seed of tests that do not set `seed`.
-pub const SEED_VAR: &str = "ROBUST_SEED";
+pub const SEED_VAR: &str = crate::env::SEED.name;
 
 /// What every kind of generated test shares beyond its own thresholds: the confidence level of
 /// its assertions and its committed baseline (see [`crate::baseline`]). A view of the test's
@@ -289,7 +289,10 @@ impl TestSpec {
         };
         let key = format!(
             "{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
-            self.common.name.rsplit_once("::").map_or("", |(group, _)| group),
+            self.common
+                .name
+                .rsplit_once("::")
+                .map_or("", |(group, _)| group),
             device::name(&cfg.device),
             self.attack,
             params,
@@ -365,13 +368,7 @@ impl TestSpec {
 pub(crate) fn seed_or_env(seed: Option<u64>) -> Result<u64> {
     match seed {
         Some(s) => Ok(s),
-        None => match std::env::var(SEED_VAR) {
-            Ok(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer")),
-            Err(_) => Ok(0),
-        },
+        None => Ok(crate::env::parse(crate::env::SEED, "an unsigned 64-bit integer")?.unwrap_or(0)),
     }
 }
 

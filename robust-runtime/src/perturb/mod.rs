@@ -473,7 +473,7 @@ impl PerturbationConfig {
             match family {
                 Family::Linf | Family::L2 => positive("eps", p.eps_for(*family))?,
                 Family::Gaussian => positive("sigma", p.sigma)?,
-                Family::SaltPepper => crate::attack::check_at_least_one("pixels", p.pixels)?,
+                Family::SaltPepper => crate::check::check_at_least_one("pixels", p.pixels)?,
                 Family::Brightness => positive("max_brightness", p.max_brightness)?,
                 Family::Contrast => {
                     if !(p.max_contrast > 0.0 && p.max_contrast < 1.0) {
@@ -494,7 +494,7 @@ impl PerturbationConfig {
                         ));
                     }
                 }
-                Family::Occlusion => crate::attack::check_at_least_one("patch", p.patch)?,
+                Family::Occlusion => crate::check::check_at_least_one("patch", p.patch)?,
             }
         }
         Ok(())
@@ -577,7 +577,7 @@ impl PerturbationConfig {
 }
 
 fn positive(name: &'static str, value: f64) -> Result<()> {
-    crate::attack::check_positive(name, value)
+    crate::check::check_positive(name, value)
 }
 
 fn single(

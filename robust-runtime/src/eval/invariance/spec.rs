@@ -13,7 +13,7 @@ use crate::perturb::{PerturbParams, PerturbationConfig};
 use crate::{Error, Result};
 
 /// Environment variable that sets the number of cases of tests that do not set `cases`.
-pub const CASES_VAR: &str = "ROBUST_CASES";
+pub const CASES_VAR: &str = crate::env::CASES.name;
 
 /// Folder, beside the test crate's `Cargo.toml`, of the regressions files of perturbation tests.
 pub const REGRESSIONS_DIR: &str = "robust-regressions";
@@ -67,14 +67,17 @@ impl InvarianceSpec {
     /// This test as the key table describes it; the mistakes of the perturbation's name.
     fn spec(&self) -> Result<robust_spec::Spec> {
         let mut spec = robust_spec::Spec::new(robust_spec::Kind::Perturbation);
-        let composition = robust_spec::composition(&self.perturbation).map_err(|messages| {
-            Error::Spec {
+        let composition =
+            robust_spec::composition(&self.perturbation).map_err(|messages| Error::Spec {
                 test: self.common.name.clone(),
                 message: messages.join("; "),
-            }
-        })?;
+            })?;
         spec.perturbations = vec![composition];
-        spec.eps = self.eps.map(robust_spec::Radius::from_value).into_iter().collect();
+        spec.eps = self
+            .eps
+            .map(robust_spec::Radius::from_value)
+            .into_iter()
+            .collect();
         spec.options = self.common.options;
         Ok(spec)
     }
@@ -116,15 +119,10 @@ impl InvarianceSpec {
         };
         let cases = match o.cases {
             Some(c) => c,
-            None => match std::env::var(CASES_VAR) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::param(CASES_VAR, v, "a positive integer"))?,
-                Err(_) => InvarianceConfig::default().cases,
-            },
+            None => crate::env::parse(crate::env::CASES, "a positive integer")?
+                .unwrap_or(InvarianceConfig::default().cases),
         };
-        crate::attack::check_at_least_one("cases", cases)?;
+        crate::check::check_at_least_one("cases", cases)?;
         self.common.seed()?;
         Ok((config, min, cases))
     }
@@ -157,8 +155,7 @@ impl InvarianceSpec {
                 .map(|dir| crate::report::output_dir(Path::new(dir), &self.common.name)),
             ..InvarianceConfig::default()
         };
-        let mut report =
-            evaluate_invariance(&case, &config, &cfg)?.check(Some(min), o.confidence);
+        let mut report = evaluate_invariance(&case, &config, &cfg)?.check(Some(min), o.confidence);
         report.fingerprint = Some(fingerprint);
         let passed = report.passed();
         if let (false, Some(path)) = (passed, &cfg.regressions) {
