@@ -2,7 +2,6 @@
 
 use std::fmt::Display;
 
-use proc_macro2::Span;
 use quote::ToTokens;
 
 /// The errors found so far, combined into one `syn::Error` that renders as one `compile_error!`
@@ -20,17 +19,8 @@ impl Errors {
         }
     }
 
-    pub(crate) fn at(&mut self, span: Span, message: impl Display) {
-        self.push(syn::Error::new(span, message));
-    }
-
     pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl Display) {
         self.push(syn::Error::new_spanned(tokens, message));
-    }
-
-    /// Keeps the value of `result`, or records its error and goes on with `None`.
-    pub(crate) fn check<T>(&mut self, result: syn::Result<T>) -> Option<T> {
-        result.map_err(|error| self.push(error)).ok()
     }
 
     pub(crate) fn finish(self) -> syn::Result<()> {

@@ -6,7 +6,9 @@ use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::ReturnType;
 
-use crate::args::{self, CaseKind, Kind, Spec};
+use robust_spec::{CaseKind, Kind, Setting};
+
+use crate::args::{self, Spec};
 use crate::item::{self, TestFn};
 
 /// Why a `_cuda` variant is ignored by default, as libtest prints it.
@@ -32,6 +34,17 @@ pub(crate) fn robustness_test(args: TokenStream, item: TokenStream) -> TokenStre
     tokens
 }
 
+/// A setting as the literal its builder method takes: `"l2"`, `10usize`, `0.6f64`, `true`.
+fn literal(setting: Setting) -> TokenStream {
+    match setting {
+        Setting::Name(name) => name.into_token_stream(),
+        Setting::Usize(v) => v.into_token_stream(),
+        Setting::U64(v) => v.into_token_stream(),
+        Setting::F64(v) => v.into_token_stream(),
+        Setting::Bool(v) => v.into_token_stream(),
+    }
+}
+
 fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
     let TestFn {
         item,
@@ -55,21 +68,25 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
         name.set_span(output_span);
         quote_spanned!(output_span=> super::#name)
     };
-    let options: Vec<TokenStream> = spec
-        .options
-        .written()
-        .into_iter()
-        .map(|(method, value)| {
-            let method = Ident::new(method, Span::call_site());
-            quote!(.#method(#value))
-        })
-        .collect();
+    // One builder call per option the test reads (a perturbation test of a list leaves out
+    // the parameters of the list's other families).
+    let options = |case: &robust_spec::Case<'_>| -> Vec<TokenStream> {
+        spec.options_for(case)
+            .written()
+            .into_iter()
+            .map(|(method, value)| {
+                let method = Ident::new(method, Span::call_site());
+                let value = literal(value);
+                quote!(.#method(#value))
+            })
+            .collect()
+    };
 
     // With several ε, every test gets the whole list, so minimal-perturbation attacks can run
     // once for the sweep and each test reads its ε off that run.
-    let sweep = match &spec.kind {
-        Kind::Attack { eps, .. } if eps.len() > 1 => {
-            let all = eps.iter().map(|e| e.value.into_token_stream());
+    let sweep = match spec.kind {
+        Kind::Attack if spec.eps.len() > 1 => {
+            let all = spec.eps.iter().map(|e| e.value.into_token_stream());
             Some(quote!(.sweep(&[#(#all),*])))
         }
         _ => None,
@@ -79,13 +96,13 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
     let ignored = forwarded.iter().any(|a| a.path().is_ident("ignore"));
     let tests = spec.cases().into_iter().map(|case| {
         let test = format_ident!("{}", case.name);
+        let options = options(&case);
         // The runtime reports and files results under the test's full path, as libtest shows it.
         let test_spec = |test: &str| {
             let suffix = format!("::{test}");
             let name = quote!(::core::concat!(::core::module_path!(), #suffix));
             match &case.test {
                 CaseKind::Attack { attack, eps } => {
-                    let attack = attack.name;
                     let eps = eps.value.into_token_stream();
                     quote! {
                         #private::TestSpec::new(#name, #attack, #eps,)
@@ -94,18 +111,16 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                         #sweep
                     }
                 }
-                CaseKind::Certify { certifier, radius } => {
-                    let certifier = certifier.name;
+                CaseKind::Certify {
+                    certifier,
+                    radius,
+                    all,
+                } => {
                     let value = radius.value.into_token_stream();
-                    let curve = match &spec.kind {
-                        Kind::Certify { radius, .. }
-                            if certifier == "smoothing" && radius.len() > 1 =>
-                        {
-                            let all = radius.iter().map(|e| e.value.into_token_stream());
-                            Some(quote!(.curve(&[#(#all),*])))
-                        }
-                        _ => None,
-                    };
+                    let curve = (*certifier == "smoothing" && all.len() > 1).then(|| {
+                        let all = all.iter().map(|e| e.value.into_token_stream());
+                        quote!(.curve(&[#(#all),*]))
+                    });
                     quote! {
                         #private::CertifySpec::new(#name, #certifier, #value,)
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
@@ -115,13 +130,10 @@ fn render(spec: &Spec, test_fn: &TestFn) -> TokenStream {
                 }
                 CaseKind::Perturbation { perturbation } => {
                     let perturbation = &perturbation.name;
-                    let eps = match &spec.kind {
-                        Kind::Perturbation { eps: Some(eps), .. } => {
-                            let eps = eps.value.into_token_stream();
-                            Some(quote!(.eps(#eps)))
-                        }
-                        _ => None,
-                    };
+                    let eps = spec.eps_for(&case).map(|eps| {
+                        let eps = eps.value.into_token_stream();
+                        quote!(.eps(#eps))
+                    });
                     quote! {
                         #private::InvarianceSpec::new(#name, #perturbation)
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
@@ -380,7 +392,8 @@ mod should {
 
     #[test]
     fn expand_one_test_per_perturbation_with_the_manifest_dir() {
-        let test = |name: &str, perturbation: &str| {
+        let test = |name: &str, perturbation: &str, eps: bool| {
+            let eps = eps.then(|| quote!(.eps(0.05f64)));
             let test = format_ident!("{}", name);
             let path = format!("::{name}");
             quote! {
@@ -393,7 +406,7 @@ mod should {
                             #perturbation
                         )
                         .manifest_dir(::core::env!("CARGO_MANIFEST_DIR"))
-                        .eps(0.05f64)
+                        #eps
                         .max_degrees(15f64)
                         .cases(64usize)
                         .min_invariance(0.99f64),
@@ -402,8 +415,9 @@ mod should {
             }
         };
         let (first, second) = (
-            test("rotation", "rotation"),
-            test("linf_rotation", "linf+rotation"),
+            // `eps` is the radius of `linf`: the rotation-only test does not read it.
+            test("rotation", "rotation", false),
+            test("linf_rotation", "linf+rotation", true),
         );
         assert_expands(
             quote!(

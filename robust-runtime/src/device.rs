@@ -26,7 +26,7 @@ use candle_core::Device;
 use crate::{Error, Result};
 
 /// Environment variable that overrides every test's `device`.
-pub const DEVICE_VAR: &str = "ROBUST_DEVICE";
+pub const DEVICE_VAR: &str = crate::env::DEVICE.name;
 
 /// A device preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub enum DeviceChoice {
 
 impl DeviceChoice {
     /// Names accepted by [`DeviceChoice::from_name`].
-    pub const NAMES: &'static [&'static str] = &["cpu", "cuda", "auto"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::DEVICES;
 
     /// `"cpu"`, `"cuda"` or `"auto"`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -67,9 +67,9 @@ pub fn select_exactly(choice: DeviceChoice) -> Result<Device> {
 
 /// The device for `choice`, after the `ROBUST_DEVICE` override.
 pub fn select(choice: DeviceChoice) -> Result<Device> {
-    let choice = match std::env::var(DEVICE_VAR) {
-        Ok(v) if !v.trim().is_empty() => DeviceChoice::from_name(v.trim())?,
-        _ => choice,
+    let choice = match crate::env::get(crate::env::DEVICE) {
+        Some(v) => DeviceChoice::from_name(v)?,
+        None => choice,
     };
     select_exactly(choice)
 }

@@ -1,13 +1,13 @@
 //! The one error type of the crate.
 //!
 //! Variants are grouped by concern; each message says what was found and what was expected.
-//! An attack that fails to break a sample is *not* an error: it is a result, recorded in the
-//! [`RobustnessReport`](crate::eval::RobustnessReport). A robustness test that does not reach its
-//! threshold is the [`Error::NotRobust`] variant, which carries the whole report.
+//! An error means a test *could not run*. What a run finds is never an error: an attack that
+//! fails to break a sample is a result recorded in the
+//! [`RobustnessReport`](crate::eval::RobustnessReport), and a test that misses its threshold
+//! returns its report with the failed check in it; [`crate::harness::conclude`] (the verdict)
+//! turns that into a failing test.
 
 use std::path::PathBuf;
-
-use crate::eval::{InvarianceReport, RobustnessReport};
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -166,11 +166,16 @@ pub enum Error {
         hint: &'static str,
     },
 
-    /// The certification assertion failed: the report says by how much.
-    #[error("{}", .0.failure_message())]
-    NotCertified(Box<crate::certify::CertificationReport>),
-
     // ---- attacks and evaluation ------------------------------------------------------------------------
+    /// A test description breaks a rule of the key table (`robust_spec`): the message is the
+    /// one `#[robustness_test]` and the suite give for the same mistake.
+    #[error("{message}")]
+    Spec {
+        /// The test.
+        test: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// A hyper-parameter is out of its range.
     #[error("invalid value for `{name}`: {found}; expected {expected}")]
     InvalidParameter {
@@ -199,17 +204,6 @@ pub enum Error {
         /// Why not.
         reason: String,
     },
-    /// The robustness assertion failed: the report says by how much.
-    #[error("{}", .0.failure_message())]
-    NotRobust(Box<RobustnessReport>),
-    /// The invariance assertion of a perturbation test failed: the report gives the minimal
-    /// counterexamples.
-    #[error("{}", .0.failure_message())]
-    NotInvariant(Box<InvarianceReport>),
-    /// The diagnostics found signs of gradient masking, so the measured robustness cannot be
-    /// trusted (`masking_checks = "fail"`).
-    #[error("{}", .0.masking_message())]
-    GradientMasking(Box<RobustnessReport>),
 
     // ---- candle ----------------------------------------------------------------------------
     /// An error inside candle that none of the checks above anticipated.

@@ -35,10 +35,14 @@
 
 pub mod attack;
 pub mod baseline;
+pub mod case;
 pub mod certify;
+mod check;
 pub mod data;
 pub mod defense;
 pub mod device;
+pub mod domain;
+pub mod env;
 mod error;
 pub mod eval;
 pub mod harness;
@@ -48,20 +52,27 @@ pub mod perturb;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod stats;
 pub mod zoo;
 
+pub use case::RobustnessCase;
 pub use data::Dataset;
+pub use domain::{InputDomain, Normalize};
 pub use error::{Error, Result};
-pub use eval::{InvarianceReport, RobustnessCase, RobustnessReport};
-pub use model::{InputDomain, Model, Normalize};
+pub use eval::{InvarianceReport, RobustnessReport};
+pub use model::Model;
 pub use rng::{Rng, RngState};
 pub use robust_macros::robustness_test;
+/// The vocabulary of a test: name lists, the key table, `Options`, the checks and test names
+/// that `#[robustness_test]`, the suite and the builders share.
+pub use robust_spec as spec;
 
 /// What a robustness test file needs: `use robust_runtime::prelude::*;`.
 pub mod prelude {
+    pub use crate::case::RobustnessCase;
     pub use crate::data::Dataset;
     pub use crate::device;
-    pub use crate::eval::{RobustnessCase, RobustnessReport};
+    pub use crate::eval::RobustnessReport;
     pub use crate::model::{InputDomain, Model, Normalize};
     pub use crate::rng::Rng;
     pub use crate::robustness_test;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Environment variable that overrides when progress is shown: `auto` (default), `always`,
 /// `never`.
-pub const PROGRESS_VAR: &str = "ROBUST_PROGRESS";
+pub const PROGRESS_VAR: &str = crate::env::PROGRESS.name;
 
 const REDRAW: Duration = Duration::from_millis(200);
 const WIDTH: usize = 24;
@@ -36,9 +36,9 @@ enum Mode {
 impl Progress {
     /// A bar labelled `label` (the test's name) over `total` samples.
     pub fn new(label: &str, total: usize) -> Self {
-        let mode = match std::env::var(PROGRESS_VAR).as_deref() {
-            Ok("never") | Ok("0") => Mode::Off,
-            Ok("always") | Ok("1") => {
+        let mode = match crate::env::get(crate::env::PROGRESS) {
+            Some("never") | Some("0") => Mode::Off,
+            Some("always") | Some("1") => {
                 if std::io::stderr().is_terminal() {
                     Mode::Terminal
                 } else {

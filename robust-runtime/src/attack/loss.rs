@@ -34,7 +34,7 @@ pub enum Loss {
 
 impl Loss {
     /// Names accepted by [`Loss::from_name`].
-    pub const NAMES: &'static [&'static str] = &["ce", "cw", "dlr"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::LOSSES;
 
     /// `"ce"` or `"cw"`.
     pub fn from_name(name: &str) -> Result<Self> {

@@ -63,17 +63,8 @@ use crate::model::{argmax, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
-/// The attacks that [`build`] knows, by the names the macro accepts.
-pub const ATTACKS: &[&str] = &[
-    "fgsm",
-    "pgd",
-    "apgd",
-    "apgd-t",
-    "autoattack",
-    "square",
-    "cw",
-    "deepfool",
-];
+/// The attacks that [`build`] knows, by the names the macro accepts (the key table's list).
+pub use robust_spec::names::ATTACKS;
 
 /// The norm of a threat model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -88,7 +79,7 @@ pub enum Norm {
 
 impl Norm {
     /// Names accepted by [`Norm::from_name`].
-    pub const NAMES: &'static [&'static str] = &["linf", "l2"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::NORMS;
 
     /// `"linf"` or `"l2"`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -422,65 +413,10 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
     }
 }
 
-/// Whether `value` is finite and > 0 as the `f32` the tensors will hold, not only as `f64`:
-/// `1e39` is infinite in f32 and `1e-50` is 0, so a radius checked only as f64 would run as
-/// ∞ or 0.
-pub(crate) fn positive_in_f32(value: f64) -> bool {
-    let single = value as f32;
-    value > 0.0 && single.is_finite() && single > 0.0
-}
-
-/// Whether `value` is finite and ≥ 0 as an `f32`.
-pub(crate) fn non_negative_in_f32(value: f64) -> bool {
-    value >= 0.0 && (value as f32).is_finite()
-}
-
-/// `expected` for a value that is out of range only once rounded to `f32`, with what it
-/// becomes there; `expected` as it is otherwise.
-pub(crate) fn expected_in_f32(value: f64, expected: &str) -> String {
-    let single = value as f32;
-    if value.is_finite() && (single.is_infinite() || (value != 0.0 && single == 0.0)) {
-        format!(
-            "{expected} as f32, the tensors' type ({value} becomes {single} there; f32 holds \
-             magnitudes from 1.4e-45 to 3.4e38)"
-        )
-    } else {
-        expected.to_string()
-    }
-}
-
-pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
-    check_positive_as(name, value, "a finite number > 0")
-}
-
-/// [`check_positive`] with the parameter's own words for what is expected.
-pub(crate) fn check_positive_as(name: &'static str, value: f64, expected: &str) -> Result<()> {
-    if positive_in_f32(value) {
-        Ok(())
-    } else {
-        Err(Error::param(name, value, expected_in_f32(value, expected)))
-    }
-}
-
-pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
-    if non_negative_in_f32(value) {
-        Ok(())
-    } else {
-        Err(Error::param(
-            name,
-            value,
-            expected_in_f32(value, "a finite number ≥ 0"),
-        ))
-    }
-}
-
-pub(crate) fn check_at_least_one(name: &'static str, value: usize) -> Result<()> {
-    if value >= 1 {
-        Ok(())
-    } else {
-        Err(Error::param(name, value, "an integer ≥ 1"))
-    }
-}
+// The validators of hyper-parameters live in `crate::check`, below every module that checks.
+pub(crate) use crate::check::{
+    check_at_least_one, check_non_negative, check_positive, check_positive_as,
+};
 
 #[cfg(test)]
 mod should {

@@ -35,9 +35,9 @@ use crate::{Error, Result};
 /// Folder, beside the test crate's `Cargo.toml`, that holds the baselines.
 pub const BASELINE_DIR: &str = "robust-baselines";
 /// Environment variable choosing the [`UpdateMode`].
-pub const UPDATE_VAR: &str = "ROBUST_UPDATE";
+pub const UPDATE_VAR: &str = crate::env::UPDATE.name;
 /// Environment variable that, set to `1`, means `ROBUST_UPDATE=always`.
-pub const BLESS_VAR: &str = "ROBUST_BLESS";
+pub const BLESS_VAR: &str = crate::env::BLESS.name;
 /// Suffix of a pending baseline, waiting for `cargo xtask bless`.
 pub const PENDING_SUFFIX: &str = ".new";
 /// Version of the file format.
@@ -58,12 +58,8 @@ pub enum UpdateMode {
 impl UpdateMode {
     /// From `ROBUST_BLESS`, `ROBUST_UPDATE` and `CI`, as insta reads `INSTA_UPDATE` and `CI`.
     pub fn from_env() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Self::resolve(
-            var(BLESS_VAR).as_deref(),
-            var(UPDATE_VAR).as_deref(),
-            var("CI").as_deref(),
-        )
+        use crate::env::{get, BLESS, CI, UPDATE};
+        Self::resolve(get(BLESS), get(UPDATE), get(CI))
     }
 
     /// The mode for these variable values (`None`: unset).

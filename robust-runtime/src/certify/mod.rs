@@ -35,8 +35,10 @@
 pub mod crown;
 pub mod ibp;
 pub mod smoothing;
-pub mod stats;
+/// The statistics smoothing certifies with ([`crate::stats`], shared with the assertions).
+pub use crate::stats;
 
+use crate::report::{Curve, Metric, Outcome, Provenance};
 use std::fmt;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -57,7 +59,7 @@ pub enum Method {
 
 impl Method {
     /// The names `certify = "…"` accepts, besides `"smoothing"`.
-    pub const NAMES: &'static [&'static str] = &["ibp", "crown"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::BOUND_CERTIFIERS;
 
     /// `"ibp"` or `"crown"`.
     pub fn from_name(name: &str) -> Result<Self> {
@@ -67,7 +69,7 @@ impl Method {
             _ => Err(Error::unknown(
                 "certifier",
                 name,
-                &["ibp", "crown", "smoothing"],
+                robust_spec::names::CERTIFIERS,
             )),
         }
     }
@@ -90,7 +92,7 @@ pub fn input_box(x: &Tensor, eps: f64, domain: InputDomain) -> Result<(Tensor, T
 }
 
 fn check_eps(eps: f64) -> Result<()> {
-    crate::attack::check_positive_as("eps", eps, "a finite radius > 0")
+    crate::check::check_positive_as("eps", eps, "a finite radius > 0")
 }
 
 /// Lower bounds of the margins `z_y − z_j` over the box, `N × classes` (`+∞` at `j = y`).
@@ -235,7 +237,7 @@ pub struct CertificationReport {
     pub confidence: Option<f64>,
     /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<crate::eval::Fingerprint>,
+    pub fingerprint: Option<crate::case::Fingerprint>,
     /// Wall time in seconds (the only field that differs between identical runs).
     pub seconds: f64,
 }
@@ -256,7 +258,7 @@ impl CertificationReport {
     /// confidence bound when `confidence` is set.
     pub fn asserted_accuracy(&self) -> f64 {
         match self.confidence {
-            Some(c) => crate::eval::lower_bound(self.certified(), self.samples, c),
+            Some(c) => crate::stats::lower_bound(self.certified(), self.samples, c),
             None => self.certified_accuracy,
         }
     }
@@ -278,7 +280,7 @@ impl CertificationReport {
         let measured = match self.confidence {
             Some(c) => format!(
                 "the {} lower bound of certified accuracy, {:.2}% (measured {:.2}% on {} samples),",
-                crate::eval::level(c),
+                crate::stats::level(c),
                 100.0 * self.asserted_accuracy(),
                 100.0 * self.certified_accuracy,
                 self.samples
@@ -360,7 +362,7 @@ impl fmt::Display for CertificationReport {
             f,
             "  certified accuracy  {:.2}%{}",
             100.0 * self.certified_accuracy,
-            crate::eval::interval_note(self.certified(), self.samples, self.confidence)
+            crate::stats::interval_note(self.certified(), self.samples, self.confidence)
         )?;
         if self.smoothing.is_some() {
             writeln!(f, "  abstained           {}", self.abstained)?;
@@ -532,4 +534,65 @@ pub fn encloses(
     let below = (lower - tol as f64)?.le(&y)?.min_all()?.to_scalar::<u8>()?;
     let above = y.le(&(upper + tol as f64)?)?.min_all()?.to_scalar::<u8>()?;
     Ok(below == 1 && above == 1)
+}
+
+impl Outcome for CertificationReport {
+    fn test(&self) -> &str {
+        &self.test
+    }
+
+    fn passed(&self) -> bool {
+        CertificationReport::passed(self)
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let mut m = vec![
+            Metric::gated("clean_accuracy", self.clean_accuracy),
+            Metric::gated("certified_accuracy", self.certified_accuracy),
+        ];
+        for p in &self.curve {
+            if p.radius != self.radius {
+                m.push(Metric::gated(
+                    format!("certified_accuracy@{}", p.radius),
+                    p.certified_accuracy,
+                ));
+            }
+        }
+        m
+    }
+
+    fn provenance(&self) -> Provenance {
+        let config = match &self.smoothing {
+            Some(s) => format!(
+                "{} (σ = {}, n0 = {}, n = {}, α = {}), {} radius {}",
+                self.certifier, s.sigma, s.n0, s.n, s.alpha, self.norm, self.radius
+            ),
+            None => format!("{}, {} ε = {}", self.certifier, self.norm, self.radius),
+        };
+        Provenance::of(
+            "certification",
+            config,
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
+    }
+
+    fn curve(&self) -> Option<Curve> {
+        let mut points = vec![
+            (0.0, self.clean_accuracy),
+            (self.radius, self.certified_accuracy),
+        ];
+        points.extend(self.curve.iter().map(|p| (p.radius, p.certified_accuracy)));
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|a, b| a.0 == b.0);
+        Some(Curve {
+            title: format!("{} certified by {}", self.model, self.certifier),
+            x_label: format!("radius ({})", self.norm),
+            y_label: "certified accuracy".into(),
+            points,
+            marked: Some(self.radius),
+        })
+    }
 }

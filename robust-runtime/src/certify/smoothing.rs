@@ -66,7 +66,7 @@ impl Smoothing {
 
     /// Rejects values the procedure is undefined for.
     pub fn check(&self) -> Result<()> {
-        crate::attack::check_positive_as("sigma", self.sigma, "a finite noise level > 0")?;
+        crate::check::check_positive_as("sigma", self.sigma, "a finite noise level > 0")?;
         if self.n0 == 0 {
             return Err(Error::param("n0", self.n0, "at least 1 noisy copy"));
         }

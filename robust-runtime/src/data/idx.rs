@@ -24,21 +24,16 @@ pub const DEFAULT_MAX_INFLATED: usize = 256 << 20;
 
 /// Environment variable overriding [`DEFAULT_MAX_INFLATED`] (a number of bytes) for
 /// [`parse_idx`] and the loaders built on it ([`Dataset::from_idx`](crate::Dataset::from_idx)).
-pub const MAX_INFLATED_VAR: &str = "ROBUST_MAX_INFLATED_BYTES";
+pub const MAX_INFLATED_VAR: &str = crate::env::MAX_INFLATED_BYTES.name;
 
 /// The limit [`parse_idx`] applies: `ROBUST_MAX_INFLATED_BYTES` if set, else
 /// [`DEFAULT_MAX_INFLATED`].
 pub fn max_inflated() -> Result<usize> {
-    match std::env::var(MAX_INFLATED_VAR) {
-        Ok(v) => v.trim().parse().map_err(|_| {
-            Error::param(
-                MAX_INFLATED_VAR,
-                v,
-                "a number of bytes, e.g. 1073741824 for 1 GiB",
-            )
-        }),
-        Err(_) => Ok(DEFAULT_MAX_INFLATED),
-    }
+    Ok(crate::env::parse(
+        crate::env::MAX_INFLATED_BYTES,
+        "a number of bytes, e.g. 1073741824 for 1 GiB",
+    )?
+    .unwrap_or(DEFAULT_MAX_INFLATED))
 }
 
 /// Decodes IDX bytes (gzip-compressed or not). `path` is only used in error messages. A

@@ -65,12 +65,12 @@ impl Preprocessor {
             Preprocessor::BitDepth { bits } if !(1..=16).contains(&bits) => {
                 Err(Error::param("bits", bits, "a bit depth from 1 to 16"))
             }
-            Preprocessor::GaussianBlur { sigma } => crate::attack::check_positive_as(
+            Preprocessor::GaussianBlur { sigma } => crate::check::check_positive_as(
                 "sigma",
                 sigma,
                 "a finite standard deviation > 0, in pixels",
             ),
-            Preprocessor::GaussianNoise { sigma } => crate::attack::check_positive_as(
+            Preprocessor::GaussianNoise { sigma } => crate::check::check_positive_as(
                 "sigma",
                 sigma,
                 "a finite noise level > 0, in input units",

@@ -4,99 +4,57 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use super::spec::{check_run_keys, guard_setters, seed_or_env, Guard};
+use super::spec::{common_builders, option_setters, Common};
 use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
 use crate::device;
 use crate::{Error, Result, RobustnessCase};
 
 /// Certifiers `certify = "…"` accepts.
-pub const CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];
+pub use robust_spec::names::CERTIFIERS;
 
 /// One generated certification test.
 #[derive(Debug, Clone)]
 pub struct CertifySpec {
-    name: &'static str,
     certifier: &'static str,
     radius: f64,
-    min_certified_acc: Option<f64>,
-    samples: Option<usize>,
-    batch_size: Option<usize>,
-    seed: Option<u64>,
-    device: Option<&'static str>,
-    sigma: Option<f64>,
-    n0: Option<usize>,
-    n: Option<usize>,
-    alpha: Option<f64>,
-    curve: &'static [f64],
-    guard: Guard,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $key:ident: $ty:ty;)*) => {$(
-        $(#[$doc])*
-        pub fn $key(mut self, value: $ty) -> Self {
-            self.$key = Some(value);
-            self
-        }
-    )*};
+    curve: Vec<f64>,
+    common: Common,
 }
 
 impl CertifySpec {
     /// A test named `name` certifying at `radius`: the L∞ ε for `"ibp"`/`"crown"`, the L2
     /// radius for `"smoothing"`.
-    pub fn new(name: &'static str, certifier: &'static str, radius: f64) -> Self {
+    pub fn new(name: impl Into<String>, certifier: &'static str, radius: f64) -> Self {
         CertifySpec {
-            name,
             certifier,
             radius,
-            min_certified_acc: None,
-            samples: None,
-            batch_size: None,
-            seed: None,
-            device: None,
-            sigma: None,
-            n0: None,
-            n: None,
-            alpha: None,
-            curve: &[],
-            guard: Guard::default(),
+            curve: Vec::new(),
+            common: Common::named(name),
         }
     }
 
-    guard_setters!();
-
-    setters! {
-        /// `min_certified_acc = 0.8`: the share of samples correct and certified.
-        min_certified_acc: f64;
-        /// `samples = 100`: certify the first samples of the data (default all).
-        samples: usize;
-        /// `batch_size = 100`: samples per bound computation (smoothing: noisy copies per pass).
-        batch_size: usize;
-        /// `seed = 0`: seed of the smoothing noise (default `ROBUST_SEED`, else 0).
-        seed: u64;
-        /// `device = "cpu" | "cuda" | "auto"`.
-        device: &'static str;
-        /// `sigma = 0.25`: smoothing noise (required for smoothing).
-        sigma: f64;
-        /// `n0 = 100`: smoothing's selection copies.
-        n0: usize;
-        /// `n = 100000`: smoothing's estimation copies.
-        n: usize;
-        /// `alpha = 0.001`: smoothing's failure probability.
-        alpha: f64;
-    }
+    common_builders!();
 
     /// Every radius of the attribute: smoothing certifies each sample once and each test reads
     /// its radius off the same certificates (the report shows them all).
-    pub fn curve(mut self, radii: &'static [f64]) -> Self {
-        self.curve = radii;
+    pub fn curve(mut self, radii: &[f64]) -> Self {
+        self.curve = radii.to_vec();
         self
     }
 
-    /// The test's name.
-    pub fn name(&self) -> &'static str {
-        self.name
+    /// This test as the key table describes it.
+    fn spec(&self) -> robust_spec::Spec {
+        let mut spec = robust_spec::Spec::new(robust_spec::Kind::Certify);
+        spec.certifiers = vec![self.certifier];
+        let radius = vec![robust_spec::Radius::from_value(self.radius)];
+        if self.certifier == "smoothing" {
+            spec.radius = radius;
+        } else {
+            spec.eps = radius;
+        }
+        spec.options = self.common.options;
+        spec
     }
 
     /// Checks every value of the spec without building the case or touching a tensor: what
@@ -109,62 +67,57 @@ impl CertifySpec {
     /// The threshold and the smoothing configuration (for `smoothing`), once every value is
     /// checked.
     fn prepare(&self) -> Result<(f64, Option<Smoothing>)> {
-        let Some(min) = self.min_certified_acc else {
+        self.common.check(&self.spec())?;
+        let o = &self.common.options;
+        let Some(min) = o.min_certified_acc else {
             return Err(Error::param(
                 "min_certified_acc",
                 "none",
                 "a threshold (a certification test that asserts nothing cannot fail)",
             ));
         };
-        if !(0.0..=1.0).contains(&min) {
-            return Err(Error::param(
-                "min_certified_acc",
-                min,
-                "a fraction in [0, 1]",
-            ));
-        }
         let smoothing = match self.certifier {
             "smoothing" => {
-                let Some(sigma) = self.sigma else {
+                let Some(sigma) = o.sigma else {
                     return Err(Error::param("sigma", "none", "a noise level for smoothing"));
                 };
                 let mut s = Smoothing::new(sigma);
-                s.n0 = self.n0.unwrap_or(s.n0);
-                s.n = self.n.unwrap_or(s.n);
-                s.alpha = self.alpha.unwrap_or(s.alpha);
-                s.batch_size = self.batch_size.unwrap_or(s.batch_size);
+                s.n0 = o.n0.unwrap_or(s.n0);
+                s.n = o.n.unwrap_or(s.n);
+                s.alpha = o.alpha.unwrap_or(s.alpha);
+                s.batch_size = o.batch_size.unwrap_or(s.batch_size);
                 s.check()?;
                 Some(s)
             }
             other => {
                 Method::from_name(other)?;
-                crate::attack::check_positive_as("eps", self.radius, "a finite radius > 0")?;
+                crate::check::check_positive_as("eps", self.radius, "a finite radius > 0")?;
                 None
             }
         };
-        for &r in self.curve {
+        for &r in &self.curve {
             if !(r.is_finite() && r >= 0.0) {
                 return Err(Error::param("radius", r, "a finite radius ≥ 0"));
             }
         }
-        self.guard.check()?;
-        check_run_keys(self.samples, self.batch_size, self.device)?;
-        seed_or_env(self.seed)?;
+        self.common.seed()?;
         Ok((min, smoothing))
     }
 
     /// Builds the case on the selected device, certifies it and checks `min_certified_acc`.
-    /// `Err(Error::NotCertified)` when it does not hold.
+    /// The report says whether it holds ([`CertifySpec::failure`]); `Err` only when the test
+    /// could not run.
     pub fn run(
         &self,
         build: impl FnOnce() -> Result<RobustnessCase>,
     ) -> Result<CertificationReport> {
         let (min, smoothing) = self.prepare()?;
-        let seed = seed_or_env(self.seed)?;
-        let device = self.guard.device(self.device)?;
+        let o = &self.common.options;
+        let seed = self.common.seed()?;
+        let device = self.guard().device(o.device)?;
         let case = device::with_current(&device, build)?;
-        let fingerprint = Fingerprint::of(&case, self.samples, 250, &device)?;
-        let case = match self.samples {
+        let fingerprint = Fingerprint::of(&case, o.samples, 250, &device)?;
+        let case = match o.samples {
             Some(n) => case.truncated(n)?,
             None => case,
         };
@@ -172,18 +125,19 @@ impl CertifySpec {
             Some(s) => self.shared_smoothing(&case, &s, seed, &device)?,
             None => {
                 let method = Method::from_name(self.certifier)?;
-                certify::bound_case(&case, method, self.radius, self.batch_size.unwrap_or(100))?
+                certify::bound_case(&case, method, self.radius, o.batch_size.unwrap_or(100))?
             }
         };
-        report.test = self.name.to_string();
+        report.test = self.common.name.clone();
         report.min_certified_accuracy = Some(min);
-        report.confidence = self.guard.confidence;
+        report.confidence = o.confidence;
         report.fingerprint = Some(fingerprint);
-        if report.passed() {
-            Ok(report)
-        } else {
-            Err(Error::NotCertified(Box::new(report)))
-        }
+        Ok(report)
+    }
+
+    /// The verdict on a report of this test: `None` when `min_certified_acc` holds.
+    pub fn failure(&self, report: &CertificationReport) -> Option<String> {
+        (!report.passed()).then(|| report.failure_message())
     }
 
     /// Smoothing certificates do not depend on the radius asked about: the first test of a
@@ -197,11 +151,12 @@ impl CertifySpec {
     ) -> Result<CertificationReport> {
         let key = format!(
             "{}|{:?}|{seed}|{:?}|{}",
-            self.name
+            self.common
+                .name
                 .rsplit_once("::")
-                .map_or(self.name, |(group, _)| group),
+                .map_or(self.common.name.as_str(), |(group, _)| group),
             smoothing,
-            self.samples,
+            self.common.options.samples,
             device::name(device)
         );
         let slot = {
@@ -214,7 +169,7 @@ impl CertifySpec {
                 case,
                 smoothing,
                 self.radius,
-                self.curve,
+                &self.curve,
                 seed,
                 device,
             )?);

@@ -37,7 +37,7 @@ pub enum MaskingPolicy {
 
 impl MaskingPolicy {
     /// Names accepted by [`MaskingPolicy::from_name`].
-    pub const NAMES: &'static [&'static str] = &["fail", "warn", "off"];
+    pub const NAMES: &'static [&'static str] = robust_spec::names::MASKING;
 
     /// `"fail"`, `"warn"` or `"off"`.
     pub fn from_name(name: &str) -> Result<Self> {

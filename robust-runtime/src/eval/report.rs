@@ -1,11 +1,14 @@
 //! The outcome of a run: metrics, per-sample results, and the assertions checked on them.
 
+pub use crate::report::AdversarialExample;
+use crate::report::{Curve, Metric, Outcome, Provenance};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::RunConfig;
 use crate::attack::{Attack, Norm, ThreatModel};
+use crate::stats::{interval_note, level, lower_bound, upper_bound};
 
 /// What happened to one sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,30 +126,6 @@ pub struct Thresholds {
     pub confidence: Option<f64>,
 }
 
-/// One-sided lower confidence bound of the proportion `k / n` at level `confidence`
-/// (Clopper–Pearson; 0 when `n = 0`).
-pub fn lower_bound(k: usize, n: usize, confidence: f64) -> f64 {
-    if n == 0 {
-        return 0.0;
-    }
-    crate::certify::stats::clopper_pearson_lower(k as u64, n as u64, 1.0 - confidence)
-}
-
-/// One-sided upper confidence bound of the proportion `k / n` at level `confidence`
-/// (Clopper–Pearson; 1 when `n = 0`).
-pub fn upper_bound(k: usize, n: usize, confidence: f64) -> f64 {
-    if n == 0 {
-        return 1.0;
-    }
-    crate::certify::stats::clopper_pearson_upper(k as u64, n as u64, 1.0 - confidence)
-}
-
-/// The two-sided `confidence` interval of `k / n` (Clopper–Pearson), as reports show it.
-pub fn interval(k: usize, n: usize, confidence: f64) -> (f64, f64) {
-    let tail = 0.5 + 0.5 * confidence;
-    (lower_bound(k, n, tail), upper_bound(k, n, tail))
-}
-
 /// One assertion and whether it held.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Check {
@@ -201,7 +180,7 @@ pub struct RobustnessReport {
     pub seconds: f64,
     /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<crate::eval::Fingerprint>,
+    pub fingerprint: Option<crate::case::Fingerprint>,
     /// Robust accuracy over the ε-sweep, for minimal-perturbation attacks (read off one run).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curve: Vec<CurvePoint>,
@@ -314,25 +293,6 @@ pub(crate) fn combine_adaptive(
 
 /// How many adversarial examples a report keeps for its picture.
 pub const WORST_EXAMPLES: usize = 8;
-
-/// One adversarial example with its clean original, as pixels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdversarialExample {
-    /// Position in the evaluated data.
-    pub index: usize,
-    /// True label.
-    pub label: u32,
-    /// Prediction on the adversarial input.
-    pub adv_pred: u32,
-    /// `max_{j≠y} z_j − z_y` on the adversarial input: how confidently it is wrong.
-    pub margin: f32,
-    /// Shape of one input (`C × H × W` for images).
-    pub shape: Vec<usize>,
-    /// The clean input.
-    pub clean: Vec<f32>,
-    /// The adversarial input.
-    pub adversarial: Vec<f32>,
-}
 
 impl RobustnessReport {
     pub(crate) fn from_outcomes(
@@ -517,22 +477,6 @@ fn pp(v: f64) -> String {
     format!("{:.2} pp", 100.0 * v)
 }
 
-/// `0.95` → `95 %`.
-pub(crate) fn level(confidence: f64) -> String {
-    format!("{} %", (1e6 * 100.0 * confidence).round() / 1e6)
-}
-
-/// `  [93.10 %, 96.20 %] at 95 %`, or nothing without a confidence level.
-pub(crate) fn interval_note(k: usize, n: usize, confidence: Option<f64>) -> String {
-    match confidence {
-        Some(c) => {
-            let (lo, hi) = interval(k, n, c);
-            format!("  [{}, {}] at {}", pct(lo), pct(hi), level(c))
-        }
-        None => String::new(),
-    }
-}
-
 impl fmt::Display for RobustnessReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.perturbation;
@@ -642,5 +586,70 @@ impl fmt::Display for RobustnessReport {
             }
         }
         Ok(())
+    }
+}
+
+impl Outcome for RobustnessReport {
+    fn test(&self) -> &str {
+        &self.test
+    }
+
+    fn passed(&self) -> bool {
+        RobustnessReport::passed(self)
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let mut m = vec![
+            Metric::gated("clean_accuracy", self.clean_accuracy),
+            Metric::gated("robust_accuracy", self.robust_accuracy),
+        ];
+        for p in &self.curve {
+            if p.eps != self.threat.eps {
+                m.push(Metric::gated(
+                    format!("robust_accuracy@{}", p.eps),
+                    p.robust_accuracy,
+                ));
+            }
+        }
+        m.push(Metric::info("mean_linf", self.perturbation.mean_linf));
+        m.push(Metric::info("mean_l2", self.perturbation.mean_l2));
+        m
+    }
+
+    fn provenance(&self) -> Provenance {
+        Provenance::of(
+            "attack",
+            format!(
+                "{}{}",
+                self.attack_description,
+                if self.targeted { ", targeted" } else { "" }
+            ),
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
+    }
+
+    fn curve(&self) -> Option<Curve> {
+        let mut points = vec![(0.0, self.clean_accuracy)];
+        if self.curve.is_empty() {
+            points.push((self.threat.eps, self.robust_accuracy));
+        } else {
+            points.extend(self.curve.iter().map(|p| (p.eps, p.robust_accuracy)));
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|a, b| a.0 == b.0);
+        Some(Curve {
+            title: format!("{} under {}", self.model, self.attack),
+            x_label: format!("ε ({})", self.threat.norm.symbol()),
+            y_label: "robust accuracy".into(),
+            points,
+            marked: Some(self.threat.eps),
+        })
+    }
+
+    fn examples(&self) -> &[AdversarialExample] {
+        &self.worst
     }
 }

@@ -7,17 +7,20 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use super::masking::{self, MaskingPolicy};
 use super::{evaluate, Fingerprint, RobustnessCase, RobustnessReport, RunConfig, Thresholds};
+use robust_spec::Options;
+
 use crate::attack::Attack;
 use crate::attack::{self, AttackParams, Loss, Norm, Targeting};
 use crate::device::{self, DeviceChoice};
 use crate::{Error, Result};
 
 /// Environment variable that sets the seed of tests that do not set `seed`.
-pub const SEED_VAR: &str = "ROBUST_SEED";
+pub const SEED_VAR: &str = crate::env::SEED.name;
 
 /// What every kind of generated test shares beyond its own thresholds: the confidence level of
-/// its assertions and its committed baseline (see [`crate::baseline`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// its assertions and its committed baseline (see [`crate::baseline`]). A view of the test's
+/// options, made by `guard()`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Guard {
     /// `confidence = 0.95`: thresholds are compared with one-sided Clopper–Pearson bounds at
     /// this level (in (0, 1)) instead of the point estimates.
@@ -29,7 +32,7 @@ pub struct Guard {
     pub tolerance: Option<f64>,
     /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`): baselines live in its
     /// `robust-baselines/`, reports go to its `target/robust/`. Without it nothing is written.
-    pub manifest_dir: Option<&'static str>,
+    pub manifest_dir: Option<String>,
     /// This is the `_cuda` variant of a test (the macro emits one per test when built with the
     /// `cuda` feature): it runs on the first CUDA device whatever `device` and `ROBUST_DEVICE`
     /// say, compares with the baseline of the test it is a variant of and never writes one.
@@ -70,234 +73,150 @@ impl Guard {
             _ => test,
         }
     }
+}
 
-    /// Checks the values (the macro has checked them at compile time).
-    pub fn check(&self) -> Result<()> {
-        if let Some(c) = self.confidence {
-            if !(c > 0.0 && c < 1.0) {
-                return Err(Error::param(
-                    "confidence",
-                    c,
-                    "a confidence level in (0, 1), e.g. 0.95",
-                ));
-            }
+/// What every kind of generated test holds besides what it runs: its name, the options of the
+/// key table ([`robust_spec::Options`], one field per key), and where its crate is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Common {
+    pub(crate) name: String,
+    pub(crate) options: Options,
+    pub(crate) manifest_dir: Option<String>,
+    pub(crate) cuda_variant: bool,
+}
+
+impl Common {
+    pub(crate) fn named(name: impl Into<String>) -> Self {
+        Common {
+            name: name.into(),
+            ..Common::default()
         }
-        if let Some(t) = self.tolerance {
-            if !(0.0..=1.0).contains(&t) {
-                return Err(Error::param(
-                    "tolerance",
-                    t,
-                    "a fraction in [0, 1] (0.01 = one percentage point)",
-                ));
-            }
-            if self.baseline == Some(false) {
-                return Err(Error::param(
-                    "tolerance",
-                    t,
-                    "no tolerance when baseline = false (a tolerance is how far below the baseline a metric may fall)",
-                ));
-            }
+    }
+
+    pub(crate) fn guard(&self) -> Guard {
+        Guard {
+            confidence: self.options.confidence,
+            baseline: self.options.baseline,
+            tolerance: self.options.tolerance,
+            manifest_dir: self.manifest_dir.clone(),
+            cuda_variant: self.cuda_variant,
         }
-        Ok(())
+    }
+
+    /// Checks `spec` (this test as the key table describes it) with the rules the attribute and
+    /// the suite apply: the same messages for the same mistakes.
+    pub(crate) fn check(&self, spec: &robust_spec::Spec) -> Result<()> {
+        robust_spec::check_spec(spec).map_err(|issues| Error::Spec {
+            test: self.name.clone(),
+            message: issues
+                .into_iter()
+                .map(|i| i.message)
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    /// `seed`, else `ROBUST_SEED`, else 0.
+    pub(crate) fn seed(&self) -> Result<u64> {
+        seed_or_env(self.options.seed)
     }
 }
 
-/// The builder methods of [`Guard`]'s keys, shared by every spec type.
-macro_rules! guard_setters {
+/// The builder methods every spec type shares: one per key of the table (generated from it, so
+/// that a new key is a new method with no edit here), and the test's folder and variant.
+macro_rules! common_builders {
     () => {
-        /// `confidence = 0.95`: assert on Clopper–Pearson bounds at this level.
-        pub fn confidence(mut self, value: f64) -> Self {
-            self.guard.confidence = Some(value);
+        robust_spec::for_each_option!(option_setters);
+
+        /// Sets every option at once: what a suite entry or another front end has read.
+        pub fn with_options(mut self, options: robust_spec::Options) -> Self {
+            self.common.options = options;
             self
         }
-        /// `baseline = true`: compare with the committed baseline.
-        pub fn baseline(mut self, value: bool) -> Self {
-            self.guard.baseline = Some(value);
-            self
-        }
-        /// `tolerance = 0.02`: the largest allowed fall below the baseline (turns it on).
-        pub fn tolerance(mut self, value: f64) -> Self {
-            self.guard.tolerance = Some(value);
-            self
+        /// The options set so far.
+        pub fn options(&self) -> &robust_spec::Options {
+            &self.common.options
         }
         /// The test crate's folder (the macro passes `CARGO_MANIFEST_DIR`).
-        pub fn manifest_dir(mut self, value: &'static str) -> Self {
-            self.guard.manifest_dir = Some(value);
+        pub fn manifest_dir(mut self, value: impl Into<String>) -> Self {
+            self.common.manifest_dir = Some(value.into());
             self
         }
         /// Makes this the `_cuda` variant of its test: it runs on the first CUDA device
         /// whatever `device` or `ROBUST_DEVICE` say, and compares with (never writes) the
         /// baseline of the test it varies.
         pub fn cuda_variant(mut self) -> Self {
-            self.guard.cuda_variant = true;
+            self.common.cuda_variant = true;
             self
-        }
-        /// The `device` asked for, if any.
-        #[allow(dead_code)]
-        pub(crate) fn device_name(&self) -> Option<&'static str> {
-            self.device
         }
         /// The same test under another name (the suite harness names its `_cuda` variants).
         #[allow(dead_code)]
-        pub(crate) fn renamed(mut self, name: &'static str) -> Self {
-            self.name = name;
+        pub(crate) fn renamed(mut self, name: impl Into<String>) -> Self {
+            self.common.name = name.into();
             self
         }
+        /// The test's name.
+        pub fn name(&self) -> &str {
+            &self.common.name
+        }
         /// The confidence level, baseline settings and folder of this test.
-        pub fn guard(&self) -> &$crate::eval::Guard {
-            &self.guard
+        pub fn guard(&self) -> $crate::eval::Guard {
+            self.common.guard()
         }
     };
 }
-pub(crate) use guard_setters;
+pub(crate) use common_builders;
 
-/// One generated robustness test. Built by `#[robustness_test]` with one builder call per key
-/// the user wrote; every other value is the runtime's default.
-#[derive(Debug, Clone)]
-pub struct TestSpec {
-    name: &'static str,
-    attack: &'static str,
-    eps: f64,
-    norm: Option<&'static str>,
-    loss: Option<&'static str>,
-    steps: Option<usize>,
-    step_size: Option<f64>,
-    restarts: Option<usize>,
-    random_start: Option<bool>,
-    target_classes: Option<usize>,
-    queries: Option<usize>,
-    p_init: Option<f64>,
-    kappa: Option<f64>,
-    binary_search_steps: Option<usize>,
-    initial_const: Option<f64>,
-    learning_rate: Option<f64>,
-    overshoot: Option<f64>,
-    targeted: bool,
-    thresholds: Thresholds,
-    samples: Option<usize>,
-    batch_size: Option<usize>,
-    seed: Option<u64>,
-    device: Option<&'static str>,
-    masking_checks: Option<&'static str>,
-    sweep: &'static [f64],
-    guard: Guard,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $key:ident: $ty:ty => $($field:ident).+;)*) => {$(
-        $(#[$doc])*
+/// `pub fn key(self, value) -> Self` for every option of the key table.
+macro_rules! option_setters {
+    ($($(#[doc = $doc:literal])* $key:ident: $ty:ty;)*) => {$(
+        $(#[doc = $doc])*
         pub fn $key(mut self, value: $ty) -> Self {
-            self.$($field).+ = Some(value);
+            self.common.options.$key = Some(value);
             self
         }
     )*};
 }
+pub(crate) use option_setters;
+
+/// One generated robustness test. Built by `#[robustness_test]` with one builder call per key
+/// the user wrote (or by a suite entry with [`TestSpec::with_options`]); every other value is
+/// the runtime's default.
+#[derive(Debug, Clone)]
+pub struct TestSpec {
+    attack: &'static str,
+    eps: f64,
+    sweep: Vec<f64>,
+    common: Common,
+}
 
 impl TestSpec {
     /// A test named `name` (shown in reports) running `attack` at radius `eps`.
-    pub fn new(name: &'static str, attack: &'static str, eps: f64) -> Self {
+    pub fn new(name: impl Into<String>, attack: &'static str, eps: f64) -> Self {
         TestSpec {
-            name,
             attack,
             eps,
-            norm: None,
-            loss: None,
-            steps: None,
-            step_size: None,
-            restarts: None,
-            random_start: None,
-            target_classes: None,
-            queries: None,
-            p_init: None,
-            kappa: None,
-            binary_search_steps: None,
-            initial_const: None,
-            learning_rate: None,
-            overshoot: None,
-            targeted: false,
-            thresholds: Thresholds::default(),
-            samples: None,
-            batch_size: None,
-            seed: None,
-            device: None,
-            masking_checks: None,
-            sweep: &[],
-            guard: Guard::default(),
+            sweep: Vec::new(),
+            common: Common::named(name),
         }
     }
 
-    guard_setters!();
-
-    setters! {
-        /// `norm = "linf" | "l2"` (default `"linf"`).
-        norm: &'static str => norm;
-        /// `loss = "ce" | "cw"` (default `"ce"`).
-        loss: &'static str => loss;
-        /// `steps = 40`: iterations of iterative attacks.
-        steps: usize => steps;
-        /// `step_size = 0.01`: α of iterative attacks (default 2.5·ε/steps).
-        step_size: f64 => step_size;
-        /// `restarts = 1`: random restarts of PGD.
-        restarts: usize => restarts;
-        /// `random_start = true`: PGD starts from a random point of the ball.
-        random_start: bool => random_start;
-        /// `target_classes = 9`: APGD-T's number of target classes.
-        target_classes: usize => target_classes;
-        /// `queries = 5000`: Square's forward passes per sample.
-        queries: usize => queries;
-        /// `p_init = 0.8`: Square's initial square size (fraction of the pixels).
-        p_init: f64 => p_init;
-        /// `kappa = 0.0`: C&W's logit margin κ.
-        kappa: f64 => kappa;
-        /// `binary_search_steps = 9`: C&W's rounds of binary search over c.
-        binary_search_steps: usize => binary_search_steps;
-        /// `initial_const = 0.01`: C&W's first c.
-        initial_const: f64 => initial_const;
-        /// `learning_rate = 0.1`: C&W's Adam learning rate.
-        learning_rate: f64 => learning_rate;
-        /// `overshoot = 0.02`: DeepFool's overshoot.
-        overshoot: f64 => overshoot;
-        /// `min_acc = 0.8`: robust accuracy must be at least this.
-        min_acc: f64 => thresholds.min_acc;
-        /// `max_drop = 0.1`: clean minus robust accuracy must be at most this.
-        max_drop: f64 => thresholds.max_drop;
-        /// `samples = 500`: evaluate the first samples of the data (default all).
-        samples: usize => samples;
-        /// `batch_size = 250`.
-        batch_size: usize => batch_size;
-        /// `seed = 0` (default: `ROBUST_SEED`, else 0).
-        seed: u64 => seed;
-        /// `device = "cpu" | "cuda" | "auto"` (default "auto"; `ROBUST_DEVICE` overrides).
-        device: &'static str => device;
-        /// `masking_checks = "fail" | "warn" | "off"` (default "fail"): gradient-masking diagnostics.
-        masking_checks: &'static str => masking_checks;
-    }
+    common_builders!();
 
     /// Every ε of the attribute: minimal-perturbation attacks (C&W, DeepFool) run once for the
     /// whole list and each test reads its ε off that run.
-    pub fn sweep(mut self, eps: &'static [f64]) -> Self {
-        self.sweep = eps;
+    pub fn sweep(mut self, eps: &[f64]) -> Self {
+        self.sweep = eps.to_vec();
         self
     }
 
-    /// `targeted = true`: aim at a random other class per sample.
-    pub fn targeted(mut self, targeted: bool) -> Self {
-        self.targeted = targeted;
-        self
-    }
-
-    /// The test's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn check_fraction(key: &'static str, value: Option<f64>) -> Result<()> {
-        match value {
-            Some(v) if !(0.0..=1.0).contains(&v) => {
-                Err(Error::param(key, v, "a fraction in [0, 1]"))
-            }
-            _ => Ok(()),
-        }
+    /// This test as the key table describes it.
+    fn spec(&self) -> robust_spec::Spec {
+        let mut spec = robust_spec::Spec::new(robust_spec::Kind::Attack);
+        spec.attacks = vec![self.attack];
+        spec.eps = vec![robust_spec::Radius::from_value(self.eps)];
+        spec.options = self.common.options;
+        spec
     }
 
     /// Checks every value of the spec without building the case or touching a tensor: what
@@ -309,88 +228,81 @@ impl TestSpec {
 
     /// The attack, its parameters and the masking policy, once every value is checked.
     fn prepare(&self) -> Result<(AttackParams, Box<dyn Attack>, MaskingPolicy)> {
+        self.common.check(&self.spec())?;
+        let o = &self.common.options;
         let params = AttackParams {
-            norm: self
-                .norm
-                .map(Norm::from_name)
-                .transpose()?
-                .unwrap_or_default(),
-            loss: self
-                .loss
-                .map(Loss::from_name)
-                .transpose()?
-                .unwrap_or_default(),
-            steps: self.steps,
-            step_size: self.step_size,
-            restarts: self.restarts,
-            random_start: self.random_start,
-            target_classes: self.target_classes,
-            queries: self.queries,
-            p_init: self.p_init,
-            confidence: self.kappa,
-            binary_search_steps: self.binary_search_steps,
-            initial_const: self.initial_const,
-            learning_rate: self.learning_rate,
-            overshoot: self.overshoot,
+            norm: o.norm.map(Norm::from_name).transpose()?.unwrap_or_default(),
+            loss: o.loss.map(Loss::from_name).transpose()?.unwrap_or_default(),
+            steps: o.steps,
+            step_size: o.step_size,
+            restarts: o.restarts,
+            random_start: o.random_start,
+            target_classes: o.target_classes,
+            queries: o.queries,
+            p_init: o.p_init,
+            confidence: o.kappa,
+            binary_search_steps: o.binary_search_steps,
+            initial_const: o.initial_const,
+            learning_rate: o.learning_rate,
+            overshoot: o.overshoot,
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
-        for &e in self.sweep {
+        for &e in &self.sweep {
             attack::check_positive("eps", e)?;
         }
-        let policy = MaskingPolicy::from_name(self.masking_checks.unwrap_or("fail"))?;
-        self.guard.check()?;
-        Self::check_fraction("min_acc", self.thresholds.min_acc)?;
-        Self::check_fraction("max_drop", self.thresholds.max_drop)?;
-        if self.thresholds.min_acc.is_none() && self.thresholds.max_drop.is_none() {
-            return Err(Error::param(
-                "min_acc",
-                "none",
-                "a threshold: min_acc or max_drop (a test that asserts nothing cannot fail)",
-            ));
-        }
-        check_run_keys(self.samples, self.batch_size, self.device)?;
-        seed_or_env(self.seed)?;
+        let policy = MaskingPolicy::from_name(o.masking_checks.unwrap_or("fail"))?;
+        self.common.seed()?;
         Ok((params, attack, policy))
     }
 
-    /// Builds the case with the selected device current, runs it, and checks the thresholds.
-    /// `Err(Error::NotRobust)` when a threshold does not hold.
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            min_acc: self.common.options.min_acc,
+            max_drop: self.common.options.max_drop,
+            confidence: self.common.options.confidence,
+        }
+    }
+
+    /// Builds the case with the selected device current, runs it, and checks the thresholds:
+    /// the report says which checks held ([`TestSpec::failure`] is the verdict). `Err` only
+    /// when the test could not run.
     pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<RobustnessReport> {
         let (params, attack, policy) = self.prepare()?;
-        let seed = seed_or_env(self.seed)?;
-        let device = self.guard.device(self.device)?;
+        let o = &self.common.options;
+        let seed = self.common.seed()?;
+        let device = self.guard().device(o.device)?;
         let case = device::with_current(&device, build)?;
-        let batch_size = self.batch_size.unwrap_or(RunConfig::default().batch_size);
-        let fingerprint = Fingerprint::of(&case, self.samples, batch_size, &device)?;
+        let batch_size = o.batch_size.unwrap_or(RunConfig::default().batch_size);
+        let fingerprint = Fingerprint::of(&case, o.samples, batch_size, &device)?;
         let cfg = RunConfig {
-            samples: self.samples,
-            batch_size: self.batch_size.unwrap_or(RunConfig::default().batch_size),
+            samples: o.samples,
+            batch_size: o.batch_size.unwrap_or(RunConfig::default().batch_size),
             seed,
-            targeting: if self.targeted {
+            targeting: if o.targeted.unwrap_or(false) {
                 Targeting::Random
             } else {
                 Targeting::Untargeted
             },
             device,
-            test_name: Some(self.name.to_string()),
-            sweep: self.sweep.to_vec(),
+            test_name: Some(self.common.name.clone()),
+            sweep: self.sweep.clone(),
         };
         let key = format!(
             "{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
-            self.name.rsplit_once("::").map_or("", |(group, _)| group),
+            self.common
+                .name
+                .rsplit_once("::")
+                .map_or("", |(group, _)| group),
             device::name(&cfg.device),
             self.attack,
             params,
             self.sweep,
             seed,
-            self.samples,
+            o.samples,
             cfg.batch_size,
-            self.targeted
+            o.targeted.unwrap_or(false)
         );
-        let thresholds = Thresholds {
-            confidence: self.guard.confidence,
-            ..self.thresholds
-        };
+        let thresholds = self.thresholds();
         let mut report = shared_minimal_run(&key, &case, attack.as_ref(), &cfg)?.check(&thresholds);
         report.fingerprint = Some(fingerprint);
         if policy != MaskingPolicy::Off {
@@ -399,7 +311,7 @@ impl TestSpec {
                 key.split('|').next().unwrap_or(""),
                 params.norm,
                 seed,
-                self.samples,
+                o.samples,
                 cfg.batch_size
             );
             let slot = {
@@ -432,47 +344,31 @@ impl TestSpec {
                     .extend(masking::black_box_beats_white_box(&report, &black_box));
             }
         }
+        Ok(report)
+    }
+
+    /// The verdict on a report of this test: `None` when it passes, else why not. A missed
+    /// threshold fails; so, under `masking_checks = "fail"` (the default), do thresholds that
+    /// hold on gradients that cannot be trusted.
+    pub fn failure(&self, report: &RobustnessReport) -> Option<String> {
+        let name = self.common.options.masking_checks.unwrap_or("fail");
+        // An unknown name never gets this far: `run` checks it first.
+        let policy = MaskingPolicy::from_name(name).unwrap_or(MaskingPolicy::Fail);
         if !report.passed() {
-            Err(Error::NotRobust(Box::new(report)))
+            Some(report.failure_message())
         } else if policy == MaskingPolicy::Fail && !report.masking.is_empty() {
-            // The thresholds hold, but on gradients that cannot be trusted.
-            Err(Error::GradientMasking(Box::new(report)))
+            Some(report.masking_message())
         } else {
-            Ok(report)
+            None
         }
     }
-}
-
-/// The run keys every kind of test shares: `samples` and `batch_size` at least 1, a known
-/// `device` name (whether it is available is decided when the test runs).
-pub(crate) fn check_run_keys(
-    samples: Option<usize>,
-    batch_size: Option<usize>,
-    device: Option<&str>,
-) -> Result<()> {
-    if let Some(n) = samples {
-        attack::check_at_least_one("samples", n)?;
-    }
-    if let Some(b) = batch_size {
-        attack::check_at_least_one("batch_size", b)?;
-    }
-    if let Some(d) = device {
-        DeviceChoice::from_name(d)?;
-    }
-    Ok(())
 }
 
 /// `seed`, else `ROBUST_SEED`, else 0.
 pub(crate) fn seed_or_env(seed: Option<u64>) -> Result<u64> {
     match seed {
         Some(s) => Ok(s),
-        None => match std::env::var(SEED_VAR) {
-            Ok(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| Error::param("ROBUST_SEED", v, "an unsigned 64-bit integer")),
-            Err(_) => Ok(0),
-        },
+        None => Ok(crate::env::parse(crate::env::SEED, "an unsigned 64-bit integer")?.unwrap_or(0)),
     }
 }
 

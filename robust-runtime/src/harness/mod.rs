@@ -50,7 +50,7 @@ use crate::baseline::{self, UpdateMode};
 use crate::certify::CertificationReport;
 use crate::eval::{CertifySpec, Guard, InvarianceSpec, TestSpec};
 use crate::report::{self, Outcome};
-use crate::{Error, InvarianceReport, Result, RobustnessCase, RobustnessReport};
+use crate::{InvarianceReport, Result, RobustnessCase, RobustnessReport};
 
 /// What builds a test's case (the user's function).
 pub type Build<'a> = Box<dyn FnOnce() -> Result<RobustnessCase> + 'a>;
@@ -65,9 +65,9 @@ pub trait GeneratedTest {
     /// The test's name.
     fn name(&self) -> &str;
     /// Its confidence level, baseline settings and folder.
-    fn guard(&self) -> &Guard;
-    /// The report a failed run's error carries.
-    fn report_in(error: &Error) -> Option<&Self::Report>;
+    fn guard(&self) -> Guard;
+    /// The verdict on a report: `None` when the test passes, else the failure message.
+    fn failure(&self, report: &Self::Report) -> Option<String>;
 }
 
 impl GeneratedTest for TestSpec {
@@ -78,14 +78,11 @@ impl GeneratedTest for TestSpec {
     fn name(&self) -> &str {
         TestSpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         TestSpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotRobust(r) | Error::GradientMasking(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -97,14 +94,11 @@ impl GeneratedTest for CertifySpec {
     fn name(&self) -> &str {
         CertifySpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         CertifySpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotCertified(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -116,14 +110,11 @@ impl GeneratedTest for InvarianceSpec {
     fn name(&self) -> &str {
         InvarianceSpec::name(self)
     }
-    fn guard(&self) -> &Guard {
+    fn guard(&self) -> Guard {
         InvarianceSpec::guard(self)
     }
-    fn report_in(error: &Error) -> Option<&Self::Report> {
-        match error {
-            Error::NotInvariant(r) => Some(r),
-            _ => None,
-        }
+    fn failure(&self, report: &Self::Report) -> Option<String> {
+        Self::failure(self, report)
     }
 }
 
@@ -146,20 +137,19 @@ pub fn conclude<T: GeneratedTest>(
     spec: &T,
     result: Result<T::Report>,
 ) -> std::result::Result<String, String> {
-    let (report, failure) = match &result {
-        Ok(report) => (report, None),
-        Err(e) => match T::report_in(e) {
-            Some(report) => (report, Some(e.to_string())),
-            None => return Err(e.to_string()),
-        },
+    // Prepare: a test that could not run has no report to judge.
+    let report = match &result {
+        Ok(report) => report,
+        Err(e) => return Err(e.to_string()),
     };
+    let failure = spec.failure(report);
     let name = spec.name();
     let guard = spec.guard();
     let mut baseline_text = String::new();
     let mut baseline_failed = false;
     let mut baseline_missing = false;
     if guard.uses_baseline() {
-        let Some(dir) = guard.manifest_dir else {
+        let Some(dir) = guard.manifest_dir.as_deref() else {
             return Err(format!(
                 "robustness test `{name}` asks for a baseline but does not know its crate's folder \
                  (set `manifest_dir`, as the macro does with CARGO_MANIFEST_DIR)"
@@ -178,7 +168,7 @@ pub fn conclude<T: GeneratedTest>(
         baseline_missing = comparison.verdict == baseline::Verdict::Missing;
         baseline_text = comparison.describe(mode);
     }
-    let files = match guard.manifest_dir {
+    let files = match guard.manifest_dir.as_deref() {
         Some(dir) => {
             let folder = report::output_dir(Path::new(dir), name);
             match report::write(&folder, report, &baseline_text) {

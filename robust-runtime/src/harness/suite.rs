@@ -8,7 +8,10 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Trial};
 use serde::Deserialize;
 
-use crate::eval::{CertifySpec, InvarianceSpec, TestSpec, CERTIFIERS};
+use robust_spec::{identifier_chars, CaseKind, Entry};
+use toml::de::{DeTable, DeValue};
+
+use crate::eval::{CertifySpec, InvarianceSpec, TestSpec};
 use crate::{device, zoo, Dataset, Error, Model, Result, RobustnessCase};
 
 /// Builds a case: what a suite file's model names resolve to.
@@ -19,6 +22,7 @@ pub struct Suite {
     name: String,
     manifest_dir: PathBuf,
     file: SuiteFile,
+    tests: Vec<TestEntry>,
     builders: HashMap<String, CaseBuilder>,
 }
 
@@ -46,165 +50,59 @@ struct ModelEntry {
     data: Option<String>,
 }
 
-/// A value or a list of values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany<T> {
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T: Clone> OneOrMany<T> {
-    fn to_vec(&self) -> Vec<T> {
-        match self {
-            OneOrMany::One(v) => vec![v.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// `[[test]]`: the keys of `#[robustness_test]`, plus `model` and `ignore`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[[test]]`: the suite's own keys, `model` and `ignore`, and the entries of the key table,
+/// which `robust_spec` reads as it reads `#[robustness_test(...)]`: the same keys, checks,
+/// messages and test names.
+#[derive(Debug, Clone)]
 struct TestEntry {
-    model: Option<OneOrMany<String>>,
-    attack: Option<OneOrMany<String>>,
-    certify: Option<OneOrMany<String>>,
-    perturbation: Option<OneOrMany<String>>,
-    eps: Option<OneOrMany<f64>>,
-    radius: Option<OneOrMany<f64>>,
-    #[serde(default)]
+    /// `model = "m"` or a list.
+    models: Vec<String>,
+    /// `ignore = true`.
     ignore: bool,
-    // Thresholds and assurance.
-    min_acc: Option<f64>,
-    max_drop: Option<f64>,
-    min_certified_acc: Option<f64>,
-    min_invariance: Option<f64>,
-    confidence: Option<f64>,
-    baseline: Option<bool>,
-    tolerance: Option<f64>,
-    // Run.
-    samples: Option<usize>,
-    batch_size: Option<usize>,
-    seed: Option<u64>,
-    device: Option<String>,
-    // Attacks.
-    norm: Option<String>,
-    loss: Option<String>,
-    steps: Option<usize>,
-    step_size: Option<f64>,
-    restarts: Option<usize>,
-    random_start: Option<bool>,
-    targeted: Option<bool>,
-    target_classes: Option<usize>,
-    queries: Option<usize>,
-    kappa: Option<f64>,
-    overshoot: Option<f64>,
-    masking_checks: Option<String>,
-    // Certification and perturbations.
-    sigma: Option<f64>,
-    pixels: Option<usize>,
-    max_brightness: Option<f64>,
-    max_contrast: Option<f64>,
-    max_shift: Option<f64>,
-    max_degrees: Option<f64>,
-    patch: Option<usize>,
-    n0: Option<usize>,
-    n: Option<usize>,
-    alpha: Option<f64>,
-    cases: Option<usize>,
+    /// Every other key, in the file's order, numbers with their digits as written.
+    entries: Vec<Entry>,
 }
+
+/// The suite's own keys of a `[[test]]`.
+const SUITE_KEYS: &[&str] = &["model", "ignore"];
 
 impl TestEntry {
-    /// The first written key that the entry's kind of test would ignore, with what it belongs
-    /// to: a key that does nothing is a test that checks something other than it says, so the
-    /// suite refuses it as `#[robustness_test]` does.
-    fn misplaced_key<'k>(&self, written: &'k [String]) -> Option<(&'k str, String)> {
-        const SHARED: &[&str] = &[
-            "confidence",
-            "baseline",
-            "tolerance",
-            "samples",
-            "batch_size",
-            "seed",
-            "device",
-        ];
-        const ATTACK: &[&str] = &[
-            "attack",
-            "eps",
-            "min_acc",
-            "max_drop",
-            "norm",
-            "loss",
-            "steps",
-            "step_size",
-            "restarts",
-            "random_start",
-            "targeted",
-            "target_classes",
-            "queries",
-            "kappa",
-            "overshoot",
-            "masking_checks",
-        ];
-        const SMOOTHING: &[&str] = &["radius", "sigma", "n0", "n", "alpha"];
-        // Each perturbation key, with the families that read it.
-        const FAMILY_KEYS: &[(&str, &[&str])] = &[
-            ("eps", &["linf", "l2"]),
-            ("sigma", &["gaussian"]),
-            ("pixels", &["salt_pepper"]),
-            ("max_brightness", &["brightness"]),
-            ("max_contrast", &["contrast"]),
-            ("max_shift", &["shift"]),
-            ("max_degrees", &["rotation"]),
-            ("patch", &["occlusion"]),
-        ];
-        let certifiers = self.certify.as_ref().map(OneOrMany::to_vec);
-        let perturbations = self.perturbation.as_ref().map(OneOrMany::to_vec);
-        for key in written.iter().map(String::as_str) {
-            if matches!(key, "model" | "ignore") || SHARED.contains(&key) {
-                continue;
+    fn read(table: &DeTable<'_>) -> std::result::Result<TestEntry, String> {
+        let models = match table.get("model").map(|v| v.get_ref()) {
+            None => Vec::new(),
+            Some(DeValue::String(m)) => vec![m.to_string()],
+            Some(DeValue::Array(list)) => list
+                .iter()
+                .map(|v| match v.get_ref() {
+                    DeValue::String(m) => Ok(m.to_string()),
+                    other => Err(format!(
+                        "expected a model name for `model`, found a {}",
+                        other.type_str()
+                    )),
+                })
+                .collect::<std::result::Result<_, _>>()?,
+            Some(other) => {
+                return Err(format!(
+                    "expected model = \"<name>\" or a list of names, found a {}",
+                    other.type_str()
+                ))
             }
-            let used = if self.attack.is_some() {
-                ATTACK.contains(&key)
-            } else if let Some(certifiers) = &certifiers {
-                let smoothing = certifiers.iter().any(|c| c == "smoothing");
-                let bounds = certifiers.iter().any(|c| c != "smoothing");
-                matches!(key, "certify" | "min_certified_acc")
-                    || (smoothing && SMOOTHING.contains(&key))
-                    || (bounds && key == "eps")
-            } else if let Some(perturbations) = &perturbations {
-                let families: Vec<&str> = perturbations.iter().flat_map(|p| p.split('+')).collect();
-                match FAMILY_KEYS.iter().find(|(k, _)| *k == key) {
-                    Some((_, readers)) => readers.iter().any(|f| families.contains(f)),
-                    None => matches!(key, "perturbation" | "min_invariance" | "cases"),
-                }
-            } else {
-                true
-            };
-            if !used {
-                let owner = if key == "eps" {
-                    "attack tests, IBP and CROWN certification, and the linf or l2 perturbation"
-                        .to_string()
-                } else if ATTACK.contains(&key) {
-                    "attack tests (`attack = ...`)".to_string()
-                } else if let Some((_, readers)) = FAMILY_KEYS.iter().find(|(k, _)| *k == key) {
-                    let mut owners = vec![format!("the {} perturbation", readers.join(" or "))];
-                    if SMOOTHING.contains(&key) {
-                        owners.push("smoothing certification".into());
-                    }
-                    owners.join(" and ")
-                } else if SMOOTHING.contains(&key) {
-                    "smoothing certification (`certify = \"smoothing\"`)".to_string()
-                } else if key == "min_certified_acc" {
-                    "certification tests (`certify = ...`)".to_string()
-                } else {
-                    "perturbation tests (`perturbation = ...`)".to_string()
-                };
-                return Some((key, owner));
+        };
+        let ignore = match table.get("ignore").map(|v| v.get_ref()) {
+            None => false,
+            Some(DeValue::Boolean(b)) => *b,
+            Some(other) => {
+                return Err(format!(
+                    "expected `true` or `false` for `ignore`, found a {}",
+                    other.type_str()
+                ))
             }
-        }
-        None
+        };
+        Ok(TestEntry {
+            models,
+            ignore,
+            entries: robust_spec::toml::entries(table, SUITE_KEYS),
+        })
     }
 }
 
@@ -213,11 +111,10 @@ impl TestEntry {
 struct SuiteFile {
     #[serde(default)]
     models: BTreeMap<String, ModelEntry>,
+    /// The `[[test]]` tables; read again by [`TestEntry::read`], which keeps each number's
+    /// digits (serde would make `8e-3` a bare `0.008`).
     #[serde(default, rename = "test")]
-    tests: Vec<TestEntry>,
-    /// The keys written in each `[[test]]`, in file order (filled from the raw table).
-    #[serde(skip)]
-    written: Vec<Vec<String>>,
+    _tests: Vec<toml::Table>,
 }
 
 /// One case of a suite: its trial name and whether it is ignored.
@@ -237,14 +134,60 @@ enum Runnable {
 }
 
 impl Runnable {
+    /// The spec of one generated test, as `#[robustness_test]` expands it: the same builder
+    /// values, the same ε sweep and smoothing curve.
+    fn from_case(
+        case: &robust_spec::Case<'_>,
+        spec: &robust_spec::Spec,
+        name: String,
+        dir: &str,
+    ) -> Runnable {
+        let options = spec.options_for(case);
+        match &case.test {
+            CaseKind::Attack { attack, eps } => {
+                let mut s = TestSpec::new(name, attack, eps.value)
+                    .manifest_dir(dir)
+                    .with_options(options);
+                if spec.eps.len() > 1 {
+                    let all: Vec<f64> = spec.eps.iter().map(|e| e.value).collect();
+                    s = s.sweep(&all);
+                }
+                Runnable::Attack(s)
+            }
+            CaseKind::Certify {
+                certifier,
+                radius,
+                all,
+            } => {
+                let mut s = CertifySpec::new(name, certifier, radius.value)
+                    .manifest_dir(dir)
+                    .with_options(options);
+                if *certifier == "smoothing" && all.len() > 1 {
+                    let all: Vec<f64> = all.iter().map(|r| r.value).collect();
+                    s = s.curve(&all);
+                }
+                Runnable::Certify(s)
+            }
+            CaseKind::Perturbation { perturbation } => {
+                let mut s = InvarianceSpec::new(name, perturbation.name.clone())
+                    .manifest_dir(dir)
+                    .with_options(options);
+                if let Some(eps) = spec.eps_for(case) {
+                    s = s.eps(eps.value);
+                }
+                Runnable::Perturbation(s)
+            }
+        }
+    }
+
     /// Whether the case asks for `device = "cpu"`.
     fn cpu_only(&self) -> bool {
-        let device = match self {
-            Runnable::Attack(s) => s.device_name(),
-            Runnable::Certify(s) => s.device_name(),
-            Runnable::Perturbation(s) => s.device_name(),
+        let options = match self {
+            Runnable::Attack(s) => s.options(),
+            Runnable::Certify(s) => s.options(),
+            Runnable::Perturbation(s) => s.options(),
         };
-        device == Some("cpu")
+        options.device == Some("cpu")
     }
 
     /// Checks every value of the spec, without running it.
@@ -257,7 +200,7 @@ impl Runnable {
     }
 
     /// The case's `_cuda` variant, named `name`.
-    fn cuda_variant(&self, name: &'static str) -> Runnable {
+    fn cuda_variant(&self, name: String) -> Runnable {
         match self {
             Runnable::Attack(s) => Runnable::Attack(s.clone().renamed(name).cuda_variant()),
             Runnable::Certify(s) => Runnable::Certify(s.clone().renamed(name).cuda_variant()),
@@ -266,26 +209,6 @@ impl Runnable {
             }
         }
     }
-}
-
-/// Suite-file strings live as long as the test process: the specs hold `&'static str`s, like
-/// the literals the macro gives them. A suite is read once per process, so this is bounded by
-/// the size of the file.
-fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_string().into_boxed_str())
-}
-
-/// `0.05` → `0_05`, as the macro names tests after the literal.
-fn name_part(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 impl Suite {
@@ -318,23 +241,29 @@ impl Suite {
                 format!("{e}expected [models.<name>] tables and [[test]] entries"),
             )
         };
-        let mut file: SuiteFile = toml::from_str(text).map_err(bad)?;
-        let raw: toml::Table = toml::from_str(text).map_err(bad)?;
-        file.written = match raw.get("test") {
-            Some(toml::Value::Array(tests)) => tests
-                .iter()
-                .map(|t| {
-                    t.as_table()
-                        .map(|t| t.keys().cloned().collect())
-                        .unwrap_or_default()
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let file: SuiteFile = toml::from_str(text).map_err(bad)?;
+        let raw = DeTable::parse(text).map_err(bad)?;
+        let mut tests = Vec::new();
+        if let Some(DeValue::Array(list)) = raw.get_ref().get("test").map(|v| v.get_ref()) {
+            for (i, item) in list.iter().enumerate() {
+                let DeValue::Table(table) = item.get_ref() else {
+                    continue;
+                };
+                let entry = TestEntry::read(table).map_err(|detail| {
+                    Error::format(
+                        "suite",
+                        Path::new(name),
+                        format!("[[test]] number {}: {detail}", i + 1),
+                    )
+                })?;
+                tests.push(entry);
+            }
+        }
         let suite = Suite {
             name: name.to_string(),
             manifest_dir: manifest_dir.as_ref().to_path_buf(),
             file,
+            tests,
             builders: HashMap::new(),
         };
         // Every mistake in the file is reported before anything runs.
@@ -479,7 +408,7 @@ impl Suite {
         for (name, model, runnable, ignored) in cases {
             let variant = (!runnable.cpu_only()).then(|| {
                 let name = format!("{name}{}", crate::eval::CUDA_SUFFIX);
-                let spec = runnable.cuda_variant(leak(&name));
+                let spec = runnable.cuda_variant(name.clone());
                 (name, model.clone(), spec, ignored || no_gpu)
             });
             out.push((name, model, runnable, ignored));
@@ -491,8 +420,8 @@ impl Suite {
     /// The cases the file describes, in file order.
     fn cases_in_file(&self) -> Result<Vec<(String, String, Runnable, bool)>> {
         let mut out = Vec::new();
-        let dir = leak(&self.manifest_dir.to_string_lossy());
-        for (i, t) in self.file.tests.iter().enumerate() {
+        let dir = self.manifest_dir.to_string_lossy().into_owned();
+        for (i, t) in self.tests.iter().enumerate() {
             let at = |detail: &str| {
                 Error::format(
                     "suite",
@@ -500,79 +429,27 @@ impl Suite {
                     format!("[[test]] number {}: {detail}", i + 1),
                 )
             };
-            let models = t
-                .model
-                .as_ref()
-                .ok_or_else(|| at("no `model`; expected model = \"<name>\" or a list"))?
-                .to_vec();
-            let kinds = [
-                t.attack.is_some(),
-                t.certify.is_some(),
-                t.perturbation.is_some(),
-            ];
-            if kinds.iter().filter(|&&k| k).count() != 1 {
+            if t.models.is_empty() {
+                return Err(at("no `model`; expected model = \"<name>\" or a list"));
+            }
+            if t.entries.iter().any(|e| e.key == "crate") {
                 return Err(at(
-                    "expected exactly one of `attack`, `certify` and `perturbation`",
+                    "`crate` is where `#[robustness_test]` finds the runtime; a suite file has no \
+                     use for it (remove it)",
                 ));
             }
-            let written = self.file.written.get(i).map_or(&[][..], Vec::as_slice);
-            if let Some((key, owner)) = t.misplaced_key(written) {
-                return Err(at(&format!(
-                    "`{key}` is a parameter of {owner}; this test does not use it (remove it, \
-                     or move it to a test that does)"
-                )));
-            }
+            // The attribute's reading and checks, every mistake of the entry at once.
+            let spec = robust_spec::parse(&t.entries).map_err(|issues| {
+                let messages: Vec<String> = issues.into_iter().map(|i| i.message).collect();
+                at(&messages.join("; "))
+            })?;
             let first_of_entry = out.len();
-            for model in &models {
-                let group = format!("{}::{}", self.name, name_part(model));
-                if let Some(attacks) = &t.attack {
-                    let eps = t
-                        .eps
-                        .as_ref()
-                        .ok_or_else(|| at("an attack test needs `eps`"))?
-                        .to_vec();
-                    for attack in attacks.to_vec() {
-                        for &e in &eps {
-                            let name = format!(
-                                "{group}::{}_eps_{}",
-                                name_part(&attack),
-                                name_part(&e.to_string())
-                            );
-                            let spec =
-                                self.attack_spec(t, leak(&name), leak(&attack), e, &eps, dir);
-                            out.push((name, model.clone(), Runnable::Attack(spec), t.ignore));
-                        }
-                    }
-                } else if let Some(certifiers) = &t.certify {
-                    for certifier in certifiers.to_vec() {
-                        if !CERTIFIERS.contains(&certifier.as_str()) {
-                            return Err(at(&format!(
-                                "unknown certifier `{certifier}`; expected one of {}",
-                                CERTIFIERS.join(", ")
-                            )));
-                        }
-                        let (key, radii) = if certifier == "smoothing" {
-                            ("radius", t.radius.as_ref())
-                        } else {
-                            ("eps", t.eps.as_ref())
-                        };
-                        let radii = radii
-                            .ok_or_else(|| at(&format!("`{certifier}` needs `{key}`")))?
-                            .to_vec();
-                        for &r in &radii {
-                            let name =
-                                format!("{group}::{certifier}_{key}_{}", name_part(&r.to_string()));
-                            let spec =
-                                self.certify_spec(t, leak(&name), leak(&certifier), r, &radii, dir);
-                            out.push((name, model.clone(), Runnable::Certify(spec), t.ignore));
-                        }
-                    }
-                } else if let Some(perturbations) = &t.perturbation {
-                    for p in perturbations.to_vec() {
-                        let name = format!("{group}::{}", name_part(&p));
-                        let spec = self.perturbation_spec(t, leak(&name), leak(&p), dir);
-                        out.push((name, model.clone(), Runnable::Perturbation(spec), t.ignore));
-                    }
+            for model in &t.models {
+                let group = format!("{}::{}", self.name, identifier_chars(model));
+                for case in spec.cases() {
+                    let name = format!("{group}::{}", case.name);
+                    let runnable = Runnable::from_case(&case, &spec, name.clone(), &dir);
+                    out.push((name, model.clone(), runnable, t.ignore));
                 }
             }
             // Every value is checked now, so that a mistake in the last test stops the suite
@@ -580,9 +457,8 @@ impl Suite {
             for (k, (name, _, runnable, _)) in out.iter().enumerate().skip(first_of_entry) {
                 if out[..k].iter().any(|(other, ..)| other == name) {
                     return Err(at(&format!(
-                        "it names trial `{name}` a second time (two values that print alike, \
-                         such as eps = [0.1, 0.10], or a repeated name?); expected distinct \
-                         trial names"
+                        "it names trial `{name}` a second time (a repeated model, or the same \
+                         test in two entries?); expected distinct trial names"
                     )));
                 }
                 runnable
@@ -591,114 +467,5 @@ impl Suite {
             }
         }
         Ok(out)
-    }
-
-    fn attack_spec(
-        &self,
-        t: &TestEntry,
-        name: &'static str,
-        attack: &'static str,
-        eps: f64,
-        sweep: &[f64],
-        dir: &'static str,
-    ) -> TestSpec {
-        let mut s = TestSpec::new(name, attack, eps).manifest_dir(dir);
-        if sweep.len() > 1 {
-            s = s.sweep(Box::leak(sweep.to_vec().into_boxed_slice()));
-        }
-        macro_rules! set {
-            ($($key:ident),*) => {$(if let Some(v) = t.$key.clone() { s = s.$key(v); })*};
-        }
-        macro_rules! set_str {
-            ($($key:ident),*) => {$(if let Some(v) = &t.$key { s = s.$key(leak(v)); })*};
-        }
-        set!(min_acc, max_drop, confidence, baseline, tolerance, samples, batch_size, seed);
-        set!(
-            steps,
-            step_size,
-            restarts,
-            random_start,
-            target_classes,
-            queries,
-            kappa,
-            overshoot
-        );
-        set_str!(device, norm, loss, masking_checks);
-        if let Some(v) = t.targeted {
-            s = s.targeted(v);
-        }
-        s
-    }
-
-    fn certify_spec(
-        &self,
-        t: &TestEntry,
-        name: &'static str,
-        certifier: &'static str,
-        radius: f64,
-        radii: &[f64],
-        dir: &'static str,
-    ) -> CertifySpec {
-        let mut s = CertifySpec::new(name, certifier, radius)
-            .manifest_dir(dir)
-            .curve(Box::leak(radii.to_vec().into_boxed_slice()));
-        macro_rules! set {
-            ($($key:ident),*) => {$(if let Some(v) = t.$key.clone() { s = s.$key(v); })*};
-        }
-        set!(
-            min_certified_acc,
-            confidence,
-            baseline,
-            tolerance,
-            samples,
-            batch_size,
-            seed
-        );
-        set!(sigma, n0, n, alpha);
-        if let Some(v) = &t.device {
-            s = s.device(leak(v));
-        }
-        s
-    }
-
-    fn perturbation_spec(
-        &self,
-        t: &TestEntry,
-        name: &'static str,
-        perturbation: &'static str,
-        dir: &'static str,
-    ) -> InvarianceSpec {
-        let mut s = InvarianceSpec::new(name, perturbation).manifest_dir(dir);
-        macro_rules! set {
-            ($($key:ident),*) => {$(if let Some(v) = t.$key.clone() { s = s.$key(v); })*};
-        }
-        set!(
-            min_invariance,
-            confidence,
-            baseline,
-            tolerance,
-            samples,
-            batch_size,
-            seed
-        );
-        set!(
-            sigma,
-            cases,
-            pixels,
-            max_brightness,
-            max_contrast,
-            max_shift,
-            max_degrees,
-            patch
-        );
-        if let Some(v) = t.eps.as_ref().map(OneOrMany::to_vec) {
-            if let Some(&e) = v.first() {
-                s = s.eps(e);
-            }
-        }
-        if let Some(v) = &t.device {
-            s = s.device(leak(v));
-        }
-        s
     }
 }

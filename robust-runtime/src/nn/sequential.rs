@@ -34,7 +34,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::model::Normalize;
+use crate::domain::Normalize;
 use crate::{Error, Result};
 
 /// Variance epsilon of PyTorch's `BatchNorm1d`/`BatchNorm2d` default.

@@ -371,18 +371,9 @@ impl Family {
         Family::Occlusion,
     ];
 
-    /// The names accepted by [`Family::from_name`].
-    pub const NAMES: &'static [&'static str] = &[
-        "linf",
-        "l2",
-        "gaussian",
-        "salt_pepper",
-        "brightness",
-        "contrast",
-        "shift",
-        "rotation",
-        "occlusion",
-    ];
+    /// The names accepted by [`Family::from_name`], in the order of [`Family::ALL`] (the key
+    /// table's list).
+    pub const NAMES: &'static [&'static str] = robust_spec::names::PERTURBATIONS;
 
     /// The family of a name in [`Family::NAMES`].
     pub fn from_name(name: &str) -> Result<Self> {
@@ -482,7 +473,7 @@ impl PerturbationConfig {
             match family {
                 Family::Linf | Family::L2 => positive("eps", p.eps_for(*family))?,
                 Family::Gaussian => positive("sigma", p.sigma)?,
-                Family::SaltPepper => crate::attack::check_at_least_one("pixels", p.pixels)?,
+                Family::SaltPepper => crate::check::check_at_least_one("pixels", p.pixels)?,
                 Family::Brightness => positive("max_brightness", p.max_brightness)?,
                 Family::Contrast => {
                     if !(p.max_contrast > 0.0 && p.max_contrast < 1.0) {
@@ -503,7 +494,7 @@ impl PerturbationConfig {
                         ));
                     }
                 }
-                Family::Occlusion => crate::attack::check_at_least_one("patch", p.patch)?,
+                Family::Occlusion => crate::check::check_at_least_one("patch", p.patch)?,
             }
         }
         Ok(())
@@ -586,7 +577,7 @@ impl PerturbationConfig {
 }
 
 fn positive(name: &'static str, value: f64) -> Result<()> {
-    crate::attack::check_positive(name, value)
+    crate::check::check_positive(name, value)
 }
 
 fn single(

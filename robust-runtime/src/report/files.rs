@@ -4,9 +4,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::outcome::{Curve, Outcome};
+use super::outcome::{AdversarialExample, Curve, Outcome};
 use super::png_grid::{write_grid, Image};
-use crate::eval::AdversarialExample;
 use crate::{Error, Result};
 
 /// The paths of what [`write`] wrote.

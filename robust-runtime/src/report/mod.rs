@@ -14,7 +14,7 @@ mod outcome;
 pub mod png_grid;
 
 pub use files::{svg_plot, write, ReportFiles};
-pub use outcome::{Curve, Metric, Outcome, Provenance};
+pub use outcome::{AdversarialExample, Curve, Metric, Outcome, Provenance};
 
 use std::path::{Path, PathBuf};
 

@@ -1,12 +1,12 @@
-//! What every kind of report offers the files and baselines built on top of it.
+//! What every kind of report offers the files and baselines built on top of it. Each report
+//! implements [`Outcome`] beside its own type (`eval`, `certify`), so this module knows none
+//! of them: `report` sits below the runs that produce reports.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::certify::CertificationReport;
-use crate::eval::{AdversarialExample, Fingerprint};
-use crate::{InvarianceReport, RobustnessReport};
+use crate::case::Fingerprint;
 
 /// One number a run measured, as a baseline records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +22,7 @@ pub struct Metric {
 }
 
 impl Metric {
-    fn gated(name: impl Into<String>, value: f64) -> Self {
+    pub(crate) fn gated(name: impl Into<String>, value: f64) -> Self {
         Metric {
             name: name.into(),
             value,
@@ -30,7 +30,7 @@ impl Metric {
         }
     }
 
-    fn info(name: impl Into<String>, value: f64) -> Self {
+    pub(crate) fn info(name: impl Into<String>, value: f64) -> Self {
         Metric {
             name: name.into(),
             value,
@@ -96,7 +96,7 @@ pub trait Outcome: fmt::Display + Serialize {
 
 impl Provenance {
     /// The provenance of a run of `kind` (this crate's version, the fingerprints if measured).
-    fn of(
+    pub(crate) fn of(
         kind: &str,
         config: String,
         model: &str,
@@ -121,162 +121,21 @@ impl Provenance {
     }
 }
 
-impl Outcome for RobustnessReport {
-    fn test(&self) -> &str {
-        &self.test
-    }
-
-    fn passed(&self) -> bool {
-        RobustnessReport::passed(self)
-    }
-
-    fn metrics(&self) -> Vec<Metric> {
-        let mut m = vec![
-            Metric::gated("clean_accuracy", self.clean_accuracy),
-            Metric::gated("robust_accuracy", self.robust_accuracy),
-        ];
-        for p in &self.curve {
-            if p.eps != self.threat.eps {
-                m.push(Metric::gated(
-                    format!("robust_accuracy@{}", p.eps),
-                    p.robust_accuracy,
-                ));
-            }
-        }
-        m.push(Metric::info("mean_linf", self.perturbation.mean_linf));
-        m.push(Metric::info("mean_l2", self.perturbation.mean_l2));
-        m
-    }
-
-    fn provenance(&self) -> Provenance {
-        Provenance::of(
-            "attack",
-            format!(
-                "{}{}",
-                self.attack_description,
-                if self.targeted { ", targeted" } else { "" }
-            ),
-            &self.model,
-            self.seed,
-            self.samples,
-            &self.fingerprint,
-        )
-    }
-
-    fn curve(&self) -> Option<Curve> {
-        let mut points = vec![(0.0, self.clean_accuracy)];
-        if self.curve.is_empty() {
-            points.push((self.threat.eps, self.robust_accuracy));
-        } else {
-            points.extend(self.curve.iter().map(|p| (p.eps, p.robust_accuracy)));
-        }
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        points.dedup_by(|a, b| a.0 == b.0);
-        Some(Curve {
-            title: format!("{} under {}", self.model, self.attack),
-            x_label: format!("ε ({})", self.threat.norm.symbol()),
-            y_label: "robust accuracy".into(),
-            points,
-            marked: Some(self.threat.eps),
-        })
-    }
-
-    fn examples(&self) -> &[AdversarialExample] {
-        &self.worst
-    }
-}
-
-impl Outcome for CertificationReport {
-    fn test(&self) -> &str {
-        &self.test
-    }
-
-    fn passed(&self) -> bool {
-        CertificationReport::passed(self)
-    }
-
-    fn metrics(&self) -> Vec<Metric> {
-        let mut m = vec![
-            Metric::gated("clean_accuracy", self.clean_accuracy),
-            Metric::gated("certified_accuracy", self.certified_accuracy),
-        ];
-        for p in &self.curve {
-            if p.radius != self.radius {
-                m.push(Metric::gated(
-                    format!("certified_accuracy@{}", p.radius),
-                    p.certified_accuracy,
-                ));
-            }
-        }
-        m
-    }
-
-    fn provenance(&self) -> Provenance {
-        let config = match &self.smoothing {
-            Some(s) => format!(
-                "{} (σ = {}, n0 = {}, n = {}, α = {}), {} radius {}",
-                self.certifier, s.sigma, s.n0, s.n, s.alpha, self.norm, self.radius
-            ),
-            None => format!("{}, {} ε = {}", self.certifier, self.norm, self.radius),
-        };
-        Provenance::of(
-            "certification",
-            config,
-            &self.model,
-            self.seed,
-            self.samples,
-            &self.fingerprint,
-        )
-    }
-
-    fn curve(&self) -> Option<Curve> {
-        let mut points = vec![
-            (0.0, self.clean_accuracy),
-            (self.radius, self.certified_accuracy),
-        ];
-        points.extend(self.curve.iter().map(|p| (p.radius, p.certified_accuracy)));
-        points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        points.dedup_by(|a, b| a.0 == b.0);
-        Some(Curve {
-            title: format!("{} certified by {}", self.model, self.certifier),
-            x_label: format!("radius ({})", self.norm),
-            y_label: "certified accuracy".into(),
-            points,
-            marked: Some(self.radius),
-        })
-    }
-}
-
-impl Outcome for InvarianceReport {
-    fn test(&self) -> &str {
-        &self.test
-    }
-
-    fn passed(&self) -> bool {
-        InvarianceReport::passed(self)
-    }
-
-    fn metrics(&self) -> Vec<Metric> {
-        vec![
-            Metric::gated("clean_accuracy", self.clean_accuracy),
-            Metric::gated("invariance", self.invariance),
-            Metric::gated("perturbed_accuracy", self.perturbed_accuracy),
-        ]
-    }
-
-    fn provenance(&self) -> Provenance {
-        Provenance::of(
-            "perturbation",
-            format!("{}, {} cases per sample", self.description, self.cases),
-            &self.model,
-            self.seed,
-            self.samples,
-            &self.fingerprint,
-        )
-    }
-
-    /// Random perturbations have no radius to sweep: no curve.
-    fn curve(&self) -> Option<Curve> {
-        None
-    }
+/// One adversarial example with its clean original, as pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdversarialExample {
+    /// Position in the evaluated data.
+    pub index: usize,
+    /// True label.
+    pub label: u32,
+    /// Prediction on the adversarial input.
+    pub adv_pred: u32,
+    /// `max_{j≠y} z_j − z_y` on the adversarial input: how confidently it is wrong.
+    pub margin: f32,
+    /// Shape of one input (`C × H × W` for images).
+    pub shape: Vec<usize>,
+    /// The clean input.
+    pub clean: Vec<f32>,
+    /// The adversarial input.
+    pub adversarial: Vec<f32>,
 }

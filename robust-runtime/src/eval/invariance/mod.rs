@@ -121,8 +121,8 @@ pub fn evaluate_strategy(
     strategy: &PerturbationStrategy,
     cfg: &InvarianceConfig,
 ) -> Result<InvarianceReport> {
-    crate::attack::check_at_least_one("cases", cfg.cases)?;
-    crate::attack::check_at_least_one("batch_size", cfg.batch_size)?;
+    crate::check::check_at_least_one("cases", cfg.cases)?;
+    crate::check::check_at_least_one("batch_size", cfg.batch_size)?;
     let data = case.evaluated(cfg.samples)?;
     let started = Instant::now();
     let model = case.model();

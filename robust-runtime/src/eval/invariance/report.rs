@@ -1,5 +1,6 @@
 //! The outcome of an invariance run and the assertion checked on it.
 
+use crate::report::{Curve, Metric, Outcome, Provenance};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -95,7 +96,7 @@ pub struct InvarianceReport {
     pub seconds: f64,
     /// Fingerprints of the evaluated data and of the model's outputs on it, for baselines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<crate::eval::Fingerprint>,
+    pub fingerprint: Option<crate::case::Fingerprint>,
     /// The confidence level of the assertion, when it uses a bound; the table then shows the
     /// invariance's two-sided interval at this level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,12 +121,12 @@ impl InvarianceReport {
         if let Some(min) = min_invariance {
             let (measured, what) = match confidence {
                 Some(c) => {
-                    let lower = crate::eval::lower_bound(self.invariant, self.clean_correct, c);
+                    let lower = crate::stats::lower_bound(self.invariant, self.clean_correct, c);
                     (
                         lower,
                         format!(
                             "the {} lower bound of invariance {} (measured {} on {} samples)",
-                            crate::eval::level(c),
+                            crate::stats::level(c),
                             pct(lower),
                             pct(self.invariance),
                             self.clean_correct
@@ -193,7 +194,7 @@ impl fmt::Display for InvarianceReport {
             pct(self.invariance),
             self.invariant,
             self.clean_correct,
-            crate::eval::interval_note(self.invariant, self.clean_correct, self.confidence)
+            crate::stats::interval_note(self.invariant, self.clean_correct, self.confidence)
         )?;
         writeln!(
             f,
@@ -271,5 +272,39 @@ impl fmt::Display for InvarianceReport {
             }
         }
         Ok(())
+    }
+}
+
+impl Outcome for InvarianceReport {
+    fn test(&self) -> &str {
+        &self.test
+    }
+
+    fn passed(&self) -> bool {
+        InvarianceReport::passed(self)
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        vec![
+            Metric::gated("clean_accuracy", self.clean_accuracy),
+            Metric::gated("invariance", self.invariance),
+            Metric::gated("perturbed_accuracy", self.perturbed_accuracy),
+        ]
+    }
+
+    fn provenance(&self) -> Provenance {
+        Provenance::of(
+            "perturbation",
+            format!("{}, {} cases per sample", self.description, self.cases),
+            &self.model,
+            self.seed,
+            self.samples,
+            &self.fingerprint,
+        )
+    }
+
+    /// Random perturbations have no radius to sweep: no curve.
+    fn curve(&self) -> Option<Curve> {
+        None
     }
 }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 use super::{evaluate_invariance, InvarianceConfig, InvarianceReport};
 use crate::device;
-use crate::eval::spec::{guard_setters, seed_or_env, Guard};
+use crate::eval::spec::{common_builders, option_setters, Common};
 use crate::eval::{Fingerprint, RobustnessCase};
 use crate::perturb::regressions::{Regression, Regressions};
 use crate::perturb::{PerturbParams, PerturbationConfig};
 use crate::{Error, Result};
 
 /// Environment variable that sets the number of cases of tests that do not set `cases`.
-pub const CASES_VAR: &str = "ROBUST_CASES";
+pub const CASES_VAR: &str = crate::env::CASES.name;
 
 /// Folder, beside the test crate's `Cargo.toml`, of the regressions files of perturbation tests.
 pub const REGRESSIONS_DIR: &str = "robust-regressions";
@@ -22,95 +22,80 @@ pub const REGRESSIONS_DIR: &str = "robust-regressions";
 /// builder call per key written; every other value is the runtime's default.
 #[derive(Debug, Clone)]
 pub struct InvarianceSpec {
-    name: &'static str,
-    perturbation: &'static str,
-    guard: Guard,
-    params: PerturbParams,
-    cases: Option<usize>,
-    min_invariance: Option<f64>,
-    samples: Option<usize>,
-    batch_size: Option<usize>,
-    seed: Option<u64>,
-    device: Option<&'static str>,
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $key:ident: $ty:ty => $($field:ident).+ $(as $wrap:ident)?;)*) => {$(
-        $(#[$doc])*
-        pub fn $key(mut self, value: $ty) -> Self {
-            self.$($field).+ = $($wrap)?(value);
-            self
-        }
-    )*};
+    perturbation: String,
+    /// `eps = 0.1`: radius of `linf` (default 0.1) and `l2` (default 1.0).
+    eps: Option<f64>,
+    common: Common,
 }
 
 impl InvarianceSpec {
     /// A test named `name` (shown in reports) drawing from `perturbation` (a family name, or
     /// several joined by `+`).
-    pub fn new(name: &'static str, perturbation: &'static str) -> Self {
+    pub fn new(name: impl Into<String>, perturbation: impl Into<String>) -> Self {
         InvarianceSpec {
-            name,
-            perturbation,
-            guard: Guard::default(),
-            params: PerturbParams::default(),
-            cases: None,
-            min_invariance: None,
-            samples: None,
-            batch_size: None,
-            seed: None,
-            device: None,
+            perturbation: perturbation.into(),
+            eps: None,
+            common: Common::named(name),
         }
     }
 
-    setters! {
-        /// `eps = 0.1`: radius of `linf` (default 0.1) and `l2` (default 1.0).
-        eps: f64 => params.eps as Some;
-        /// `sigma = 0.1`: standard deviation of `gaussian`.
-        sigma: f64 => params.sigma;
-        /// `pixels = 10`: pixels set by `salt_pepper`.
-        pixels: usize => params.pixels;
-        /// `max_brightness = 0.2`.
-        max_brightness: f64 => params.max_brightness;
-        /// `max_contrast = 0.2` (below 1).
-        max_contrast: f64 => params.max_contrast;
-        /// `max_shift = 2.0`, in pixels.
-        max_shift: f64 => params.max_shift;
-        /// `max_degrees = 15.0`.
-        max_degrees: f64 => params.max_degrees;
-        /// `patch = 6`: side of the occluding square.
-        patch: usize => params.patch;
-        /// `cases = 256`: perturbations per sample (default: `ROBUST_CASES`, else 256).
-        cases: usize => cases as Some;
-        /// `min_invariance = 0.99`: share of correctly classified samples that must keep their
-        /// prediction under every case.
-        min_invariance: f64 => min_invariance as Some;
-        /// `samples = 500`: evaluate the first samples of the data (default all).
-        samples: usize => samples as Some;
-        /// `batch_size = 512`: perturbed inputs per forward pass.
-        batch_size: usize => batch_size as Some;
-        /// `seed = 0` (default: `ROBUST_SEED`, else 0).
-        seed: u64 => seed as Some;
-        /// `device = "cpu" | "cuda" | "auto"` (default "auto"; `ROBUST_DEVICE` overrides).
-        device: &'static str => device as Some;
+    /// `eps = 0.1`: radius of `linf` (default 0.1) and `l2` (default 1.0).
+    pub fn eps(mut self, eps: f64) -> Self {
+        self.eps = Some(eps);
+        self
     }
 
     // `manifest_dir`: its `robust-regressions/` holds the regressions file, and PNGs go to its
     // `target/robust/`. Without it, nothing is read or written.
-    guard_setters!();
-
-    /// The test's name.
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
+    common_builders!();
 
     /// `robust-regressions/<test path>.txt` beside the test crate's `Cargo.toml`
     /// (`suite::mnist_cnn::rotation` → `robust-regressions/suite/mnist_cnn/rotation.txt`).
     pub fn regressions_path(&self) -> Option<PathBuf> {
-        let dir = Path::new(self.guard.manifest_dir?).join(REGRESSIONS_DIR);
-        let parts: Vec<String> = self.name.split("::").map(crate::report::sanitize).collect();
+        let dir = Path::new(self.common.manifest_dir.as_deref()?).join(REGRESSIONS_DIR);
+        let parts: Vec<String> = self
+            .common
+            .name
+            .split("::")
+            .map(crate::report::sanitize)
+            .collect();
         let (file, folders) = parts.split_last()?;
         let dir = folders.iter().fold(dir, |dir, part| dir.join(part));
         Some(dir.join(format!("{file}.txt")))
+    }
+
+    /// This test as the key table describes it; the mistakes of the perturbation's name.
+    fn spec(&self) -> Result<robust_spec::Spec> {
+        let mut spec = robust_spec::Spec::new(robust_spec::Kind::Perturbation);
+        let composition =
+            robust_spec::composition(&self.perturbation).map_err(|messages| Error::Spec {
+                test: self.common.name.clone(),
+                message: messages.join("; "),
+            })?;
+        spec.perturbations = vec![composition];
+        spec.eps = self
+            .eps
+            .map(robust_spec::Radius::from_value)
+            .into_iter()
+            .collect();
+        spec.options = self.common.options;
+        Ok(spec)
+    }
+
+    /// The perturbations' parameters, as the perturbation families read them.
+    fn params(&self) -> PerturbParams {
+        let o = &self.common.options;
+        let d = PerturbParams::default();
+        PerturbParams {
+            eps: self.eps,
+            sigma: o.sigma.unwrap_or(d.sigma),
+            pixels: o.pixels.unwrap_or(d.pixels),
+            max_brightness: o.max_brightness.unwrap_or(d.max_brightness),
+            max_contrast: o.max_contrast.unwrap_or(d.max_contrast),
+            max_shift: o.max_shift.unwrap_or(d.max_shift),
+            max_degrees: o.max_degrees.unwrap_or(d.max_degrees),
+            patch: o.patch.unwrap_or(d.patch),
+        }
     }
 
     /// Checks every value of the spec without building the case or touching a tensor: what
@@ -122,65 +107,55 @@ impl InvarianceSpec {
 
     /// The perturbation, the threshold and the number of cases, once every value is checked.
     fn prepare(&self) -> Result<(PerturbationConfig, f64, usize)> {
-        let config = PerturbationConfig::new(self.perturbation, self.params.clone())?;
-        let min = match self.min_invariance {
-            Some(v) if (0.0..=1.0).contains(&v) => v,
-            Some(v) => return Err(Error::param("min_invariance", v, "a fraction in [0, 1]")),
-            None => {
-                return Err(Error::param(
-                    "min_invariance",
-                    "none",
-                    "a threshold (a test that asserts nothing cannot fail)",
-                ))
-            }
+        self.common.check(&self.spec()?)?;
+        let o = &self.common.options;
+        let config = PerturbationConfig::new(&self.perturbation, self.params())?;
+        let Some(min) = o.min_invariance else {
+            return Err(Error::param(
+                "min_invariance",
+                "none",
+                "a threshold (a test that asserts nothing cannot fail)",
+            ));
         };
-        let cases = match self.cases {
+        let cases = match o.cases {
             Some(c) => c,
-            None => match std::env::var(CASES_VAR) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::param(CASES_VAR, v, "a positive integer"))?,
-                Err(_) => InvarianceConfig::default().cases,
-            },
+            None => crate::env::parse(crate::env::CASES, "a positive integer")?
+                .unwrap_or(InvarianceConfig::default().cases),
         };
-        crate::attack::check_at_least_one("cases", cases)?;
-        self.guard.check()?;
-        crate::eval::spec::check_run_keys(self.samples, self.batch_size, self.device)?;
-        seed_or_env(self.seed)?;
+        crate::check::check_at_least_one("cases", cases)?;
+        self.common.seed()?;
         Ok((config, min, cases))
     }
 
     /// Builds the case with the selected device current, runs it and checks `min_invariance`.
-    /// `Err(Error::NotInvariant)` when it does not hold; the failing seeds are then added to the
-    /// regressions file.
+    /// The report says whether it holds ([`InvarianceSpec::failure`]); when it does not, the
+    /// failing seeds are added to the regressions file. `Err` only when the test could not run.
     pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<InvarianceReport> {
         let (config, min, cases) = self.prepare()?;
-        let seed = seed_or_env(self.seed)?;
-        let device = self.guard.device(self.device)?;
+        let o = &self.common.options;
+        let seed = self.common.seed()?;
+        let device = self.guard().device(o.device)?;
         let case = device::with_current(&device, build)?;
-        let batch_size = self
+        let batch_size = o
             .batch_size
             .unwrap_or(InvarianceConfig::default().batch_size);
-        let fingerprint = Fingerprint::of(&case, self.samples, batch_size, &device)?;
+        let fingerprint = Fingerprint::of(&case, o.samples, batch_size, &device)?;
         let cfg = InvarianceConfig {
-            samples: self.samples,
+            samples: o.samples,
             cases,
-            batch_size: self
-                .batch_size
-                .unwrap_or(InvarianceConfig::default().batch_size),
+            batch_size,
             seed,
             device,
-            test_name: Some(self.name.to_string()),
+            test_name: Some(self.common.name.clone()),
             regressions: self.regressions_path(),
             output: self
-                .guard
+                .common
                 .manifest_dir
-                .map(|dir| crate::report::output_dir(Path::new(dir), self.name)),
+                .as_ref()
+                .map(|dir| crate::report::output_dir(Path::new(dir), &self.common.name)),
             ..InvarianceConfig::default()
         };
-        let mut report =
-            evaluate_invariance(&case, &config, &cfg)?.check(Some(min), self.guard.confidence);
+        let mut report = evaluate_invariance(&case, &config, &cfg)?.check(Some(min), o.confidence);
         report.fingerprint = Some(fingerprint);
         let passed = report.passed();
         if let (false, Some(path)) = (passed, &cfg.regressions) {
@@ -200,10 +175,11 @@ impl InvarianceSpec {
                 .collect();
             report.replay.written = Regressions::load(path)?.append(&new)?;
         }
-        if passed {
-            Ok(report)
-        } else {
-            Err(Error::NotInvariant(Box::new(report)))
-        }
+        Ok(report)
+    }
+
+    /// The verdict on a report of this test: `None` when `min_invariance` holds.
+    pub fn failure(&self, report: &InvarianceReport) -> Option<String> {
+        (!report.passed()).then(|| report.failure_message())
     }
 }

@@ -38,7 +38,7 @@ pub(crate) use self::crown::Spec;
 use self::gemm::{matmul, View};
 use self::kernels::{ConvShape, PoolShape};
 use super::{cpu_values, Layer, Sequential};
-use crate::model::Normalize;
+use crate::domain::Normalize;
 
 /// One step of the plan.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! The statistics randomized smoothing and confidence-bound assertions rest on, in `f64`:
+//! The statistics randomized smoothing and confidence-bound assertions rest on, in `f64`
+//! (a bottom module: `eval` asserts on these bounds and `certify` certifies with them):
 //! Clopper–Pearson bounds (exact binomial confidence intervals), the two-sided binomial test,
 //! and the standard normal distribution and its inverse.
 //!
@@ -221,6 +222,53 @@ pub fn normal_ppf(p: f64) -> f64 {
         return -normal_ppf(1.0 - p);
     }
     bisect(normal_cdf, p, -40.0, 0.0)
+}
+
+// ---- bounds on a measured share, as the assertions use them ----------------------------------
+
+/// One-sided lower confidence bound of the proportion `k / n` at level `confidence`
+/// (Clopper–Pearson; 0 when `n = 0`).
+pub fn lower_bound(k: usize, n: usize, confidence: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    clopper_pearson_lower(k as u64, n as u64, 1.0 - confidence)
+}
+
+/// One-sided upper confidence bound of the proportion `k / n` at level `confidence`
+/// (Clopper–Pearson; 1 when `n = 0`).
+pub fn upper_bound(k: usize, n: usize, confidence: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    clopper_pearson_upper(k as u64, n as u64, 1.0 - confidence)
+}
+
+/// The two-sided `confidence` interval of `k / n` (Clopper–Pearson), as reports show it.
+pub fn interval(k: usize, n: usize, confidence: f64) -> (f64, f64) {
+    let tail = 0.5 + 0.5 * confidence;
+    (lower_bound(k, n, tail), upper_bound(k, n, tail))
+}
+
+/// `0.95` → `95 %`.
+pub(crate) fn level(confidence: f64) -> String {
+    format!("{} %", (1e6 * 100.0 * confidence).round() / 1e6)
+}
+
+/// `  [93.10 %, 96.20 %] at 95 %`, or nothing without a confidence level.
+pub(crate) fn interval_note(k: usize, n: usize, confidence: Option<f64>) -> String {
+    match confidence {
+        Some(c) => {
+            let (lo, hi) = interval(k, n, c);
+            format!("  [{}, {}] at {}", percent(lo), percent(hi), level(c))
+        }
+        None => String::new(),
+    }
+}
+
+/// `0.9310` → `93.10 %`.
+fn percent(v: f64) -> String {
+    format!("{:.2} %", 100.0 * v)
 }
 
 #[cfg(test)]

@@ -1,0 +1,61 @@
+//! The name lists: every name a key accepts, declared once. The runtime's `from_name` functions
+//! and the attribute's checks read these lists, so adding an attack is one name here plus its
+//! file under `robust-runtime/src/attack/`.
+
+/// `attack = "…"`: the attacks the runtime implements.
+pub const ATTACKS: &[&str] = &[
+    "fgsm",
+    "pgd",
+    "apgd",
+    "apgd-t",
+    "autoattack",
+    "square",
+    "cw",
+    "deepfool",
+];
+
+/// `certify = "…"`: bound propagation at L∞ `eps` (`ibp`, `crown`), or randomized smoothing at
+/// L2 `radius`.
+pub const CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];
+
+/// The certifiers that bound the network over an L∞ ball (`robust_runtime::certify::Method`).
+pub const BOUND_CERTIFIERS: &[&str] = &["ibp", "crown"];
+
+/// `perturbation = "…"`: the perturbation families; `"rotation+brightness"` composes several.
+pub const PERTURBATIONS: &[&str] = &[
+    "linf",
+    "l2",
+    "gaussian",
+    "salt_pepper",
+    "brightness",
+    "contrast",
+    "shift",
+    "rotation",
+    "occlusion",
+];
+
+/// `norm = "…"`: the norms of the ε-ball.
+pub const NORMS: &[&str] = &["linf", "l2"];
+
+/// `loss = "…"`: cross-entropy, Carlini–Wagner margin, difference of logits ratio.
+pub const LOSSES: &[&str] = &["ce", "cw", "dlr"];
+
+/// `device = "…"`.
+pub const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
+
+/// `masking_checks = "…"`: what gradient-masking symptoms do.
+pub const MASKING: &[&str] = &["fail", "warn", "off"];
+
+/// The perturbation families whose radius `eps` is.
+pub const EPS_FAMILIES: &[&str] = &["linf", "l2"];
+
+/// Every list with the word its messages use for one of its names, for tests and docs.
+pub const ALL: &[(&str, &[&str])] = &[
+    ("attack", ATTACKS),
+    ("certifier", CERTIFIERS),
+    ("perturbation", PERTURBATIONS),
+    ("norm", NORMS),
+    ("loss", LOSSES),
+    ("device", DEVICES),
+    ("masking_checks", MASKING),
+];
