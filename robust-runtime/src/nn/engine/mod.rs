@@ -558,7 +558,6 @@ impl Engine {
         upper: &Tensor,
         labels: &[u32],
     ) -> Result<Option<Tensor>> {
-        let last = self.ops.len() - 1;
         let Some(Op::Linear {
             w,
             b,
@@ -573,7 +572,7 @@ impl Engine {
         if !self.is_chain() || labels.iter().any(|&y| y as usize >= *d_out) {
             return Ok(None);
         }
-        let (l, u) = self.interval_before(lower, upper, last)?;
+        let (l, u) = self.interval_before(lower, upper, self.ops.len() - 1)?;
         let mut margins = vec![f32::INFINITY; labels.len() * d_out];
         (margins.par_chunks_mut(*d_out).zip(labels.par_iter()))
             .zip(l.par_chunks(*d_in).zip(u.par_chunks(*d_in)))
