@@ -70,9 +70,22 @@ pub const VARS: &[Var] = &[
     CI,
 ];
 
+/// `ROBUST_*` variables that the workspace's own tools read, not the runtime: known, so never
+/// warned about.
+pub const TOOLS: &[Var] = &[
+    Var {
+        name: "ROBUST_TORCH_PYTHON",
+        doc: "the Python with PyTorch that `cargo xtask bench` runs its side with",
+    },
+    Var {
+        name: "ROBUST_README",
+        doc: "`write`: robust-spec's README test rewrites the key table",
+    },
+];
+
 /// The variables of the table that are set (and not empty), as the process started.
 static VALUES: LazyLock<BTreeMap<&'static str, String>> = LazyLock::new(|| {
-    let names: Vec<&str> = VARS.iter().map(|v| v.name).collect();
+    let names: Vec<&str> = VARS.iter().chain(TOOLS).map(|v| v.name).collect();
     for (name, suggestion) in unknown(std::env::vars().map(|(k, _)| k), &names) {
         let hint = suggestion.map_or(String::new(), |s| format!("; did you mean `{s}`?"));
         eprintln!("robust: ignoring unknown environment variable `{name}`{hint}");

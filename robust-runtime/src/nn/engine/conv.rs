@@ -17,6 +17,9 @@ use super::kernels::{self, ConvShape};
 /// Columns one product should have at least (if the batch has that many samples).
 const COLUMNS: usize = 512;
 
+/// Values an im2col matrix may reach by taking more than [`COLUMNS`] columns (1 MiB).
+const MATRIX: usize = 1 << 18;
+
 thread_local! {
     /// Per-thread scratch (im2col matrix and product), grown to the largest group and reused.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -50,9 +53,12 @@ pub(super) struct Conv<'a> {
 }
 
 impl Conv<'_> {
-    /// Samples per product.
+    /// Samples per product of the forward pass.
     fn group(&self) -> usize {
-        COLUMNS.div_ceil(self.g.plane().max(1))
+        // A short im2col matrix (few rows) takes more columns before it outgrows the cache:
+        // fewer, larger products, whose packing the kernel then amortises.
+        let columns = COLUMNS.max(MATRIX / self.g.rows().max(1));
+        columns.div_ceil(self.g.plane().max(1))
     }
 
     /// Values per sample in and out.
@@ -137,7 +143,10 @@ impl Conv<'_> {
     /// The input gradient `gin` of the output gradient `gout`, for a batch.
     pub fn backward(&self, gout: &[f32], gin: &mut [f32]) {
         let (s_in, s_out) = self.sizes();
-        let (rows, plane, group) = (self.g.rows(), self.g.plane(), self.group());
+        let (rows, plane) = (self.g.rows(), self.g.plane());
+        // col2im runs per sample after the product: larger groups than [`COLUMNS`] measured
+        // no faster here.
+        let group = COLUMNS.div_ceil(plane.max(1));
         gin.par_chunks_mut(group * s_in)
             .zip(gout.par_chunks(group * s_out))
             .for_each(|(gin, gout)| {
