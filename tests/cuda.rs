@@ -356,7 +356,10 @@ fn adaptive_evaluation_of_a_preprocessing_defence_runs_on_cuda() {
             vec![Preprocessor::MedianFilter { kernel: 3 }],
             Model::new(cnn),
         )?;
-        Ok(RobustnessCase::new(defended, common::test_digits(n)?))
+        Ok(RobustnessCase::from_model(
+            Model::from(defended),
+            common::test_digits(n)?,
+        ))
     };
     let spec = TestSpec::new("cuda::median", "pgd", 0.1)
         .steps(20)

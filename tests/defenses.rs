@@ -153,7 +153,7 @@ fn adversarial_training_and_trades_make_a_small_mlp_more_robust() {
 }
 
 fn smoothed(steps: Vec<Preprocessor>) -> Model {
-    Model::new(Preprocessed::new(steps, common::cnn().unwrap()).unwrap()).named("smoothed_cnn")
+    Model::from(Preprocessed::new(steps, common::cnn().unwrap()).unwrap()).named("smoothed_cnn")
 }
 
 /// Spatial smoothing blocks gradients: plain PGD sees none and reports the defence as robust
@@ -206,7 +206,7 @@ fn feature_squeezing_is_evaluated_through_bpda_too() {
 /// the gradient of one draw, and with EOT (gradients averaged over 16 draws).
 #[test]
 fn a_randomized_defence_is_evaluated_with_eot() {
-    let model = Model::new(
+    let model = Model::from(
         Preprocessed::new(
             vec![Preprocessor::GaussianNoise { sigma: 0.5 }],
             common::cnn().unwrap(),

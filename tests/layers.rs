@@ -21,10 +21,9 @@ const ROOT: &[(&str, &str)] = &[
     ("RngState", "rng"),
 ];
 
-/// The one pair left: `Model::new` recognises a `defense::Preprocessed` (its BPDA/EOT twin) by
-/// an `Any` downcast, and the defences wrap a `Model`. Removing it needs explicit constructors
-/// (issue 16, scope 3), which change how users build defended models.
-const KNOWN: &[(&str, &str)] = &[("defense", "model")];
+/// Pairs allowed to import each other: none (`Model::from(Preprocessed)` builds a defended
+/// model, where `Model::new` once recognised one by a downcast).
+const KNOWN: &[(&str, &str)] = &[];
 
 fn code_of(text: &str) -> String {
     let text = text.split("#[cfg(test)]").next().unwrap_or("");

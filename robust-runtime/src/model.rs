@@ -23,11 +23,10 @@
 //! ```
 
 use std::any::Any;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Tensor};
 
-use crate::defense::Preprocessed;
 use crate::nn::{Engine, Sequential, Source};
 use crate::zoo;
 
@@ -41,9 +40,9 @@ pub struct Model {
     inner: Box<dyn Module>,
     /// The same network as layers, when the module is a [`Sequential`]: what certifiers bound.
     network: Option<Sequential>,
-    /// The BPDA twin, when the module is a [`Preprocessed`] model whose preprocessing blocks
-    /// gradients: what evaluations attack it through besides the plain attack.
-    adaptive: Option<Preprocessed>,
+    /// The BPDA/EOT twin, for a defended model whose preprocessing blocks gradients or is
+    /// random: what evaluations attack it through besides the plain attack.
+    adaptive: Option<Twin>,
     /// Gradient draws attacks average over (EOT): > 1 for the twin of a randomized defence.
     eot: usize,
     normalize: Option<Normalize>,
@@ -74,11 +73,6 @@ impl Model {
     /// not certified.
     pub fn new<M: Module + 'static>(module: M) -> Self {
         let network = (&module as &dyn Any).downcast_ref::<Sequential>().cloned();
-        let preprocessed = (&module as &dyn Any).downcast_ref::<Preprocessed>();
-        let adaptive = preprocessed
-            .filter(|p| !p.is_bpda() && (p.masks_gradients() || p.is_randomized()))
-            .map(Preprocessed::bpda);
-        let eot = preprocessed.map_or(1, Preprocessed::eot_draws);
         let any = &module as &dyn Any;
         let layers = network
             .clone()
@@ -89,8 +83,8 @@ impl Model {
         Model {
             inner: Box::new(module),
             network,
-            adaptive,
-            eot,
+            adaptive: None,
+            eot: 1,
             normalize: None,
             domain: InputDomain::default(),
             name: "model".into(),
@@ -157,17 +151,25 @@ impl Model {
     /// `None` otherwise.
     pub fn adaptive(&self) -> Option<Model> {
         let twin = self.adaptive.clone()?;
-        let method = twin.adaptive_method();
-        let mut model = Model::new(twin)
+        let mut model = Model::new(Shared(twin.module))
             .with_domain(self.domain)
-            .named(format!("{} ({method})", self.name));
+            .named(format!("{} ({})", self.name, twin.method));
         model.normalize = self.normalize.clone();
+        model.eot = twin.eot;
         Some(model)
     }
 
     /// How [`Model::adaptive`]'s gradients are obtained (`BPDA (straight-through)`, `EOT`, …).
     pub fn adaptive_method(&self) -> Option<&'static str> {
-        self.adaptive.as_ref().map(Preprocessed::adaptive_method)
+        self.adaptive.as_ref().map(|twin| twin.method)
+    }
+
+    /// A defended model: `self`, attacked through `twin` besides plainly, its gradients averaged
+    /// over `eot` draws. How `defense` builds its models (`Model::from(Preprocessed)`).
+    pub(crate) fn defended(mut self, twin: Option<Twin>, eot: usize) -> Self {
+        self.adaptive = twin;
+        self.eot = eot;
+        self
     }
 
     /// Gradient draws attacks average over: 1, or [`crate::defense::EOT_DRAWS`] for the
@@ -251,6 +253,24 @@ impl Model {
             .iter()
             .map(|row| argmax(row))
             .collect())
+    }
+}
+
+/// The adaptive twin of a defended model (see [`Model::adaptive`]): the module to attack, how
+/// its gradients are obtained, and the gradient draws attacks average over.
+#[derive(Clone)]
+pub(crate) struct Twin {
+    pub module: Arc<dyn Module>,
+    pub method: &'static str,
+    pub eot: usize,
+}
+
+/// A shared module, so that every [`Model::adaptive`] wraps the same twin.
+struct Shared(Arc<dyn Module>);
+
+impl Module for Shared {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.forward(xs)
     }
 }
 

@@ -17,8 +17,9 @@
 //!   divergence between the clean and the adversarial predictions.
 //!
 //! [`Preprocessed`] puts preprocessing defences ([`Preprocessor`]: median filter, bit-depth
-//! reduction, Gaussian blur) in front of a model; evaluations attack it plainly *and* through
-//! its BPDA twin (Athalye et al. 2018), so a defence that only breaks gradients cannot pass.
+//! reduction, Gaussian blur) in front of a model, and `Model::from(preprocessed)` makes it the
+//! model under test; evaluations attack it plainly *and* through its BPDA twin (Athalye et al.
+//! 2018), so a defence that only breaks gradients cannot pass.
 //!
 //! Everything random (initialisation, batch order, noise) comes from one seeded [`Rng`](crate::Rng), so a
 //! run is reproducible bit for bit on the CPU.

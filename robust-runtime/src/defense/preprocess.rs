@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Module, Tensor};
 
-use crate::model::Model;
+use crate::model::{Model, Twin};
 use crate::{Error, Result, Rng};
 
 /// One input transformation.
@@ -207,8 +207,10 @@ fn reflect(i: isize, n: usize) -> usize {
     (if m < n { m } else { period - 1 - m }) as usize
 }
 
-/// A model behind preprocessing defences, itself a candle `Module` (wrap it in [`Model::new`]
-/// like any model). Evaluations attack it plainly and through [`Preprocessed::bpda`].
+/// A model behind preprocessing defences. `Model::from(preprocessed)` makes it the model under
+/// test: evaluations then attack it plainly and through its BPDA/EOT twin
+/// ([`Preprocessed::bpda`]). It is not a candle `Module` itself, so that it cannot be wrapped
+/// by `Model::new` and attacked without the twin, which would overstate its robustness.
 #[derive(Clone)]
 pub struct Preprocessed {
     steps: Vec<Preprocessor>,
@@ -330,10 +332,31 @@ impl Preprocessed {
     }
 }
 
-impl Module for Preprocessed {
+/// The forward pass of a [`Preprocessed`] model: its steps, then its model's logits.
+struct Forward(Preprocessed);
+
+impl Module for Forward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.preprocess(x).map_err(candle_core::Error::wrap)?;
-        self.model.logits(&y).map_err(candle_core::Error::wrap)
+        let y = self.0.preprocess(x).map_err(candle_core::Error::wrap)?;
+        self.0.model.logits(&y).map_err(candle_core::Error::wrap)
+    }
+}
+
+impl From<Preprocessed> for Model {
+    /// The defended model under test. Preprocessing that blocks gradients or is random gets its
+    /// BPDA/EOT twin, which evaluations attack besides the plain model.
+    fn from(p: Preprocessed) -> Model {
+        let adaptive = !p.is_bpda() && (p.masks_gradients() || p.is_randomized());
+        let twin = adaptive.then(|| {
+            let twin = p.bpda();
+            Twin {
+                method: twin.adaptive_method(),
+                eot: twin.eot_draws(),
+                module: Arc::new(Forward(twin)),
+            }
+        });
+        let eot = p.eot_draws();
+        Model::new(Forward(p)).defended(twin, eot)
     }
 }
 
@@ -421,8 +444,8 @@ mod should {
         let net = Model::new(FlattenThen(sum));
         let defended = Preprocessed::new(vec![Preprocessor::BitDepth { bits: 1 }], net).unwrap();
         let x = Var::from_tensor(&image(&[0.2, 0.4, 0.6, 0.8], 2, 2)).unwrap();
-        let plain = defended.forward(x.as_tensor()).unwrap();
-        let twin = defended.bpda().forward(x.as_tensor()).unwrap();
+        let plain = Forward(defended.clone()).forward(x.as_tensor()).unwrap();
+        let twin = Forward(defended.bpda()).forward(x.as_tensor()).unwrap();
         assert_eq!(values(&plain), [2.0]);
         assert_eq!(values(&twin), [2.0]);
         // The plain forward pass is cut from x; the twin's gradient is the identity's.
