@@ -227,7 +227,7 @@ pub(crate) mod testing {
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
 
-    use super::{Layer, Sequential, SequentialBuilder};
+    use super::{Sequential, SequentialBuilder};
     use crate::Rng;
 
     /// `builder`'s network with seeded normal weights (positive variances for batch norm), as
@@ -259,39 +259,7 @@ pub(crate) mod testing {
     /// `net` with its weights as variables: the engine refuses it, so everything that runs it
     /// takes the tensor-operation path (the reference for the engine's numbers).
     pub(crate) fn on_tensors_only(net: &Sequential) -> crate::Result<Sequential> {
-        let var = |t: &Tensor| -> crate::Result<Tensor> {
-            Ok(candle_core::Var::from_tensor(t)?.as_tensor().clone())
-        };
-        let layers = net
-            .layers()
-            .iter()
-            .map(|layer| {
-                Ok(match layer {
-                    Layer::Linear { weight, bias } => Layer::Linear {
-                        weight: var(weight)?,
-                        bias: var(bias)?,
-                    },
-                    Layer::Conv2d {
-                        weight,
-                        bias,
-                        stride,
-                        padding,
-                    } => Layer::Conv2d {
-                        weight: var(weight)?,
-                        bias: var(bias)?,
-                        stride: *stride,
-                        padding: *padding,
-                    },
-                    Layer::ChannelAffine { scale, shift, kind } => Layer::ChannelAffine {
-                        scale: var(scale)?,
-                        shift: var(shift)?,
-                        kind,
-                    },
-                    other => other.clone(),
-                })
-            })
-            .collect::<crate::Result<Vec<_>>>()?;
-        let net = Sequential::from_layers(net.input_shape(), layers).expect("the same shapes");
+        let net = net.map_tensors(|t| Ok(candle_core::Var::from_tensor(t)?.as_tensor().clone()))?;
         assert!(super::Engine::compile(&net, None).is_none());
         Ok(net)
     }

@@ -224,37 +224,45 @@ impl Sequential {
     /// (not certified training) runs on, so that no intermediate bound is kept alive for a
     /// backward pass that never comes.
     pub fn detach(&self) -> Sequential {
+        self.map_tensors(|t| Ok(t.detach()))
+            .expect("detaching a tensor cannot fail")
+    }
+
+    /// The same network with `f` applied to every weight tensor (the shapes as they are).
+    pub(crate) fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Sequential> {
         let layers = self
             .layers
             .iter()
-            .map(|layer| match layer {
-                Layer::Linear { weight, bias } => Layer::Linear {
-                    weight: weight.detach(),
-                    bias: bias.detach(),
-                },
-                Layer::Conv2d {
-                    weight,
-                    bias,
-                    stride,
-                    padding,
-                } => Layer::Conv2d {
-                    weight: weight.detach(),
-                    bias: bias.detach(),
-                    stride: *stride,
-                    padding: *padding,
-                },
-                Layer::ChannelAffine { scale, shift, kind } => Layer::ChannelAffine {
-                    scale: scale.detach(),
-                    shift: shift.detach(),
-                    kind,
-                },
-                other => other.clone(),
+            .map(|layer| {
+                Ok(match layer {
+                    Layer::Linear { weight, bias } => Layer::Linear {
+                        weight: f(weight)?,
+                        bias: f(bias)?,
+                    },
+                    Layer::Conv2d {
+                        weight,
+                        bias,
+                        stride,
+                        padding,
+                    } => Layer::Conv2d {
+                        weight: f(weight)?,
+                        bias: f(bias)?,
+                        stride: *stride,
+                        padding: *padding,
+                    },
+                    Layer::ChannelAffine { scale, shift, kind } => Layer::ChannelAffine {
+                        scale: f(scale)?,
+                        shift: f(shift)?,
+                        kind,
+                    },
+                    other => other.clone(),
+                })
             })
-            .collect();
-        Sequential {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sequential {
             layers,
             shapes: self.shapes.clone(),
-        }
+        })
     }
 
     /// The device of the weights (the CPU for a network without any).
