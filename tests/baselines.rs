@@ -167,7 +167,7 @@ fn new_mode_leaves_a_pending_file_that_bless_accepts_and_reject_discards() {
     });
     let c = baseline::compare(&r, &path, 0.01, UpdateMode::New).unwrap();
     assert!(c.failed());
-    assert!(c.describe(UpdateMode::New).contains("cargo xtask bless"));
+    assert!(c.describe(UpdateMode::New).contains("cargo robust bless"));
     let folder = path.parent().unwrap();
     assert_eq!(files_in(folder), ["t.json", "t.json.new"]);
     // The baseline itself is untouched until blessed.
@@ -332,14 +332,33 @@ fn a_generated_test_leaves_its_report_files_and_names_them_when_it_fails() {
     );
     assert_eq!(
         files_in(&out),
-        ["curve.svg", "examples.png", "report.json", "summary.md"]
+        ["examples.png", "report.json", "result.json", "summary.md"]
+    );
+    let record = robust_runtime::report::TestRecord::read(&out.join("result.json")).unwrap();
+    assert_eq!((record.verdict.as_str(), record.passed), ("failed", false));
+    assert_eq!(record.metric("robust_accuracy").unwrap().value, 0.475);
+    assert!(
+        record.message.contains("min_acc 90.00 %"),
+        "{}",
+        record.message
     );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["robust_correct"], 95);
     let png = std::fs::read(out.join("examples.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let svg = std::fs::read_to_string(out.join("curve.svg")).unwrap();
+    // A single-ε attack has no curve worth a picture; a minimal-perturbation attack's sweep
+    // has one.
+    let swept = TestSpec::new("files::mnist_mlp::deepfool_eps_0_05", "deepfool", 0.05)
+        .manifest_dir(folder)
+        .samples(50)
+        .max_drop(1.0)
+        .sweep(&[0.02, 0.05, 0.1])
+        .masking_checks("off");
+    harness::run(&swept, case).unwrap();
+    let swept_out =
+        robust_runtime::report::output_dir(dir.path(), "files::mnist_mlp::deepfool_eps_0_05");
+    let svg = std::fs::read_to_string(swept_out.join("curve.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("robust accuracy"));
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
     assert!(

@@ -97,7 +97,9 @@ fn mnist_noise() -> robust_runtime::Result<RobustnessCase> {
 /// A certification test fails when the certificate does not hold: the plain CNN is accurate but
 /// not certifiably robust at ε = 0.1.
 #[robustness_test(certify = "ibp", eps = 0.1, min_certified_acc = 0.5, samples = 50)]
-#[should_panic(expected = "certified accuracy 0.00% at L∞ 0.1 is below min_certified_acc = 50.00%")]
+#[should_panic(
+    expected = "failed: certified accuracy 0.00% at L∞ 0.1 is below min_certified_acc = 50.00%"
+)]
 fn mnist_cnn_uncertified() -> robust_runtime::Result<RobustnessCase> {
     Ok(RobustnessCase::new(common::cnn_net()?, common::test_digits(50)?).named("mnist_cnn"))
 }

@@ -252,16 +252,22 @@ fn malformed_and_missing_files() {
         format!("{reference} has no tensor named `inputs` (found: images, labels)")
     );
 
+    // The MLP's file for the CNN: the error names the missing tensor and lists what is there.
     let err = zoo::MnistCnn::load(common::MLP, &Device::Cpu).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Weights {
-                model: "MnistCnn",
-                ..
-            }
-        ),
-        "{err}"
+    let Error::MissingWeight {
+        model: "MnistCnn",
+        name,
+        has,
+        ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(name, "0.weight", "{err}");
+    assert_eq!(
+        has,
+        "`1.bias` [256], `1.weight` [256, 784], `3.bias` [256], `3.weight` [256, 256], \
+         `5.bias` [10], `5.weight` [10, 256]"
     );
     std::fs::remove_dir_all(&dir).ok();
 }

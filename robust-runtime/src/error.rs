@@ -108,6 +108,21 @@ pub enum Error {
         /// What candle said.
         source: candle_core::Error,
     },
+    /// A weight file lacks a tensor the architecture reads.
+    #[error(
+        "cannot load {model} weights from {path}: the file has no tensor `{name}`; it has {has} \
+         (expected the names PyTorch gives the architecture's layers)"
+    )]
+    MissingWeight {
+        /// The architecture.
+        model: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The tensor the architecture asked for.
+        name: String,
+        /// The tensors the file has, with their shapes.
+        has: String,
+    },
     /// A weight file holds a NaN or an infinite value.
     #[error(
         "{path}: weight tensor `{tensor}` holds {value} at flat index {index}; expected finite \

@@ -38,6 +38,7 @@ pub mod baseline;
 pub mod case;
 pub mod certify;
 mod check;
+pub mod cli;
 pub mod data;
 pub mod defense;
 pub mod device;
@@ -92,11 +93,27 @@ pub mod __private {
     /// paths of its report files) when it fails.
     #[track_caller]
     pub fn run_test<F: FnOnce() -> Result<RobustnessCase>, T: GeneratedTest>(build: F, spec: T) {
+        warn_if_unoptimised();
         match crate::harness::run(&spec, build) {
             Ok(message) => println!("{message}"),
             Err(message) => panic!("{message}"),
         }
     }
+
+    /// Once per test binary: the fix for a robust (and so a candle) built without optimisation.
+    pub(crate) fn warn_if_unoptimised() {
+        if cfg!(robust_unoptimised) {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("{UNOPTIMISED}"));
+        }
+    }
+
+    /// The warning of [`warn_if_unoptimised`].
+    pub const UNOPTIMISED: &str =
+        "warning: robust-runtime and its dependencies (candle) were built \
+        without optimisation (opt-level 0, cargo's default for `cargo test`), so attacks run about \
+        200× slower than they should.\n  fix: add to the Cargo.toml of your workspace\n\n    \
+        [profile.dev.package.\"*\"]\n    opt-level = 3\n";
 }
 
 /// The `_cuda` variants the macro emits: kept with the `cuda` feature, dropped without it, so

@@ -34,6 +34,9 @@ pub use crate::domain::{InputDomain, Normalize};
 
 use crate::{Error, Result};
 
+/// The name of a model nobody named; a generated test names it after its function instead.
+pub const DEFAULT_NAME: &str = "model";
+
 /// A classifier under test: a candle module returning logits, its input domain and optional
 /// normalisation.
 pub struct Model {
@@ -87,7 +90,7 @@ impl Model {
             eot: 1,
             normalize: None,
             domain: InputDomain::default(),
-            name: "model".into(),
+            name: DEFAULT_NAME.into(),
             layers,
             engine: OnceLock::new(),
             use_engine: true,

@@ -400,11 +400,7 @@ fn load_with<M>(
         },
     )?;
     crate::data::check_finite_weights(model, path)?;
-    build(vb).map_err(|source| Error::Weights {
-        model,
-        path: path.into(),
-        source,
-    })
+    build(vb).map_err(|source| crate::data::weights_error(model, path, source))
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@
 //!   `pgd` runs `examples/adversarial_training.rs` to write `mnist_cnn_pgd` (PGD-AT, ε = 0.1).
 //!   Tests never train: they load the committed files.
 //! - `review`: shows every pending baseline (`robust-baselines/*.json.new`, written by a local
-//!   `cargo test` whose metrics differ from the committed baseline) next to the baseline.
+//!   `cargo test` whose metrics differ from the committed baseline) next to the baseline; the
+//!   same code as `cargo robust review` ([`robust_runtime::cli`]).
 //! - `bless [--reject] [FILTER]`: accepts the pending baselines (whose path contains FILTER),
-//!   or deletes them with `--reject`.
+//!   or deletes them with `--reject` (`cargo robust bless`).
+//! - `page-check [PAGE] [--png FILE]`: writes the report page and renders it in headless
+//!   Chromium: a screenshot, and an error when a picture does not load or a script fails.
 //! - `fuzz [TARGET…] [--cases N] [--seconds S] [--seed SEED]`: mutates valid files of every
 //!   format robust reads and checks that loading and using them never panics or hangs (see
 //!   [`fuzz`]).
@@ -22,8 +25,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use robust_runtime::baseline;
 use robust_runtime::certify::{self, Method, Smoothing};
+use robust_runtime::cli;
 use robust_runtime::data::Dataset;
 use robust_runtime::defense::{self, init_like_pytorch, Regime, TrainConfig};
 use robust_runtime::device::DeviceChoice;
@@ -43,12 +46,14 @@ fn main() -> ExitCode {
         Some("review") => review(),
         Some("bless") => bless(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("page-check") => page_check(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask fixtures [mlp] [cnn] [ibp] [noise] [pgd]\n       \
                  cargo xtask review\n       cargo xtask bless [--reject] [FILTER]\n       \
                  cargo xtask bench [-- bench options, see examples/bench.rs]\n       \
+                 cargo xtask page-check [PAGE] [--png FILE]\n       \
                  cargo xtask fuzz [TARGET…] [--cases N] [--seconds S] [--seed SEED]"
             );
             return ExitCode::from(2);
@@ -84,68 +89,116 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Every `robust-baselines/` folder of the workspace: the root package's and each member's.
-fn baseline_dirs() -> Vec<PathBuf> {
-    let root = root();
-    let mut dirs = vec![root.join(baseline::BASELINE_DIR)];
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        let mut members: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path().join(baseline::BASELINE_DIR)))
-            .filter(|p| p.is_dir())
-            .collect();
-        members.sort();
-        dirs.extend(members);
-    }
-    dirs
+/// This workspace as `cargo robust` sees it (every member's `robust-baselines/`).
+fn project() -> Result<cli::Project> {
+    Ok(cli::Project::find(&root())?)
 }
 
-fn pending_baselines(filter: Option<&str>) -> Result<Vec<baseline::Pending>> {
-    let mut all = Vec::new();
-    for dir in baseline_dirs() {
-        all.extend(
-            baseline::pending(&dir)?
-                .into_iter()
-                .filter(|p| filter.is_none_or(|f| p.pending.to_string_lossy().contains(f))),
-        );
-    }
-    Ok(all)
-}
-
+/// `cargo xtask review`: `cargo robust review` for this workspace.
 fn review() -> Result<()> {
-    let pending = pending_baselines(None)?;
-    if pending.is_empty() {
-        println!("no pending baselines");
-        return Ok(());
-    }
-    for p in &pending {
-        println!("{}\n", p.describe()?);
-    }
-    println!(
-        "{} pending; accept with `cargo xtask bless`, discard with `cargo xtask bless --reject`",
-        pending.len()
-    );
+    cli::review(&project()?, &mut std::io::stdout())?;
     Ok(())
 }
 
+/// `cargo xtask bless [--reject] [FILTER]`: `cargo robust bless` for this workspace.
 fn bless(args: &[String]) -> Result<()> {
     let reject = args.iter().any(|a| a == "--reject");
-    let filter = args
+    let filter = args.iter().find(|a| !a.starts_with("--"));
+    cli::bless(
+        &project()?,
+        reject,
+        filter.map(String::as_str),
+        &mut std::io::stdout(),
+    )?;
+    Ok(())
+}
+
+/// `cargo xtask page-check [PAGE] [--png FILE]`: renders the report page (default
+/// `target/robust/index.html`, written first by `cargo robust report`'s code) in headless
+/// Chromium, writes a screenshot, and fails when the page says a picture did not load or a
+/// script failed, or Chromium logs a console error.
+fn page_check(args: &[String]) -> Result<()> {
+    let root = root();
+    let png = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(String::as_str);
-    let pending = pending_baselines(filter)?;
-    for p in &pending {
-        if reject {
-            p.reject()?;
-            println!("discarded {}", p.pending.display());
-        } else {
-            p.accept()?;
-            println!("blessed   {}", p.baseline.display());
-        }
+        .position(|a| a == "--png")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/robust/index.png"));
+    let page = match args
+        .iter()
+        .find(|a| !a.starts_with("--") && Some(a.as_str()) != png.to_str())
+    {
+        Some(p) => PathBuf::from(p),
+        None => cli::report(&project()?)?.path,
+    };
+    let page = std::fs::canonicalize(&page)?;
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .ok_or("no Chromium on the PATH (Debian: apt-get install chromium)")?;
+    let profile = std::env::temp_dir().join(format!("robust-page-check-{}", std::process::id()));
+    let url = format!("file://{}", page.display());
+    let browser = |extra: &[String]| {
+        std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--virtual-time-budget=10000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+    };
+    let dom = browser(&["--dump-dom".into()])?;
+    let shot = browser(&[
+        "--window-size=1280,2000".into(),
+        format!("--screenshot={}", png.display()),
+    ])?;
+    let _ = std::fs::remove_dir_all(&profile);
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let logs =
+        String::from_utf8_lossy(&dom.stderr).into_owned() + &String::from_utf8_lossy(&shot.stderr);
+    let console_errors: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("CONSOLE") && (l.contains("ERROR") || l.contains("\"error\"")))
+        .collect();
+    let check = dom_text
+        .split("data-check=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or("missing (the page's check did not run)");
+    if check != "ok" || !console_errors.is_empty() || !png.is_file() {
+        return Err(format!(
+            "the report page {} is broken: data-check {check}; console errors: {}; screenshot {}",
+            page.display(),
+            if console_errors.is_empty() {
+                "none".into()
+            } else {
+                console_errors.join(" | ")
+            },
+            if png.is_file() { "written" } else { "missing" }
+        )
+        .into());
     }
-    if pending.is_empty() {
-        println!("no pending baselines");
-    }
+    println!(
+        "{}: every picture loaded, no console errors; screenshot {}",
+        page.display(),
+        png.display()
+    );
     Ok(())
 }
 

@@ -319,7 +319,10 @@ fn check(spec: &Spec, written: &[&'static str], has: &dyn Fn(&str) -> bool, issu
     match spec.kind {
         Kind::Certify => check_certify(spec, written, has, issues),
         Kind::Perturbation => check_perturbation(spec, written, has, issues),
-        Kind::Attack => check_attack(has, issues),
+        Kind::Attack => {
+            check_attack(has, issues);
+            check_norm(spec, issues);
+        }
     }
     // With neither `attack` nor `perturbation`, or both, the kind of test is unknown: its
     // keys cannot be judged.
@@ -359,6 +362,24 @@ fn check_attack(has: &dyn Fn(&str) -> bool, issues: &mut Issues) {
              assert, the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the \
              largest acceptable drop from clean accuracy (`max_drop = 0.2`)",
         );
+    }
+}
+
+/// An attack that exists for one norm only is not asked for another.
+fn check_norm(spec: &Spec, issues: &mut Issues) {
+    let Some(norm) = spec.options.norm else {
+        return;
+    };
+    for &(attack, only, why) in crate::names::ONE_NORM_ATTACKS {
+        if norm != only && spec.attacks.contains(&attack) {
+            issues.at(
+                At::Value("norm", None),
+                format!(
+                    "attack `{attack}` has no `{norm}` version ({why}); expected `norm = \"{only}\"`, \
+                     or another attack for `{norm}`"
+                ),
+            );
+        }
     }
 }
 

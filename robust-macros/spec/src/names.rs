@@ -14,6 +14,14 @@ pub const ATTACKS: &[&str] = &[
     "deepfool",
 ];
 
+/// The attacks that exist for one norm only, with that norm: `norm = "linf"` beside them is a
+/// mistake the attribute reports at compile time.
+pub const ONE_NORM_ATTACKS: &[(&str, &str, &str)] = &[(
+    "cw",
+    "l2",
+    "Carlini & Wagner's attack minimises an L2 distance",
+)];
+
 /// `certify = "…"`: bound propagation at L∞ `eps` (`ibp`, `crown`), or randomized smoothing at
 /// L2 `radius`.
 pub const CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];

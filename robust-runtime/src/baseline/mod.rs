@@ -14,8 +14,8 @@
 //! A regression beyond the tolerance fails in every mode but `always`. Improvements pass and say
 //! so. A baseline that cannot be used (bad JSON, another format, another test's file, a gated
 //! metric missing on either side) is an error in every mode but `always`, which replaces it
-//! and says why ([`Verdict::Replaced`]). `cargo xtask review` shows the pending `.new` files next to their baselines and
-//! `cargo xtask bless` accepts them ([`pending`], [`Pending::accept`]).
+//! and says why ([`Verdict::Replaced`]). `cargo robust review` shows the pending `.new` files next to their baselines and
+//! `cargo robust bless` accepts them ([`pending`], [`Pending::accept`]).
 //!
 //! Gated metrics are shares where higher is better (clean, robust, certified accuracy,
 //! invariance, the points of a curve); perturbation norms are recorded and shown but never
@@ -38,7 +38,7 @@ pub const BASELINE_DIR: &str = "robust-baselines";
 pub const UPDATE_VAR: &str = crate::env::UPDATE.name;
 /// Environment variable that, set to `1`, means `ROBUST_UPDATE=always`.
 pub const BLESS_VAR: &str = crate::env::BLESS.name;
-/// Suffix of a pending baseline, waiting for `cargo xtask bless`.
+/// Suffix of a pending baseline, waiting for `cargo robust bless`.
 pub const PENDING_SUFFIX: &str = ".new";
 /// Version of the file format.
 pub const FORMAT: u32 = 1;
@@ -298,7 +298,7 @@ impl Comparison {
                     .iter()
                     .any(|c| c.gated && c.before.is_some() && c.after > c.before)
                 {
-                    "; improved, lock it in with `cargo xtask bless`"
+                    "; improved, lock it in with `cargo robust bless`"
                 } else {
                     ""
                 }
@@ -346,15 +346,15 @@ impl Comparison {
         if wrote_pending {
             let _ = write!(
                 s,
-                "\n    new values written to {}: review with `cargo xtask review`, accept with \
-                 `cargo xtask bless`",
+                "\n    new values written to {}: review with `cargo robust review`, accept with \
+                 `cargo robust bless`",
                 pending.display()
             );
         } else if self.failed() {
             let _ = write!(
                 s,
                 "\n    if this is intended, re-record it: ROBUST_BLESS=1 cargo test, or run \
-                 locally and `cargo xtask bless`"
+                 locally and `cargo robust bless`"
             );
         }
         s

@@ -87,6 +87,19 @@ impl RobustnessCase {
         self
     }
 
+    /// The case of generated test `test` (`module::function::case`): a model the user did not
+    /// name is named after the test's function, as the README's reports show it.
+    pub(crate) fn named_after_test(self, test: &str) -> Self {
+        let mut parts = test.rsplit("::");
+        match (parts.next(), parts.next()) {
+            (Some(_), Some(function)) if self.model.name() == crate::model::DEFAULT_NAME => {
+                let function = function.to_string();
+                self.named(function)
+            }
+            _ => self,
+        }
+    }
+
     /// Normalises inputs inside the model (ε stays in input units).
     pub fn with_normalize(mut self, normalize: Normalize) -> Self {
         self.model = self.model.with_normalize(normalize);

@@ -288,7 +288,7 @@ impl CertificationReport {
             None => format!("certified accuracy {:.2}%", 100.0 * self.certified_accuracy),
         };
         format!(
-            "{} {measured} at {} {} is below min_certified_acc = {:.2}%\n{self}",
+            "certification test `{}` failed: {measured} at {} {} is below min_certified_acc = {:.2}%\n\n{self}",
             self.test,
             self.norm,
             self.radius,

@@ -33,7 +33,7 @@ pub use idx::{
     max_inflated, parse_idx, parse_idx_limited, IdxArray, DEFAULT_MAX_INFLATED, MAX_INFLATED_VAR,
 };
 pub use npy::{parse_npy, NpyArray};
-pub(crate) use safetensors::check_finite_weights;
+pub(crate) use safetensors::{check_finite_weights, weights_error};
 
 /// Seed of the fixed shuffle of the MNIST sample before its 4,000 / 1,000 split.
 pub const MNIST_SAMPLE_SEED: u64 = 2018;

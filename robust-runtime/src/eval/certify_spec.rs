@@ -115,7 +115,7 @@ impl CertifySpec {
         let o = &self.common.options;
         let seed = self.common.seed()?;
         let device = self.guard().device(o.device)?;
-        let case = device::with_current(&device, build)?;
+        let case = device::with_current(&device, build)?.named_after_test(self.name());
         let fingerprint = Fingerprint::of(&case, o.samples, 250, &device)?;
         let case = match o.samples {
             Some(n) => case.truncated(n)?,

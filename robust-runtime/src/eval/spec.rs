@@ -271,7 +271,7 @@ impl TestSpec {
         let o = &self.common.options;
         let seed = self.common.seed()?;
         let device = self.guard().device(o.device)?;
-        let case = device::with_current(&device, build)?;
+        let case = device::with_current(&device, build)?.named_after_test(self.name());
         let batch_size = o.batch_size.unwrap_or(RunConfig::default().batch_size);
         let fingerprint = Fingerprint::of(&case, o.samples, batch_size, &device)?;
         let cfg = RunConfig {

@@ -118,14 +118,46 @@ impl GeneratedTest for InvarianceSpec {
     }
 }
 
+/// How one generated test ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Thresholds and baseline hold: the report, the baseline comparison, the report files.
+    Passed(String),
+    /// A threshold or the baseline failed: the failure message.
+    Failed(String),
+    /// The test could not run (its case could not be built, a file is missing, a value is
+    /// wrong): the error.
+    Error(String),
+}
+
+impl Verdict {
+    /// `Ok` with the message of a pass, `Err` with that of a failure or an error.
+    pub fn into_result(self) -> std::result::Result<String, String> {
+        match self {
+            Verdict::Passed(m) => Ok(m),
+            Verdict::Failed(m) | Verdict::Error(m) => Err(m),
+        }
+    }
+}
+
 /// Runs `spec` on the case `build` returns and concludes it: `Ok(message)` for a pass (the
 /// report, the baseline comparison, the report files), `Err(message)` for a failure.
 pub fn run<T: GeneratedTest>(
     spec: &T,
     build: impl FnOnce() -> Result<RobustnessCase>,
 ) -> std::result::Result<String, String> {
-    let result = spec.execute(Box::new(build));
-    conclude(spec, result)
+    judge(spec, build).into_result()
+}
+
+/// [`run`], telling a failed test from one that could not run.
+pub fn judge<T: GeneratedTest>(
+    spec: &T,
+    build: impl FnOnce() -> Result<RobustnessCase>,
+) -> Verdict {
+    match spec.execute(Box::new(build)) {
+        Err(e) => Verdict::Error(e.to_string()),
+        Ok(report) => verdict(spec, &report),
+    }
 }
 
 /// Turns a run's result into a verdict: writes the report files (when the test knows its
@@ -137,63 +169,103 @@ pub fn conclude<T: GeneratedTest>(
     spec: &T,
     result: Result<T::Report>,
 ) -> std::result::Result<String, String> {
-    // Prepare: a test that could not run has no report to judge.
-    let report = match &result {
-        Ok(report) => report,
-        Err(e) => return Err(e.to_string()),
-    };
+    match result {
+        Ok(report) => verdict(spec, &report).into_result(),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn verdict<T: GeneratedTest>(spec: &T, report: &T::Report) -> Verdict {
     let failure = spec.failure(report);
     let name = spec.name();
     let guard = spec.guard();
-    let mut baseline_text = String::new();
-    let mut baseline_failed = false;
-    let mut baseline_missing = false;
+    let mut comparison = None;
     if guard.uses_baseline() {
         let Some(dir) = guard.manifest_dir.as_deref() else {
-            return Err(format!(
+            return Verdict::Error(format!(
                 "robustness test `{name}` asks for a baseline but does not know its crate's folder \
                  (set `manifest_dir`, as the macro does with CARGO_MANIFEST_DIR)"
             ));
         };
-        let mode = UpdateMode::from_env().map_err(|e| e.to_string())?;
+        let mode = match UpdateMode::from_env() {
+            Ok(mode) => mode,
+            Err(e) => return Verdict::Error(e.to_string()),
+        };
         let mode = if failure.is_some() || guard.cuda_variant {
             UpdateMode::No
         } else {
             mode
         };
         let path = baseline::path_for(Path::new(dir), guard.baseline_name(name));
-        let comparison = baseline::compare(report, &path, guard.tolerance(), mode)
-            .map_err(|e| format!("robustness test `{name}`: {e}"))?;
-        baseline_failed = comparison.failed();
-        baseline_missing = comparison.verdict == baseline::Verdict::Missing;
-        baseline_text = comparison.describe(mode);
-    }
-    let files = match guard.manifest_dir.as_deref() {
-        Some(dir) => {
-            let folder = report::output_dir(Path::new(dir), name);
-            match report::write(&folder, report, &baseline_text) {
-                Ok(files) => files.describe(),
-                // Report files are for people; failing to write them does not change the verdict.
-                Err(e) => format!("report files could not be written: {e}"),
-            }
+        match baseline::compare(report, &path, guard.tolerance(), mode) {
+            Ok(c) => comparison = Some((c.describe(mode), c)),
+            Err(e) => return Verdict::Error(format!("robustness test `{name}`: {e}")),
         }
+    }
+    let baseline_text = comparison.as_ref().map_or("", |(text, _)| text.as_str());
+    let baseline_failed = comparison.as_ref().is_some_and(|(_, c)| c.failed());
+    let baseline_missing = comparison
+        .as_ref()
+        .is_some_and(|(_, c)| c.verdict == baseline::Verdict::Missing);
+    let folder = guard
+        .manifest_dir
+        .as_deref()
+        .map(|dir| report::output_dir(Path::new(dir), name));
+    let files = match &folder {
+        Some(folder) => match report::write(folder, report, baseline_text) {
+            Ok(files) => files.describe(),
+            // Report files are for people; failing to write them does not change the verdict.
+            Err(e) => format!("report files could not be written: {e}"),
+        },
         None => String::new(),
     };
-    let tail = [baseline_text.as_str(), files.as_str()]
+    let tail = [baseline_text, files.as_str()]
         .iter()
         .filter(|s| !s.is_empty())
         .map(|s| format!("\n\n{s}"))
         .collect::<String>();
-    match (failure, baseline_failed) {
-        (Some(message), _) => Err(format!("{message}{tail}")),
-        (None, true) => Err(format!(
-            "robustness test `{name}` {}\n\n{report}{tail}",
+    let (label, verdict) = match (failure, baseline_failed) {
+        (Some(message), _) => ("failed", Verdict::Failed(format!("{message}{tail}"))),
+        (None, true) => (
             if baseline_missing {
-                "has no committed baseline to compare with"
+                "no baseline"
             } else {
-                "fell below its baseline"
-            }
-        )),
-        (None, false) => Ok(format!("{report}{tail}")),
+                "below baseline"
+            },
+            Verdict::Failed(format!(
+                "robustness test `{name}` {}\n\n{report}{tail}",
+                if baseline_missing {
+                    "has no committed baseline to compare with"
+                } else {
+                    "fell below its baseline"
+                }
+            )),
+        ),
+        (None, false) => ("passed", Verdict::Passed(format!("{report}{tail}"))),
+    };
+    if let Some(folder) = &folder {
+        let message = match &verdict {
+            Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m) => m.as_str(),
+        };
+        let baseline = comparison.as_ref().map(|(text, c)| {
+            // A metric missing from the changes is as the baseline has it.
+            let before = report
+                .metrics()
+                .into_iter()
+                .map(|m| {
+                    let change = c.changes.iter().find(|ch| ch.metric == m.name);
+                    let value = match change {
+                        Some(ch) => ch.before,
+                        None => (c.verdict != baseline::Verdict::Missing).then_some(m.value),
+                    };
+                    (m.name, value)
+                })
+                .collect::<Vec<_>>();
+            (c.path.clone(), text.clone(), before)
+        });
+        let record = report::TestRecord::of(report, label, message, baseline);
+        // Like the report files: for people and dashboards, not part of the verdict.
+        let _ = record.write(folder);
     }
+    verdict
 }

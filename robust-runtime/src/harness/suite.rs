@@ -325,6 +325,53 @@ impl Suite {
         Ok(trials)
     }
 
+    /// Runs every case whose name contains `filter` in order, in this process (what `cargo
+    /// robust run` does, with no test target): `starting` is told each name, `ended` each
+    /// result. Ignored cases are listed with no verdict unless `include_ignored`.
+    pub fn run_each(
+        &self,
+        filter: Option<&str>,
+        include_ignored: bool,
+        mut starting: impl FnMut(&str),
+        mut ended: impl FnMut(&crate::cli::TrialResult),
+    ) -> Result<Vec<crate::cli::TrialResult>> {
+        let mut results = Vec::new();
+        for (name, model, runnable, ignored) in self.runnables()? {
+            if filter.is_some_and(|f| !name.contains(f)) {
+                continue;
+            }
+            let verdict = if ignored && !include_ignored {
+                starting(&name);
+                None
+            } else {
+                starting(&name);
+                let started = std::time::Instant::now();
+                let verdict = match self.builder(&model) {
+                    Err(e) => super::Verdict::Error(e.to_string()),
+                    Ok(build) => match &runnable {
+                        Runnable::Attack(spec) => super::judge(spec, || build()),
+                        Runnable::Certify(spec) => super::judge(spec, || build()),
+                        Runnable::Perturbation(spec) => super::judge(spec, || build()),
+                    },
+                };
+                results.push(crate::cli::TrialResult {
+                    name,
+                    verdict: Some(verdict),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                ended(results.last().expect("just pushed"));
+                continue;
+            };
+            results.push(crate::cli::TrialResult {
+                name,
+                verdict,
+                seconds: 0.0,
+            });
+            ended(results.last().expect("just pushed"));
+        }
+        Ok(results)
+    }
+
     /// Runs the suite with the process's command line (`cargo test` / `cargo nextest` flags).
     pub fn run(self) -> Result<ExitCode> {
         self.run_with(Arguments::from_args())
@@ -332,6 +379,7 @@ impl Suite {
 
     /// Runs the suite with the given libtest arguments.
     pub fn run_with(self, args: Arguments) -> Result<ExitCode> {
+        crate::__private::warn_if_unoptimised();
         let trials = self.trials_printing(args.nocapture)?;
         if let (true, Some(reason)) = (device::CUDA_BUILT, device::cuda_unavailable()) {
             if !args.list {

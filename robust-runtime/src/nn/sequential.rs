@@ -464,11 +464,7 @@ impl SequentialBuilder {
             })?;
         crate::data::check_finite_weights("Sequential", path)?;
         self.build(vb).map_err(|e| match e {
-            Error::Candle(source) => Error::Weights {
-                model: "Sequential".into(),
-                path: path.to_path_buf(),
-                source,
-            },
+            Error::Candle(source) => crate::data::weights_error("Sequential", path, source),
             other => other,
         })
     }

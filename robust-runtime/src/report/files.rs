@@ -56,10 +56,17 @@ pub fn write<R: Outcome>(dir: &Path, outcome: &R, extra: &str) -> Result<ReportF
     std::fs::write(&json_path, json + "\n").map_err(|e| Error::io(&json_path, e))?;
     files.json = Some(json_path);
 
-    if let Some(curve) = outcome.curve() {
-        let path = dir.join("curve.svg");
-        std::fs::write(&path, svg_plot(&curve)).map_err(|e| Error::io(&path, e))?;
-        files.plot = Some(path);
+    // A curve is worth a picture with three points or more: a single-ε attack's (0, clean)
+    // and (ε, robust) would be one straight line.
+    let plot = dir.join("curve.svg");
+    match outcome.curve().filter(|c| c.points.len() >= 3) {
+        Some(curve) => {
+            std::fs::write(&plot, svg_plot(&curve)).map_err(|e| Error::io(&plot, e))?;
+            files.plot = Some(plot);
+        }
+        None => {
+            let _ = std::fs::remove_file(&plot);
+        }
     }
 
     let examples = outcome.examples();

@@ -6,15 +6,21 @@
 //! - [`png_grid`]: images side by side in a PNG (original / perturbed / difference, adversarial
 //!   examples, …).
 //! - [`Outcome`]: what the three kinds of report offer files and baselines.
+//! - [`write_page`]: `target/robust/index.html`, one self-contained page over every test.
+//! - [`TestRecord`]: `result.json`, a test's verdict in one layout for every kind of test.
 //!
 //! [`output_dir`] finds `target/robust/` for the running test binary.
 
 mod files;
 mod outcome;
+mod page;
 pub mod png_grid;
+mod record;
 
 pub use files::{svg_plot, write, ReportFiles};
 pub use outcome::{AdversarialExample, Curve, Metric, Outcome, Provenance};
+pub use page::{write_page, Page, PAGE_FILE};
+pub use record::{records, RecordBaseline, RecordMetric, TestRecord, RECORD_FILE, RECORD_FORMAT};
 
 use std::path::{Path, PathBuf};
 

@@ -135,7 +135,7 @@ impl InvarianceSpec {
         let o = &self.common.options;
         let seed = self.common.seed()?;
         let device = self.guard().device(o.device)?;
-        let case = device::with_current(&device, build)?;
+        let case = device::with_current(&device, build)?.named_after_test(self.name());
         let batch_size = o
             .batch_size
             .unwrap_or(InvarianceConfig::default().batch_size);
