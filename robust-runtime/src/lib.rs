@@ -23,6 +23,10 @@
 //! strategies and [`eval::evaluate_invariance`] for the run, which shrinks every failure to a
 //! minimal perturbation and stores its seed in a regressions file replayed first.
 //!
+//! `cargo robust` (the [`cli`] of this crate's `cargo-robust` binary) reviews and blesses
+//! baselines, runs a TOML suite with JUnit output, and writes `target/robust/index.html`, one
+//! page over every test's last run.
+//!
 //! The same machinery is a library: [`eval::evaluate`] runs any [`attack::Attack`] on a
 //! [`RobustnessCase`] and returns a [`RobustnessReport`] (a table with `Display`, JSON with serde).
 //!

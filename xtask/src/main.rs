@@ -130,7 +130,7 @@ fn page_check(args: &[String]) -> Result<()> {
         .find(|a| !a.starts_with("--") && Some(a.as_str()) != png.to_str())
     {
         Some(p) => PathBuf::from(p),
-        None => cli::report(&project()?)?.path,
+        None => cli::report(&project()?, None)?.path,
     };
     let page = std::fs::canonicalize(&page)?;
     let chromium = ["chromium", "chromium-browser", "google-chrome"]

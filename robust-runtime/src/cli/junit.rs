@@ -4,63 +4,8 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
-use crate::harness::Verdict;
-
-/// One trial of a suite run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrialResult {
-    /// `<suite>::<model>::<test>`.
-    pub name: String,
-    /// How it ended; `None` when it was ignored.
-    pub verdict: Option<Verdict>,
-    /// Wall time.
-    pub seconds: f64,
-}
-
-impl TrialResult {
-    /// `ok`, `FAILED`, `ERROR` or `ignored`, as a run prints it.
-    pub fn verdict_word(&self) -> &'static str {
-        match self.verdict {
-            Some(Verdict::Passed(_)) => "ok",
-            Some(Verdict::Failed(_)) => "FAILED",
-            Some(Verdict::Error(_)) => "ERROR (could not run)",
-            None => "ignored",
-        }
-    }
-
-    fn message(&self) -> &str {
-        match &self.verdict {
-            Some(Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m)) => m,
-            None => "",
-        }
-    }
-}
-
-impl Serialize for TrialResult {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            name: &'a str,
-            verdict: &'a str,
-            seconds: f64,
-            message: &'a str,
-        }
-        Json {
-            name: &self.name,
-            verdict: match self.verdict {
-                Some(Verdict::Passed(_)) => "passed",
-                Some(Verdict::Failed(_)) => "failed",
-                Some(Verdict::Error(_)) => "error",
-                None => "ignored",
-            },
-            seconds: self.seconds,
-            message: self.message(),
-        }
-        .serialize(s)
-    }
-}
+use crate::harness::{TrialResult, Verdict};
+use crate::report::markup::{attr, text};
 
 /// The JUnit XML of a suite's results: one `testsuite` named `suite`, one `testcase` per
 /// trial (`classname` the suite and model, `name` the test), failures and errors with their
@@ -121,41 +66,9 @@ pub fn junit_xml(suite: &str, results: &[TrialResult]) -> String {
     x
 }
 
-/// XML character data: markup escaped, and characters XML 1.0 does not allow dropped.
-fn text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out += "&amp;",
-            '<' => out += "&lt;",
-            '>' => out += "&gt;",
-            '\t' | '\n' | '\r' => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// An XML attribute value: [`text`] with quotes and line breaks escaped too.
-fn attr(s: &str) -> String {
-    text(s)
-        .replace('"', "&quot;")
-        .replace('\n', "&#10;")
-        .replace('\r', "&#13;")
-        .replace('\t', "&#9;")
-}
-
 #[cfg(test)]
 mod should {
     use super::*;
-
-    #[test]
-    fn escape_markup_and_drop_what_xml_cannot_hold() {
-        assert_eq!(text("a < b && c > d"), "a &lt; b &amp;&amp; c &gt; d");
-        assert_eq!(text("bell\u{7}\nok"), "bell\nok");
-        assert_eq!(attr("say \"hi\"\nthen"), "say &quot;hi&quot;&#10;then");
-    }
 
     #[test]
     fn count_failures_errors_and_skips_in_the_totals() {

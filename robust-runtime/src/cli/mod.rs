@@ -6,7 +6,7 @@
 //! cargo robust bless [--reject] [FILTER]    accept (or discard) the pending baselines
 //! cargo robust run [SUITE.toml] [--junit FILE] [--json FILE] [--filter WORD] [--include-ignored]
 //!                                           run a declarative suite: exit 0 pass, 1 fail, 2 could not run
-//! cargo robust report [--open]              target/robust/index.html over every test's last run
+//! cargo robust report [--filter WORD]       target/robust/index.html over every test's last run
 //! ```
 //!
 //! It works on the crate in the current folder (the nearest `Cargo.toml` above it) and its
@@ -21,11 +21,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::baseline::{self, Pending};
-use crate::harness::{Suite, Verdict};
+use crate::harness::{Suite, TrialResult, Verdict};
 use crate::report;
 use crate::{Error, Result};
 
-pub use junit::{junit_xml, TrialResult};
+pub use junit::junit_xml;
 
 /// The suite `cargo robust run` reads when none is named.
 pub const DEFAULT_SUITE: &str = "tests/robustness.toml";
@@ -33,7 +33,7 @@ pub const DEFAULT_SUITE: &str = "tests/robustness.toml";
 const USAGE: &str = "usage: cargo robust review
        cargo robust bless [--reject] [FILTER]
        cargo robust run [SUITE.toml] [--junit FILE] [--json FILE] [--filter WORD] [--include-ignored]
-       cargo robust report";
+       cargo robust report [--filter WORD]";
 
 /// Where a command works: the crate in the current folder and its workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,9 +276,10 @@ pub fn exit_code(results: &[TrialResult]) -> u8 {
     }
 }
 
-/// `cargo robust report`: writes `target/robust/index.html`.
-pub fn report(project: &Project) -> Result<report::Page> {
-    report::write_page(&project.robust_dir())
+/// `cargo robust report [--filter WORD]`: writes `target/robust/index.html` over the tests
+/// whose name contains `filter` (every test for `None`).
+pub fn report(project: &Project, filter: Option<&str>) -> Result<report::Page> {
+    report::write_page(&project.robust_dir(), filter)
 }
 
 /// The whole command line of `cargo robust` (`args` without the program name; a leading
@@ -315,7 +316,7 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Some("report") => report(&project).map(|page| {
+        Some("report") => report(&project, flag_value(&args[1..], "--filter")).map(|page| {
             println!(
                 "wrote {} ({} tests, {} failed)",
                 page.path.display(),
@@ -343,6 +344,12 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The value after `flag` in `args`.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).map(String::as_str)
 }
 
 fn parse_run(args: &[String]) -> std::result::Result<RunOptions, String> {

@@ -140,6 +140,61 @@ impl Verdict {
     }
 }
 
+/// One trial of a suite run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialResult {
+    /// `<suite>::<model>::<test>`.
+    pub name: String,
+    /// How it ended; `None` when it was ignored.
+    pub verdict: Option<Verdict>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl TrialResult {
+    /// `ok`, `FAILED`, `ERROR` or `ignored`, as a run prints it.
+    pub fn verdict_word(&self) -> &'static str {
+        match self.verdict {
+            Some(Verdict::Passed(_)) => "ok",
+            Some(Verdict::Failed(_)) => "FAILED",
+            Some(Verdict::Error(_)) => "ERROR (could not run)",
+            None => "ignored",
+        }
+    }
+
+    /// The message of its verdict (empty when it was ignored).
+    pub fn message(&self) -> &str {
+        match &self.verdict {
+            Some(Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m)) => m,
+            None => "",
+        }
+    }
+}
+
+impl serde::Serialize for TrialResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            name: &'a str,
+            verdict: &'a str,
+            seconds: f64,
+            message: &'a str,
+        }
+        Json {
+            name: &self.name,
+            verdict: match self.verdict {
+                Some(Verdict::Passed(_)) => "passed",
+                Some(Verdict::Failed(_)) => "failed",
+                Some(Verdict::Error(_)) => "error",
+                None => "ignored",
+            },
+            seconds: self.seconds,
+            message: self.message(),
+        }
+        .serialize(s)
+    }
+}
+
 /// Runs `spec` on the case `build` returns and concludes it: `Ok(message)` for a pass (the
 /// report, the baseline comparison, the report files), `Err(message)` for a failure.
 pub fn run<T: GeneratedTest>(

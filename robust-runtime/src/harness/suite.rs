@@ -333,8 +333,8 @@ impl Suite {
         filter: Option<&str>,
         include_ignored: bool,
         mut starting: impl FnMut(&str),
-        mut ended: impl FnMut(&crate::cli::TrialResult),
-    ) -> Result<Vec<crate::cli::TrialResult>> {
+        mut ended: impl FnMut(&super::TrialResult),
+    ) -> Result<Vec<super::TrialResult>> {
         let mut results = Vec::new();
         for (name, model, runnable, ignored) in self.runnables()? {
             if filter.is_some_and(|f| !name.contains(f)) {
@@ -354,7 +354,7 @@ impl Suite {
                         Runnable::Perturbation(spec) => super::judge(spec, || build()),
                     },
                 };
-                results.push(crate::cli::TrialResult {
+                results.push(super::TrialResult {
                     name,
                     verdict: Some(verdict),
                     seconds: started.elapsed().as_secs_f64(),
@@ -362,7 +362,7 @@ impl Suite {
                 ended(results.last().expect("just pushed"));
                 continue;
             };
-            results.push(crate::cli::TrialResult {
+            results.push(super::TrialResult {
                 name,
                 verdict,
                 seconds: 0.0,

@@ -12,6 +12,7 @@
 //! [`output_dir`] finds `target/robust/` for the running test binary.
 
 mod files;
+pub(crate) mod markup;
 mod outcome;
 mod page;
 pub mod png_grid;

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::markup::{attr as esc, text};
 use super::record::{records, TestRecord};
 use crate::{Error, Result};
 
@@ -28,17 +29,22 @@ pub struct Page {
 }
 
 /// Writes `index.html` into `robust_dir` (the `target/robust/` folder) from every
-/// `result.json` below it.
+/// `result.json` below it whose test name contains `filter` (all of them for `None`).
 ///
 /// # Errors
 /// When `robust_dir` holds no test results (no test has run), or the page cannot be written.
-pub fn write_page(robust_dir: &Path) -> Result<Page> {
-    let (found, errors) = records(robust_dir);
+pub fn write_page(robust_dir: &Path, filter: Option<&str>) -> Result<Page> {
+    let (mut found, errors) = records(robust_dir);
+    found.retain(|(_, r)| filter.is_none_or(|f| r.test.contains(f)));
     if found.is_empty() {
         return Err(Error::param(
             "report folder",
             robust_dir.display().to_string(),
-            "a folder with test results (run `cargo test` or `cargo robust run` first)",
+            match filter {
+                Some(f) => format!("a folder with results of tests whose name contains `{f}`"),
+                None => "a folder with test results (run `cargo test` or `cargo robust run` first)"
+                    .into(),
+            },
         ));
     }
     let skipped: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -183,7 +189,7 @@ fn section(h: &mut String, root: &Path, i: usize, path: &Path, r: &TestRecord) {
         let _ = writeln!(
             h,
             "<details><summary>baseline</summary><pre>{}</pre></details>",
-            esc(&b.summary)
+            text(&b.summary)
         );
     }
     let _ = writeln!(
@@ -191,7 +197,7 @@ fn section(h: &mut String, root: &Path, i: usize, path: &Path, r: &TestRecord) {
         "<details{}><summary>{}</summary><pre>{}</pre></details>",
         if r.passed { "" } else { " open" },
         if r.passed { "report" } else { "failure" },
-        esc(&r.message)
+        text(&r.message)
     );
     let _ = writeln!(
         h,
@@ -268,22 +274,6 @@ fn delta(now: f64, before: Option<f64>) -> String {
     format!("<span class=\"{class}\">{pp:+.1} pp</span>")
 }
 
-/// HTML text with `&`, `<`, `>` and quotes escaped.
-pub(crate) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out += "&amp;",
-            '<' => out += "&lt;",
-            '>' => out += "&gt;",
-            '"' => out += "&quot;",
-            '\'' => out += "&#39;",
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Standard base64 (RFC 4648, with padding), for data URIs.
 fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -337,7 +327,8 @@ header { background: #1d232b; color: #fff; padding: 18px 28px; }
 header h1 { margin: 0 0 4px; font-size: 22px; }
 main { padding: 20px 28px; max-width: 1200px; }
 table { border-collapse: collapse; background: #fff; }
-th, td { padding: 5px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; }
+th, td { padding: 5px 10px; border-bottom: 1px solid #e3e6ea; text-align: left; white-space: nowrap; }
+td a { white-space: normal; }
 th { font-weight: 600; background: #eef0f3; }
 table.summary { width: 100%; margin-bottom: 28px; }
 section { background: #fff; border: 1px solid #e3e6ea; border-left: 5px solid #2e9d57;
@@ -371,13 +362,5 @@ mod should {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
-    }
-
-    #[test]
-    fn escape_what_html_would_read_as_markup() {
-        assert_eq!(
-            esc("<a href=\"x\">&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
-        );
     }
 }
