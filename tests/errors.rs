@@ -43,9 +43,37 @@ fn a_model_that_does_not_return_n_by_classes_logits() {
 
 #[test]
 fn data_of_another_shape_than_the_model_takes() {
-    // CIFAR-shaped inputs for the MNIST MLP.
+    // CIFAR-shaped inputs for the MNIST MLP, whose layers declare their input: refused before
+    // any attack runs, saying both shapes.
     let err = attack_with(
         common::mlp().unwrap(),
+        Dataset::new(zeros(&[2, 3, 32, 32]), vec![0, 1]).unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::DataShape { ref data, ref expected, .. }
+            if data == &[3, 32, 32] && expected == &[1, 28, 28]),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the data's samples have shape [3, 32, 32] (3072 values) but model `mnist_mlp` takes inputs \
+         of shape [1, 28, 28] (784 values); expected data of the model's input shape"
+    );
+    // The same data is refused by certification too.
+    let case = RobustnessCase::from_model(
+        common::mlp().unwrap(),
+        Dataset::new(zeros(&[2, 3, 32, 32]), vec![0, 1]).unwrap(),
+    );
+    let err =
+        robust_runtime::certify::bound_case(&case, robust_runtime::certify::Method::Ibp, 0.1, 2)
+            .unwrap_err();
+    assert!(matches!(err, Error::DataShape { .. }), "{err}");
+
+    // An opaque candle module declares nothing: candle's own refusal, typed, with the shape.
+    let opaque = Model::new(|x: &Tensor| x.flatten_from(1)?.matmul(&zeros(&[784, 10])));
+    let err = attack_with(
+        opaque,
         Dataset::new(zeros(&[2, 3, 32, 32]), vec![0, 1]).unwrap(),
     )
     .unwrap_err();

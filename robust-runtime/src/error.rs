@@ -52,6 +52,21 @@ pub enum Error {
     Data(String),
 
     // ---- model -----------------------------------------------------------------------------
+    /// The data's samples do not have the shape of the model's input.
+    #[error(
+        "the data's samples have shape {data:?} ({} values) but model `{model}` takes inputs of \
+         shape {expected:?} ({} values); expected data of the model's input shape",
+        data.iter().product::<usize>(),
+        expected.iter().product::<usize>()
+    )]
+    DataShape {
+        /// The model's name.
+        model: String,
+        /// One sample's shape in the data set.
+        data: Vec<usize>,
+        /// One input's shape, as the model's layers declare it.
+        expected: Vec<usize>,
+    },
     /// The model's output is not a `N × classes` matrix of logits for `N` inputs.
     #[error("model output has shape {found:?}, expected [{batch}, classes] logits for a batch of {batch} inputs")]
     LogitsShape {

@@ -126,6 +126,15 @@ impl Model {
         engine.accepts(x).then_some(engine)
     }
 
+    /// The per-sample input shape, when the model is a network whose layers robust knows (a
+    /// [`Sequential`], a zoo model); `None` for an opaque candle `Module`.
+    pub fn input_shape(&self) -> Option<&[usize]> {
+        match self.layers.as_ref()? {
+            Source::Chain(net) => Some(net.input_shape()),
+            Source::Graph(input, _) => Some(input),
+        }
+    }
+
     /// Sets the input domain (default `[0, 1]`).
     pub fn with_domain(mut self, domain: InputDomain) -> Self {
         self.domain = domain;

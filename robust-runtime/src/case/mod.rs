@@ -72,6 +72,24 @@ impl RobustnessCase {
         Ok(())
     }
 
+    /// [`Error::DataShape`] when the model declares its input shape (a network robust knows
+    /// the layers of) and the data's samples hold another number of values: found before any
+    /// attack runs, instead of deep inside the first layer.
+    pub fn check_shape(&self) -> Result<()> {
+        let Some(expected) = self.model.input_shape() else {
+            return Ok(());
+        };
+        let data = self.data.sample_shape();
+        if data.iter().product::<usize>() != expected.iter().product::<usize>() {
+            return Err(Error::DataShape {
+                model: self.model.name().to_string(),
+                data: data.to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
     /// The same data (and domain check setting) with another model: the BPDA twin.
     pub(crate) fn with_model(&self, model: Model) -> Self {
         RobustnessCase {
@@ -116,6 +134,7 @@ impl RobustnessCase {
     /// The first `samples` samples of the data (all of them for `None`): what a run
     /// evaluates. An error for 0 or more than the data holds.
     pub(crate) fn evaluated(&self, samples: Option<usize>) -> Result<Dataset> {
+        self.check_shape()?;
         self.check_domain()?;
         match samples {
             Some(n) if n == 0 || n > self.data.len() => Err(Error::param(

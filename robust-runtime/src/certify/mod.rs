@@ -395,6 +395,7 @@ pub fn bound_case(
     if batch_size == 0 {
         return Err(Error::param("batch_size", batch_size, "at least 1"));
     }
+    case.check_shape()?;
     case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
@@ -463,6 +464,7 @@ pub fn smoothing_case(
     if !(radius.is_finite() && radius >= 0.0) {
         return Err(Error::param("radius", radius, "a finite L2 radius ≥ 0"));
     }
+    case.check_shape()?;
     case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
