@@ -114,25 +114,32 @@ fn bless(args: &[String]) -> Result<()> {
 }
 
 /// `cargo xtask page-check [PAGE] [--png FILE]`: renders the report page (default
-/// `target/robust/index.html`, written first by `cargo robust report`'s code) in headless
-/// Chromium, writes a screenshot, and fails when the page says a picture did not load or a
-/// script failed, or Chromium logs a console error.
+/// `<target>/robust/index.html`, written first by `cargo robust report`'s code) in headless
+/// Chromium, writes a screenshot (default: beside the page), and fails when the page says a
+/// picture did not load or a script failed, or Chromium logs a console error.
 fn page_check(args: &[String]) -> Result<()> {
     let root = root();
-    let png = args
+    let png_arg = args
         .iter()
         .position(|a| a == "--png")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/robust/index.png"));
+        .and_then(|i| args.get(i + 1));
     let page = match args
         .iter()
-        .find(|a| !a.starts_with("--") && Some(a.as_str()) != png.to_str())
+        .find(|a| !a.starts_with("--") && Some(*a) != png_arg)
     {
         Some(p) => PathBuf::from(p),
         None => cli::report(&project()?, None)?.path,
     };
     let page = std::fs::canonicalize(&page)?;
+    // Beside the page by default: the page lives in the target folder, wherever that is.
+    let png = png_arg
+        .map(PathBuf::from)
+        .unwrap_or_else(|| page.with_extension("png"));
+    let png = if png.is_relative() {
+        root.join(png)
+    } else {
+        png
+    };
     let chromium = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|c| {

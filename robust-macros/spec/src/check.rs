@@ -458,13 +458,25 @@ fn check_certify(spec: &Spec, written: &[&str], has: &dyn Fn(&str) -> bool, issu
                  the one the model was trained with, e.g. `sigma = 0.25`",
             );
         }
-        if let (Some(n0), Some(n), true) = (spec.options.n0, spec.options.n, has("n0")) {
-            if n0 > n {
-                issues.at(
-                    At::Key("n0"),
-                    format!("`n0 = {n0}` must be at most `n = {n}`: the selection sample is the smaller one"),
-                );
-            }
+        // Against the defaults when only one is written: `n = 3` alone leaves `n0` at 100.
+        let n0 = spec.options.n0.unwrap_or(crate::names::SMOOTHING_N0);
+        let n = spec.options.n.unwrap_or(crate::names::SMOOTHING_N);
+        if n0 > n {
+            let said = |key: &str, value: usize| {
+                if has(key) {
+                    format!("`{key} = {value}`")
+                } else {
+                    format!("`{key}` (default {value})")
+                }
+            };
+            issues.at(
+                At::Key(if has("n0") { "n0" } else { "n" }),
+                format!(
+                    "{} must be at most {}: the selection sample is the smaller one",
+                    said("n0", n0),
+                    said("n", n)
+                ),
+            );
         }
     } else {
         for key in ["radius", "sigma", "n0", "n", "alpha"] {

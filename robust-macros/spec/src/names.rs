@@ -22,6 +22,13 @@ pub const ONE_NORM_ATTACKS: &[(&str, &str, &str)] = &[(
     "Carlini & Wagner's attack minimises an L2 distance",
 )];
 
+/// Smoothing's default sample sizes (Cohen et al. 2019): `n0` noisy copies choose the class,
+/// `n` estimate its probability. The attribute checks `n0 ≤ n` against these when one of them
+/// is not written; the runtime's `Smoothing::new` uses them.
+pub const SMOOTHING_N0: usize = 100;
+/// See [`SMOOTHING_N0`].
+pub const SMOOTHING_N: usize = 100_000;
+
 /// `certify = "…"`: bound propagation at L∞ `eps` (`ibp`, `crown`), or randomized smoothing at
 /// L2 `radius`.
 pub const CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];

@@ -57,8 +57,8 @@ impl Smoothing {
     pub fn new(sigma: f64) -> Self {
         Smoothing {
             sigma,
-            n0: 100,
-            n: 100_000,
+            n0: robust_spec::names::SMOOTHING_N0,
+            n: robust_spec::names::SMOOTHING_N,
             alpha: 0.001,
             batch_size: 1_000,
         }
