@@ -207,6 +207,14 @@ fn review_bless_run_and_report_in_a_crate_outside_the_workspace() {
     // A filter that leaves the passing trial alone: exit code 0.
     let only = robust(&dir, &["run", "--filter", "fgsm"]);
     assert_eq!(only.status.code(), Some(0), "{}", text(&only));
+    // A filter that matches nothing must not pass a CI job.
+    let none = robust(&dir, &["run", "--filter", "fgms"]);
+    let said = text(&none);
+    assert_eq!(none.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("no trial of tests/robustness.toml matches `--filter fgms`"),
+        "{said}"
+    );
 
     // A suite that names a missing weights file cannot run: exit code 2.
     std::fs::write(

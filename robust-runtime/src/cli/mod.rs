@@ -230,6 +230,18 @@ pub fn run(
             writeln!(out, "\n---- {} ----\n{m}", r.name).map_err(io)?;
         }
     }
+    if results.is_empty() {
+        writeln!(
+            out,
+            "no trial of {} matches{}: nothing ran",
+            suite_path.display(),
+            options
+                .filter
+                .as_deref()
+                .map_or(String::new(), |f| format!(" `--filter {f}`"))
+        )
+        .map_err(io)?;
+    }
     let count = |f: fn(&TrialResult) -> bool| results.iter().filter(|r| f(r)).count();
     writeln!(
         out,
@@ -259,11 +271,12 @@ pub fn run(
 }
 
 /// The exit code of a run: 0 when every trial that ran passed, 1 when one failed, 2 when one
-/// could not run.
+/// could not run or when no trial matched (a mistyped `--filter` must not pass a CI job).
 pub fn exit_code(results: &[TrialResult]) -> u8 {
-    if results
-        .iter()
-        .any(|r| matches!(r.verdict, Some(Verdict::Error(_))))
+    if results.is_empty()
+        || results
+            .iter()
+            .any(|r| matches!(r.verdict, Some(Verdict::Error(_))))
     {
         2
     } else if results
@@ -413,6 +426,7 @@ mod should {
             0
         );
         assert_eq!(exit_code(&[r(Some(Verdict::Failed("".into())))]), 1);
+        assert_eq!(exit_code(&[]), 2);
         assert_eq!(
             exit_code(&[
                 r(Some(Verdict::Failed("".into()))),
