@@ -86,6 +86,8 @@ fn samples(ty: Ty) -> Vec<String> {
         "-0.5",
         "1.5",
         "60",
+        // A count above smoothing's default n0 = 100, the only good value of `n` alone.
+        "1000",
         "200.0",
         "true",
         r#""0.5""#,
