@@ -111,7 +111,6 @@ impl RobustnessCase {
         let mut parts = test.rsplit("::");
         match (parts.next(), parts.next()) {
             (Some(_), Some(function)) if self.model.name() == crate::model::DEFAULT_NAME => {
-                let function = function.to_string();
                 self.named(function)
             }
             _ => self,

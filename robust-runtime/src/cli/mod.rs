@@ -221,13 +221,9 @@ pub fn run(
             );
         },
     )?;
-    let failed: Vec<&TrialResult> = results
-        .iter()
-        .filter(|r| matches!(r.verdict, Some(Verdict::Failed(_) | Verdict::Error(_))))
-        .collect();
-    for r in &failed {
-        if let Some(Verdict::Failed(m) | Verdict::Error(m)) = &r.verdict {
-            writeln!(out, "\n---- {} ----\n{m}", r.name).map_err(io)?;
+    for r in &results {
+        if matches!(r.verdict, Some(Verdict::Failed(_) | Verdict::Error(_))) {
+            writeln!(out, "\n---- {} ----\n{}", r.name, r.message()).map_err(io)?;
         }
     }
     if results.is_empty() {

@@ -131,6 +131,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The message, whichever the verdict.
+    pub fn message(&self) -> &str {
+        match self {
+            Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m) => m,
+        }
+    }
+
     /// `Ok` with the message of a pass, `Err` with that of a failure or an error.
     pub fn into_result(self) -> std::result::Result<String, String> {
         match self {
@@ -164,10 +171,7 @@ impl TrialResult {
 
     /// The message of its verdict (empty when it was ignored).
     pub fn message(&self) -> &str {
-        match &self.verdict {
-            Some(Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m)) => m,
-            None => "",
-        }
+        self.verdict.as_ref().map_or("", Verdict::message)
     }
 }
 
@@ -299,9 +303,7 @@ fn verdict<T: GeneratedTest>(spec: &T, report: &T::Report) -> Verdict {
         (None, false) => ("passed", Verdict::Passed(format!("{report}{tail}"))),
     };
     if let Some(folder) = &folder {
-        let message = match &verdict {
-            Verdict::Passed(m) | Verdict::Failed(m) | Verdict::Error(m) => m.as_str(),
-        };
+        let message = verdict.message();
         let baseline = comparison.as_ref().map(|(text, c)| {
             // A metric missing from the changes is as the baseline has it.
             let before = report

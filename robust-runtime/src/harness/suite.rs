@@ -180,6 +180,15 @@ impl Runnable {
         }
     }
 
+    /// Runs the spec on the case `build` returns (see [`super::judge`]).
+    fn judge(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> super::Verdict {
+        match self {
+            Runnable::Attack(spec) => super::judge(spec, build),
+            Runnable::Certify(spec) => super::judge(spec, build),
+            Runnable::Perturbation(spec) => super::judge(spec, build),
+        }
+    }
+
     /// Whether the case asks for `device = "cpu"`.
     fn cpu_only(&self) -> bool {
         let options = match self {
@@ -304,12 +313,7 @@ impl Suite {
         for (name, model, runnable, ignored) in self.runnables()? {
             let build = self.builder(&model)?;
             let trial = Trial::test(name, move || {
-                let verdict = match &runnable {
-                    Runnable::Attack(spec) => super::run(spec, || build()),
-                    Runnable::Certify(spec) => super::run(spec, || build()),
-                    Runnable::Perturbation(spec) => super::run(spec, || build()),
-                };
-                match verdict {
+                match runnable.judge(|| build()).into_result() {
                     Ok(message) => {
                         if print_passes {
                             println!("{message}");
@@ -340,32 +344,18 @@ impl Suite {
             if filter.is_some_and(|f| !name.contains(f)) {
                 continue;
             }
-            let verdict = if ignored && !include_ignored {
-                starting(&name);
-                None
-            } else {
-                starting(&name);
-                let started = std::time::Instant::now();
-                let verdict = match self.builder(&model) {
-                    Err(e) => super::Verdict::Error(e.to_string()),
-                    Ok(build) => match &runnable {
-                        Runnable::Attack(spec) => super::judge(spec, || build()),
-                        Runnable::Certify(spec) => super::judge(spec, || build()),
-                        Runnable::Perturbation(spec) => super::judge(spec, || build()),
-                    },
-                };
-                results.push(super::TrialResult {
-                    name,
-                    verdict: Some(verdict),
-                    seconds: started.elapsed().as_secs_f64(),
-                });
-                ended(results.last().expect("just pushed"));
-                continue;
-            };
+            starting(&name);
+            let started = std::time::Instant::now();
+            let verdict = (include_ignored || !ignored).then(|| match self.builder(&model) {
+                Err(e) => super::Verdict::Error(e.to_string()),
+                Ok(build) => runnable.judge(|| build()),
+            });
             results.push(super::TrialResult {
                 name,
+                seconds: verdict
+                    .as_ref()
+                    .map_or(0.0, |_| started.elapsed().as_secs_f64()),
                 verdict,
-                seconds: 0.0,
             });
             ended(results.last().expect("just pushed"));
         }
