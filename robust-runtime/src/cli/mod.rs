@@ -325,7 +325,14 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Some("report") => report(&project, flag_value(&args[1..], "--filter")).map(|page| {
+        Some("report") => match parse_report(&args[1..]) {
+            Err(message) => {
+                eprintln!("error: {message}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            Ok(filter) => report(&project, filter),
+        }
+        .map(|page| {
             println!(
                 "wrote {} ({} tests, {} failed)",
                 page.path.display(),
@@ -355,10 +362,16 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     }
 }
 
-/// The value after `flag` in `args`.
-fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    let i = args.iter().position(|a| a == flag)?;
-    args.get(i + 1).map(String::as_str)
+/// The `--filter` of `cargo robust report`, the only option it takes.
+fn parse_report(args: &[String]) -> std::result::Result<Option<&str>, String> {
+    match args {
+        [] => Ok(None),
+        [flag, word] if flag == "--filter" => Ok(Some(word)),
+        [flag] if flag == "--filter" => Err("`--filter` needs a value".into()),
+        [other, ..] => Err(format!(
+            "unknown argument `{other}`; expected --filter WORD"
+        )),
+    }
 }
 
 fn parse_run(args: &[String]) -> std::result::Result<RunOptions, String> {
@@ -408,6 +421,14 @@ mod should {
         assert!(parse_run(&args("a.toml b.toml"))
             .unwrap_err()
             .contains("second suite"));
+        assert_eq!(parse_report(&args("--filter pgd")), Ok(Some("pgd")));
+        assert_eq!(parse_report(&[]), Ok(None));
+        assert!(parse_report(&args("--filter"))
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(parse_report(&args("--open"))
+            .unwrap_err()
+            .contains("unknown argument `--open`"));
     }
 
     #[test]
