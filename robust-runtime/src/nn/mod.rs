@@ -31,6 +31,7 @@ mod engine;
 mod graft;
 mod linear;
 mod sequential;
+pub(crate) mod simd;
 
 pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
 pub(crate) use engine::{Engine, Node, Source, Spec};

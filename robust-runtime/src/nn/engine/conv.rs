@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, View};
 use super::kernels::{self, ConvShape};
+use crate::nn::simd::wide;
 
 /// Columns one product should have at least (if the batch has that many samples).
 const COLUMNS: usize = 512;
@@ -182,5 +183,115 @@ impl Conv<'_> {
                     }
                 });
             });
+    }
+}
+
+/// The input gradient of a convolution whose output only a max-pool reads, straight from the
+/// pool's output gradient: each window sends its gradient to one pixel of one channel (its
+/// first maximum), so at most one in `k_pool²` of the convolution's output gradient is not
+/// zero. Instead of the dense product and col2im, every such pixel adds its filter, scaled,
+/// into the input gradient: `c_out·oh'·ow'·c_in·k²` multiply–adds against the dense
+/// `c_out·oh·ow·c_in·k²` (a quarter for 2×2 windows), and no im2col matrix.
+#[derive(Clone, Copy)]
+pub(super) struct Pooled<'a> {
+    /// The filters channels-last, `c_out × k × k × c_in` (see [`channels_last`]).
+    pub wk: &'a [f32],
+    pub c_out: usize,
+    pub g: &'a ConvShape,
+    /// Windows per channel of the pool's output.
+    pub windows: usize,
+}
+
+/// `w` (`c_out × c_in × k × k`) as `c_out × k × k × c_in`.
+pub(super) fn channels_last(w: &[f32], c_out: usize, g: &ConvShape) -> Vec<f32> {
+    let (c_in, k) = (g.c_in, g.k);
+    let mut out = vec![0f32; w.len()];
+    for co in 0..c_out {
+        for ci in 0..c_in {
+            for t in 0..k * k {
+                out[(co * k * k + t) * c_in + ci] = w[(co * c_in + ci) * k * k + t];
+            }
+        }
+    }
+    out
+}
+
+impl Pooled<'_> {
+    /// Columns of the zero-padded, channels-last gradient buffer, and its rows: every pixel an
+    /// output reads, and every input pixel.
+    fn padded(&self) -> (usize, usize) {
+        let g = self.g;
+        let (s, p) = (g.stride, g.pad);
+        (
+            ((g.ow - 1) * s + g.k).max(g.w + p),
+            ((g.oh - 1) * s + g.k).max(g.h + p),
+        )
+    }
+
+    /// `gin` (`batch × c_in·h·w`, overwritten) from the pool's output gradient `gout` and
+    /// window positions `args` (`batch × c_out·windows`); `mask`, the convolution's output,
+    /// when a ReLU follows it (a gradient passes where that output is positive).
+    pub fn backward(&self, gout: &[f32], args: &[u32], mask: Option<&[f32]>, gin: &mut [f32]) {
+        let g = self.g;
+        let (s_in, s_out, plane) = (g.c_in * g.h * g.w, self.c_out * self.windows, g.plane());
+        let (wp, hp) = self.padded();
+        gin.par_chunks_mut(s_in)
+            .zip(gout.par_chunks(s_out).zip(args.par_chunks(s_out)))
+            .enumerate()
+            .for_each(|(j, (gin, (gout, args)))| {
+                let mask = mask.map(|m| &m[j * self.c_out * plane..][..self.c_out * plane]);
+                with_scratch((hp * wp * g.c_in, 0, 0), |acc, _, _| {
+                    scatter_filters(acc, self, (gout, args), mask);
+                    gather_channels_last(acc, gin, g, wp);
+                });
+            });
+    }
+}
+
+wide! {
+    /// One sample of [`Pooled::backward`] into `acc`, its zero-padded channels-last input
+    /// gradient ([`Pooled::padded`] pixels of `c_in` values).
+    fn scatter_filters(
+        acc: &mut [f32],
+        p: &Pooled<'_>,
+        windows: (&[f32], &[u32]),
+        mask: Option<&[f32]>,
+    ) {
+        let (gout, args) = windows;
+        let g = p.g;
+        let (k, s, run) = (g.k, g.stride, g.k * g.c_in);
+        let (wp, _) = p.padded();
+        acc.fill(0.0);
+        for co in 0..p.c_out {
+            let filter = &p.wk[co * k * run..][..k * run];
+            let windows = co * p.windows..(co + 1) * p.windows;
+            for (&v, &a) in gout[windows.clone()].iter().zip(&args[windows]) {
+                let a = a as usize;
+                let open = mask.is_none_or(|m| m[co * g.plane() + a] > 0.0);
+                if v == 0.0 || !open {
+                    continue;
+                }
+                let (oy, ox) = (a / g.ow, a % g.ow);
+                for (ky, taps) in filter.chunks_exact(run).enumerate() {
+                    let at = ((oy * s + ky) * wp + ox * s) * g.c_in;
+                    for (d, &t) in acc[at..at + run].iter_mut().zip(taps) {
+                        *d += v * t;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `gin` (`c_in × h × w`) from the zero-padded channels-last `acc` with rows of `wp` pixels.
+fn gather_channels_last(acc: &[f32], gin: &mut [f32], g: &ConvShape, wp: usize) {
+    let (c_in, p) = (g.c_in, g.pad);
+    for (ci, plane) in gin.chunks_mut(g.h * g.w).enumerate() {
+        for (iy, row) in plane.chunks_mut(g.w).enumerate() {
+            let from = ((iy + p) * wp + p) * c_in + ci;
+            for (ix, d) in row.iter_mut().enumerate() {
+                *d = acc[from + ix * c_in];
+            }
+        }
     }
 }

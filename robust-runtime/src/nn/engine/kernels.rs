@@ -1,6 +1,8 @@
 //! The engine's per-sample kernels: im2col and its adjoint for convolutions, pooling with the
 //! positions its backward pass needs.
 
+use crate::nn::simd::wide;
+
 /// The geometry of a convolution: `c_in × h × w` in, `c_out × oh × ow` out, a `k × k` kernel.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConvShape {
@@ -187,27 +189,29 @@ pub(super) fn im2col(src: &[f32], cols: &mut [f32], ld: usize, g: &ConvShape) {
     }
 }
 
-/// The adjoint of [`im2col`] (same `ld`): each column entry added back into the pixel it was
-/// read from. `dst` (`c_in × h × w`) is overwritten.
-pub(super) fn col2im(cols: &[f32], ld: usize, dst: &mut [f32], g: &ConvShape) {
-    let (k, plane, (h, w)) = (g.k, g.plane(), (g.h, g.w));
-    dst[..g.c_in * h * w].fill(0.0);
-    for r in 0..g.rows() {
-        let row = &cols[r * ld..r * ld + plane];
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let (ox0, ox1) = g.columns(kx);
-        let dst = &mut dst[ci * h * w..(ci + 1) * h * w];
-        for (oy, seg) in row.chunks(g.ow).enumerate() {
-            let Some(iy) = g.row(ky, oy) else { continue };
-            let from = iy * w + ox0 * g.stride + kx - g.pad;
-            let seg = &seg[ox0..ox1];
-            if g.stride == 1 {
-                for (d, v) in dst[from..from + seg.len()].iter_mut().zip(seg) {
-                    *d += v;
-                }
-            } else {
-                for (d, v) in dst[from..].iter_mut().step_by(g.stride).zip(seg) {
-                    *d += v;
+wide! {
+    /// The adjoint of [`im2col`] (same `ld`): each column entry added back into the pixel it was
+    /// read from. `dst` (`c_in × h × w`) is overwritten.
+    pub(super) fn col2im(cols: &[f32], ld: usize, dst: &mut [f32], g: &ConvShape) {
+        let (k, plane, (h, w)) = (g.k, g.plane(), (g.h, g.w));
+        dst[..g.c_in * h * w].fill(0.0);
+        for r in 0..g.rows() {
+            let row = &cols[r * ld..r * ld + plane];
+            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+            let (ox0, ox1) = g.columns(kx);
+            let dst = &mut dst[ci * h * w..(ci + 1) * h * w];
+            for (oy, seg) in row.chunks(g.ow).enumerate() {
+                let Some(iy) = g.row(ky, oy) else { continue };
+                let from = iy * w + ox0 * g.stride + kx - g.pad;
+                let seg = &seg[ox0..ox1];
+                if g.stride == 1 {
+                    for (d, v) in dst[from..from + seg.len()].iter_mut().zip(seg) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, v) in dst[from..].iter_mut().step_by(g.stride).zip(seg) {
+                        *d += v;
+                    }
                 }
             }
         }
@@ -256,26 +260,28 @@ fn max_pool_any(src: &[f32], out: &mut [f32], arg: &mut [u32], g: &PoolShape) {
     }
 }
 
-/// [`max_pool`] for the common 2×2 window of stride 2, without the general loop's index work.
-fn max_pool_2x2(src: &[f32], out: &mut [f32], arg: &mut [u32], g: &PoolShape) {
-    let (w, ow) = (g.w, g.ow);
-    for (oy, (out, arg)) in out.chunks_mut(ow).zip(arg.chunks_mut(ow)).enumerate() {
-        let top = 2 * oy * w;
-        let (r0, r1) = (&src[top..top + 2 * ow], &src[top + w..top + w + 2 * ow]);
-        for (ox, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
-            // Row-major order: the first of equal values wins.
-            let (mut best, mut max) = (top + 2 * ox, r0[2 * ox]);
-            for (pos, v) in [
-                (top + 2 * ox + 1, r0[2 * ox + 1]),
-                (top + w + 2 * ox, r1[2 * ox]),
-                (top + w + 2 * ox + 1, r1[2 * ox + 1]),
-            ] {
-                if v > max {
-                    (best, max) = (pos, v);
+wide! {
+    /// [`max_pool`] for the common 2×2 window of stride 2, without the general loop's index work.
+    fn max_pool_2x2(src: &[f32], out: &mut [f32], arg: &mut [u32], g: &PoolShape) {
+        let (w, ow) = (g.w, g.ow);
+        for (oy, (out, arg)) in out.chunks_mut(ow).zip(arg.chunks_mut(ow)).enumerate() {
+            let top = 2 * oy * w;
+            let (r0, r1) = (&src[top..top + 2 * ow], &src[top + w..top + w + 2 * ow]);
+            for (ox, (o, a)) in out.iter_mut().zip(arg.iter_mut()).enumerate() {
+                // Row-major order: the first of equal values wins.
+                let (mut best, mut max) = (top + 2 * ox, r0[2 * ox]);
+                for (pos, v) in [
+                    (top + 2 * ox + 1, r0[2 * ox + 1]),
+                    (top + w + 2 * ox, r1[2 * ox]),
+                    (top + w + 2 * ox + 1, r1[2 * ox + 1]),
+                ] {
+                    if v > max {
+                        (best, max) = (pos, v);
+                    }
                 }
+                *o = max;
+                *a = best as u32;
             }
-            *o = max;
-            *a = best as u32;
         }
     }
 }

@@ -33,12 +33,13 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 
-use self::conv::Conv;
+use self::conv::{Conv, Pooled};
 pub(crate) use self::crown::Spec;
 use self::gemm::{matmul, View};
 use self::kernels::{ConvShape, PoolShape};
 use super::{cpu_values, Layer, Sequential};
 use crate::domain::Normalize;
+use crate::nn::simd::wide;
 
 /// One step of the plan.
 #[derive(Debug)]
@@ -63,6 +64,9 @@ enum Op {
         w: Vec<f32>,
         /// `Wᵀ`, `c_in·k·k × c_out`, row-major, for the backward pass.
         wt: Vec<f32>,
+        /// `W` channels-last, `c_out × k × k × c_in`, for the backward pass through a max-pool
+        /// (see [`Pooled`]).
+        wk: Vec<f32>,
         b: Vec<f32>,
         c_out: usize,
         g: ConvShape,
@@ -119,6 +123,10 @@ pub(crate) struct Engine {
     inputs: Vec<usize>,
     /// `sizes[j]`: values per sample of activation `j`; the last is the number of classes.
     sizes: Vec<usize>,
+    /// `pooled[i]`: op `i` is a max-pool that alone reads a convolution's output, and the
+    /// backward pass goes from the pool's output gradient to the convolution's input gradient
+    /// in one step ([`Pooled`]).
+    pooled: Vec<bool>,
     /// Workspaces of finished passes, for the next pass of the same batch size.
     spare: Mutex<Vec<Workspace>>,
 }
@@ -300,6 +308,7 @@ impl Engine {
                     let w = values(weight)?;
                     Some(Op::Conv {
                         wt: transpose(&w, c_out, g.rows()),
+                        wk: conv::channels_last(&w, c_out, &g),
                         w,
                         b: values(bias)?,
                         c_out,
@@ -355,13 +364,38 @@ impl Engine {
         if last.len() != 1 || ops.is_empty() || *map.last()? != ops.len() {
             return None;
         }
+        let mut read = vec![0usize; sizes.len()];
+        for (op, &j) in ops.iter().zip(&inputs) {
+            read[j] += 1;
+            if let Op::Add { other, .. } = op {
+                read[*other] += 1;
+            }
+        }
+        let pooled = (0..ops.len())
+            .map(|i| {
+                matches!(ops[i], Op::MaxPool(_))
+                    && i > 0
+                    && inputs[i] == i
+                    && read[i] == 1
+                    && matches!(&ops[i - 1], Op::Conv { g, .. } if g.k * g.c_in >= POOLED_RUN)
+            })
+            .collect();
         Some(Engine {
             input: input.to_vec(),
             ops,
             inputs,
             sizes,
+            pooled,
             spare: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The same plan with every backward pass through dense products: the slow, obvious path
+    /// that [`Pooled`]'s must agree with.
+    #[cfg(test)]
+    fn dense(mut self) -> Engine {
+        self.pooled.fill(false);
+        self
     }
 
     /// Whether `x` is a batch the plan runs: contiguous-able f32 on the CPU with the network's
@@ -650,6 +684,12 @@ fn pre_relu_interval(
     (lo, hi)
 }
 
+/// The shortest run of filter taps (`k·c_in`, a filter row across its input channels) for
+/// which the backward pass through a max-pool scatters filters ([`Pooled`]): shorter runs fill
+/// less than one AVX-512 vector, and the dense product with col2im measured faster (the MNIST
+/// CNN's first layer, one input channel).
+const POOLED_RUN: usize = 16;
+
 /// Values per task of an element-wise pass.
 const CHUNK: usize = 1 << 14;
 
@@ -719,6 +759,7 @@ fn apply(
             g,
             relu: relu_after,
             abs_w,
+            ..
         } => {
             let w = if abs {
                 abs_w.get_or_init(|| absolute(w))
@@ -820,17 +861,19 @@ fn per_channel(
         });
 }
 
-/// Adds `bias[c]` to each run of `plane` values of `out` (channel `c`), then ReLU if `relu`.
-fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
-    for (run, &b) in out.chunks_mut(plane).zip(bias) {
-        if relu {
-            // A select rather than `f32::max` (which orders NaN), so that it vectorises.
-            run.iter_mut().for_each(|v| {
-                let y = *v + b;
-                *v = if y > 0.0 { y } else { 0.0 };
-            });
-        } else {
-            run.iter_mut().for_each(|v| *v += b);
+wide! {
+    /// Adds `bias[c]` to each run of `plane` values of `out` (channel `c`), then ReLU if `relu`.
+    fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
+        for (run, &b) in out.chunks_mut(plane).zip(bias) {
+            if relu {
+                // A select rather than `f32::max` (which orders NaN), so that it vectorises.
+                run.iter_mut().for_each(|v| {
+                    let y = *v + b;
+                    *v = if y > 0.0 { y } else { 0.0 };
+                });
+            } else {
+                run.iter_mut().for_each(|v| *v += b);
+            }
         }
     }
 }
@@ -871,14 +914,28 @@ impl Pass<'_> {
             let s_out = e.sizes[i + 1];
             let (before, after) = ws.grads.split_at_mut(i + 1);
             let gout = &mut after[0][..n * s_out];
+            // A max-pool over a convolution: both in one step, to the convolution's input.
+            if let (true, Some(conv @ Op::Conv { wk, c_out, g, .. })) =
+                (e.pooled[i], i.checked_sub(1).map(|c| &e.ops[c]))
+            {
+                let pooled = Pooled {
+                    wk,
+                    c_out: *c_out,
+                    g,
+                    windows: s_out / c_out,
+                };
+                let mask = conv.relu().then(|| &ws.acts[i - 1][..]);
+                let j = e.inputs[i - 1];
+                let gin = &mut before[j][..n * e.sizes[j]];
+                add_into(gin, &mut ws.scratch, &mut ws.touched[j], |gin| {
+                    pooled.backward(gout, &ws.args[i], mask, gin)
+                });
+                continue;
+            }
             if op.relu() {
                 gout.par_chunks_mut(s_out)
                     .zip(ws.acts[i].par_chunks(s_out))
-                    .for_each(|(g, y)| {
-                        for (g, &y) in g.iter_mut().zip(y) {
-                            *g = if y > 0.0 { *g } else { 0.0 };
-                        }
-                    });
+                    .for_each(|(g, y)| relu_mask(g, y));
             }
             let gout = &after[0][..n * s_out];
             let mut targets = vec![e.inputs[i]];
@@ -886,23 +943,10 @@ impl Pass<'_> {
                 targets.push(*other);
             }
             for j in targets {
-                let s_in = e.sizes[j];
-                let first = !ws.touched[j];
-                let gin = if first {
-                    &mut before[j][..n * s_in]
-                } else {
-                    &mut ws.scratch[..n * s_in]
-                };
-                backward_op(op, gout, gin, &ws.args[i], (s_in, s_out));
-                if !first {
-                    let sum = &mut before[j][..n * s_in];
-                    sum.par_chunks_mut(1 << 14)
-                        .zip(ws.scratch[..n * s_in].par_chunks(1 << 14))
-                        .for_each(|(sum, add)| {
-                            sum.iter_mut().zip(add).for_each(|(s, a)| *s += a);
-                        });
-                }
-                ws.touched[j] = true;
+                let gin = &mut before[j][..n * e.sizes[j]];
+                add_into(gin, &mut ws.scratch, &mut ws.touched[j], |gin| {
+                    backward_op(op, gout, gin, &ws.args[i], (e.sizes[j], s_out))
+                });
             }
         }
         let size = n * e.sizes[0];
@@ -911,6 +955,35 @@ impl Pass<'_> {
         }
         Tensor::from_slice(&ws.grads[0][..size], self.dims.as_slice(), &Device::Cpu)
     }
+}
+
+wide! {
+    /// `g = 0` where the ReLU's output `y` is not positive.
+    fn relu_mask(g: &mut [f32], y: &[f32]) {
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = if y > 0.0 { *g } else { 0.0 };
+        }
+    }
+}
+
+/// `write` run on `grad` when it holds no gradient yet in this pass (`touched` false), else on
+/// `scratch` and summed into `grad` (an activation read by more than one op).
+fn add_into(
+    grad: &mut [f32],
+    scratch: &mut [f32],
+    touched: &mut bool,
+    write: impl FnOnce(&mut [f32]),
+) {
+    if !*touched {
+        write(grad);
+    } else {
+        let scratch = &mut scratch[..grad.len()];
+        write(scratch);
+        grad.par_chunks_mut(CHUNK)
+            .zip(scratch.par_chunks(CHUNK))
+            .for_each(|(sum, add)| sum.iter_mut().zip(add).for_each(|(s, a)| *s += a));
+    }
+    *touched = true;
 }
 
 /// One op's backward pass: `gin` (`batch × s_in`, overwritten) from the gradient `gout` of its
@@ -970,6 +1043,20 @@ mod should {
     use crate::nn::testing::random_network as random;
     use crate::Rng;
 
+    /// Convolutions whose only reader is a max-pool, with filter rows long enough for the
+    /// scatter of [`Pooled`]: one followed by a ReLU, one strided and padded without, under
+    /// windows of `k` at `stride` (candle's backward takes `k = stride` only).
+    fn pooled(k: usize, stride: usize) -> crate::nn::SequentialBuilder {
+        Sequential::builder(&[6, 13, 12])
+            .conv2d(8, 3, 1, 1)
+            .relu()
+            .max_pool2d(2)
+            .conv2d(7, 2, 2, 1)
+            .max_pool2d_with_stride(k, stride)
+            .flatten()
+            .linear(3)
+    }
+
     /// Every layer kind: normalisation, padded and strided convolutions, max pooling, a ReLU that
     /// no layer can absorb, batch norm, average pooling, a 1×1 convolution.
     fn networks() -> crate::Result<Vec<(Sequential, Option<Normalize>)>> {
@@ -998,6 +1085,7 @@ mod should {
             .flatten()
             .linear(3);
         Ok(vec![
+            (random(pooled(2, 2), 4)?, None),
             (random(image, 1)?, None),
             (
                 random(flat, 2)?,
@@ -1022,10 +1110,11 @@ mod should {
     #[test]
     fn give_candles_logits_and_input_gradients_on_every_layer_kind() -> crate::Result<()> {
         // One sample (a product per sample) and six (samples side by side in one product).
+        let kinds = networks()?.len();
         for (i, (net, normalize)) in networks()?.into_iter().chain(networks()?).enumerate() {
             let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
             let mut rng = Rng::seed_from_u64(10 + i as u64);
-            let batch = if i < 3 { 1 } else { 6 };
+            let batch = if i < kinds { 1 } else { 6 };
             let mut dims = vec![batch];
             dims.extend_from_slice(net.input_shape());
             let n = dims.iter().product();
@@ -1089,6 +1178,29 @@ mod should {
     }
 
     #[test]
+    fn scatter_filters_through_a_pool_to_the_dense_products_gradient() -> crate::Result<()> {
+        // Overlapping windows: a pixel can be the maximum of two.
+        let net = random(pooled(3, 1), 6)?;
+        let pooled = Engine::compile(&net, None).expect("a known network");
+        // Both pools take the scatter; the slow, obvious path takes neither.
+        assert_eq!(pooled.pooled, [false, true, false, true, false]);
+        let dense = Engine::compile(&net, None).expect("a known network").dense();
+        let mut rng = Rng::seed_from_u64(5);
+        let x = Tensor::from_vec(
+            rng.uniform_vec(5 * 6 * 13 * 12, 0.0, 1.0),
+            (5, 6, 13, 12),
+            &Device::Cpu,
+        )?;
+        let r = Tensor::from_vec(rng.normal_vec(5 * 3), (5, 3), &Device::Cpu)?;
+        let (_, (), fast) = pooled.forward_backward(&x, |_| Ok(((), r.clone())))?;
+        let (_, (), slow) = dense.forward_backward(&x, |_| Ok(((), r.clone())))?;
+        let scale = max_abs(&slow)?;
+        assert!(scale > 0.0);
+        assert!(max_diff(&fast, &slow)? <= 1e-6 * scale);
+        Ok(())
+    }
+
+    #[test]
     fn bound_intervals_as_the_tensor_version_of_ibp_does() -> crate::Result<()> {
         for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
             let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
@@ -1118,7 +1230,7 @@ mod should {
 
     #[test]
     fn reuse_a_workspace_without_leaking_one_pass_into_the_next() -> crate::Result<()> {
-        let (net, normalize) = networks()?.remove(0);
+        let (net, normalize) = networks()?.remove(1);
         let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
         let mut rng = Rng::seed_from_u64(4);
         let x = |rng: &mut Rng| {
@@ -1137,7 +1249,7 @@ mod should {
 
     #[test]
     fn refuse_what_it_cannot_run() -> crate::Result<()> {
-        let (net, _) = networks()?.remove(1);
+        let (net, _) = networks()?.remove(2);
         let engine = Engine::compile(&net, None).expect("a known network");
         assert!(engine.accepts(&Tensor::zeros((2, 12), DType::F32, &Device::Cpu)?));
         assert!(!engine.accepts(&Tensor::zeros((2, 12), DType::F64, &Device::Cpu)?));
