@@ -14,6 +14,7 @@ use super::loss::Objective;
 use super::{Norm, ThreatModel};
 use crate::model::{InputDomain, Model};
 use crate::nn::cpu_values;
+use crate::nn::simd::wide;
 use crate::rng::Rng;
 use crate::Result;
 
@@ -155,20 +156,32 @@ pub(crate) fn step(
                 out.par_chunks_mut(CHUNK)
                     .zip(a.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
                     .zip(x.par_chunks(CHUNK))
-                    .for_each(|((out, (a, g)), x)| {
-                        for (o, ((&a, &g), &x)) in out.iter_mut().zip(a.iter().zip(g).zip(x)) {
-                            // sign(g)·α + 0, as candle's `sign` and `affine`.
-                            let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
-                            let moved = a + (sign * alpha + 0.0);
-                            let delta = (moved - x).max(-eps).min(eps);
-                            *o = (x + delta).max(lo).min(hi);
-                        }
-                    });
+                    .for_each(|((out, (a, g)), x)| step_linf(out, (a, g, x), alpha, (eps, lo, hi)));
                 Ok(out)
             })
         })
     })?;
     Ok(Tensor::from_vec(out, x.shape(), x.device())?)
+}
+
+wide! {
+    /// [`step`]'s L∞ arithmetic on a run of values: `a` the iterate, `g` the gradient, `x` the
+    /// origin, `(eps, lo, hi)` the ball's radius and the domain.
+    fn step_linf(
+        out: &mut [f32],
+        values: (&[f32], &[f32], &[f32]),
+        alpha: f32,
+        bounds: (f32, f32, f32),
+    ) {
+        let ((a, g, x), (eps, lo, hi)) = (values, bounds);
+        for (o, ((&a, &g), &x)) in out.iter_mut().zip(a.iter().zip(g).zip(x)) {
+            // sign(g)·α + 0, as candle's `sign` and `affine`.
+            let sign = f32::from(g > 0.0) - f32::from(g < 0.0);
+            let moved = a + (sign * alpha + 0.0);
+            let delta = (moved - x).max(-eps).min(eps);
+            *o = (x + delta).max(lo).min(hi);
+        }
+    }
 }
 
 /// APGD's momentum step (Croce & Hein 2020, eq. 4 and 5) for L∞ on contiguous CPU f32

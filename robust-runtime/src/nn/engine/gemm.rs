@@ -39,6 +39,16 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     (rows - 1) * rs + (cols - 1) * cs + 1
 }
 
+/// Threads for a product: rayon's pool, or one inside a task already on it (a part of a
+/// batch, see `Engine::part_size`), whose siblings keep the other threads busy.
+pub(super) fn threads() -> usize {
+    if rayon::current_thread_index().is_some() {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 /// `dst = lhs · rhs`, with `dst` `m × n` row-major, `lhs` `m × k`, `rhs` `k × n`. `threads > 1`
 /// splits the product over rayon's pool (never from inside a parallel iterator).
 ///

@@ -513,10 +513,36 @@ impl Engine {
         }
     }
 
-    /// Every op's output for the batch `x` into `ws.acts`.
+    /// Every op's output for the batch `x` into `ws.acts`: in parts of the batch on rayon's
+    /// threads (see [`Engine::parts`]), each running every op on its samples.
     fn run_forward(&self, x: &[f32], ws: &mut Workspace) {
+        let (batch, per) = (ws.batch, self.part_size(ws.batch));
+        let acts = split_rows(&mut ws.acts, &self.sizes[1..], batch, per);
+        let args = split_rows(&mut ws.args, &self.sizes[1..], batch, per);
+        let inputs = x[..batch * self.sizes[0]].chunks(per * self.sizes[0]);
+        if acts.len() == 1 {
+            let (mut acts, mut args) = (acts, args);
+            return self.forward_part(x, &mut acts[0], &mut args[0]);
+        }
+        (inputs.zip(acts).zip(args).collect::<Vec<_>>())
+            .into_par_iter()
+            .for_each(|((x, mut acts), mut args)| self.forward_part(x, &mut acts, &mut args));
+    }
+
+    /// Samples per part of a batch: the batch split over rayon's threads, each part large
+    /// enough that its products stay efficient. One thread per part, running every op in turn,
+    /// has no synchronisation between ops: the MLP's small products spent more time waiting at
+    /// the end of each parallel product than multiplying.
+    fn part_size(&self, batch: usize) -> usize {
+        let parts = rayon::current_num_threads().min(batch / PART).max(1);
+        batch.div_ceil(parts).max(1)
+    }
+
+    /// [`Engine::run_forward`] on one part: `acts[i]` and `args[i]` are op `i`'s rows for the
+    /// part's samples `x`.
+    fn forward_part(&self, x: &[f32], acts: &mut [&mut [f32]], args: &mut [&mut [u32]]) {
         for (i, op) in self.ops.iter().enumerate() {
-            let (done, rest) = ws.acts.split_at_mut(i);
+            let (done, rest) = acts.split_at_mut(i);
             let act = |j: usize| if j == 0 { x } else { &done[j - 1][..] };
             let (src, out) = (act(self.inputs[i]), &mut rest[0][..]);
             let other = match op {
@@ -524,14 +550,60 @@ impl Engine {
                 _ => &[],
             };
             let sizes = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
-            apply(
-                op,
-                Weights::Signed,
-                (src, other),
-                out,
-                &mut ws.args[i],
-                sizes,
-            );
+            apply(op, Weights::Signed, (src, other), out, args[i], sizes);
+        }
+    }
+
+    /// The backward pass of [`Pass::input_grad`] on one part of the batch: `grads[j]`,
+    /// `acts[i]` and `args[i]` are the part's rows; `touched[j]` says whether activation `j`
+    /// holds a gradient yet (the logits' does).
+    fn backward_part(
+        &self,
+        grads: &mut [&mut [f32]],
+        scratch: &mut [f32],
+        acts: &[&[f32]],
+        args: &[&[u32]],
+        touched: &mut [bool],
+    ) {
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            if !touched[i + 1] {
+                continue; // nothing downstream reads this op's output
+            }
+            let s_out = self.sizes[i + 1];
+            let (before, after) = grads.split_at_mut(i + 1);
+            let gout = &mut *after[0];
+            // A max-pool over a convolution: both in one step, to the convolution's input.
+            if let (true, Some(conv @ Op::Conv { wk, c_out, g, .. })) =
+                (self.pooled[i], i.checked_sub(1).map(|c| &self.ops[c]))
+            {
+                let pooled = Pooled {
+                    wk,
+                    c_out: *c_out,
+                    g,
+                    windows: s_out / c_out,
+                };
+                let mask = conv.relu().then_some(acts[i - 1]);
+                let j = self.inputs[i - 1];
+                add_into(before[j], scratch, &mut touched[j], |gin| {
+                    pooled.backward(gout, args[i], mask, gin)
+                });
+                continue;
+            }
+            if op.relu() {
+                gout.par_chunks_mut(s_out)
+                    .zip(acts[i].par_chunks(s_out))
+                    .for_each(|(g, y)| relu_mask(g, y));
+            }
+            let gout = &*after[0];
+            let mut targets = vec![self.inputs[i]];
+            if let Op::Add { other, .. } = op {
+                targets.push(*other);
+            }
+            for j in targets {
+                add_into(before[j], scratch, &mut touched[j], |gin| {
+                    backward_op(op, gout, gin, args[i], (self.sizes[j], s_out))
+                });
+            }
         }
     }
 
@@ -690,6 +762,48 @@ fn pre_relu_interval(
 /// CNN's first layer, one input channel).
 const POOLED_RUN: usize = 16;
 
+/// Samples per part below which a batch is not split over threads ([`Engine::part_size`]).
+const PART: usize = 16;
+
+/// Each buffer of `bufs` (`batch × sizes[j]` rows, or empty) cut into parts of `per` samples:
+/// `parts[p][j]` is buffer `j`'s rows for part `p` (empty for an empty buffer).
+fn split_rows<'a, T>(
+    bufs: &'a mut [Vec<T>],
+    sizes: &[usize],
+    batch: usize,
+    per: usize,
+) -> Vec<Vec<&'a mut [T]>> {
+    let count = batch.div_ceil(per).max(1);
+    let mut parts: Vec<Vec<&'a mut [T]>> = (0..count).map(|_| Vec::new()).collect();
+    for (buf, &size) in bufs.iter_mut().zip(sizes) {
+        if buf.is_empty() || size == 0 {
+            parts.iter_mut().for_each(|p| p.push(&mut []));
+            continue;
+        }
+        let chunks = buf[..batch * size].chunks_mut(per * size);
+        for (part, chunk) in parts.iter_mut().zip(chunks) {
+            part.push(chunk);
+        }
+    }
+    parts
+}
+
+/// [`split_rows`] for reading.
+fn rows<'a, T>(bufs: &'a [Vec<T>], sizes: &[usize], batch: usize, per: usize) -> Vec<Vec<&'a [T]>> {
+    let count = batch.div_ceil(per).max(1);
+    let mut parts: Vec<Vec<&'a [T]>> = (0..count).map(|_| Vec::new()).collect();
+    for (buf, &size) in bufs.iter().zip(sizes) {
+        if buf.is_empty() || size == 0 {
+            parts.iter_mut().for_each(|p| p.push(&[]));
+            continue;
+        }
+        for (part, chunk) in parts.iter_mut().zip(buf[..batch * size].chunks(per * size)) {
+            part.push(chunk);
+        }
+    }
+    parts
+}
+
 /// Values per task of an element-wise pass.
 const CHUNK: usize = 1 << 14;
 
@@ -744,7 +858,7 @@ fn apply(
                 out,
                 View::rows(src, *d_in),
                 View::rows(wt, *d_out),
-                rayon::current_num_threads(),
+                gemm::threads(),
             );
             if !abs {
                 out.par_chunks_mut(*d_out)
@@ -864,17 +978,28 @@ fn per_channel(
 wide! {
     /// Adds `bias[c]` to each run of `plane` values of `out` (channel `c`), then ReLU if `relu`.
     fn bias_relu(out: &mut [f32], bias: &[f32], plane: usize, relu: bool) {
-        for (run, &b) in out.chunks_mut(plane).zip(bias) {
-            if relu {
-                // A select rather than `f32::max` (which orders NaN), so that it vectorises.
-                run.iter_mut().for_each(|v| {
-                    let y = *v + b;
-                    *v = if y > 0.0 { y } else { 0.0 };
-                });
-            } else {
-                run.iter_mut().for_each(|v| *v += b);
+        if plane == 1 {
+            // One value per channel (a linear layer's row): element-wise, so that it vectorises.
+            for (v, &b) in out.iter_mut().zip(bias) {
+                *v = add_relu(*v, b, relu);
             }
+            return;
         }
+        for (run, &b) in out.chunks_mut(plane).zip(bias) {
+            run.iter_mut().for_each(|v| *v = add_relu(*v, b, relu));
+        }
+    }
+}
+
+/// `v + b`, then ReLU if `relu`: a select rather than `f32::max` (which orders NaN), so that
+/// it vectorises.
+#[inline(always)]
+fn add_relu(v: f32, b: f32, relu: bool) -> f32 {
+    let y = v + b;
+    if relu && !(y > 0.0) {
+        0.0
+    } else {
+        y
     }
 }
 
@@ -907,48 +1032,31 @@ impl Pass<'_> {
             Ok(())
         })?;
         ws.touched[last] = true;
-        for (i, op) in e.ops.iter().enumerate().rev() {
-            if !ws.touched[i + 1] {
-                continue; // nothing downstream reads this op's output
-            }
-            let s_out = e.sizes[i + 1];
-            let (before, after) = ws.grads.split_at_mut(i + 1);
-            let gout = &mut after[0][..n * s_out];
-            // A max-pool over a convolution: both in one step, to the convolution's input.
-            if let (true, Some(conv @ Op::Conv { wk, c_out, g, .. })) =
-                (e.pooled[i], i.checked_sub(1).map(|c| &e.ops[c]))
-            {
-                let pooled = Pooled {
-                    wk,
-                    c_out: *c_out,
-                    g,
-                    windows: s_out / c_out,
-                };
-                let mask = conv.relu().then(|| &ws.acts[i - 1][..]);
-                let j = e.inputs[i - 1];
-                let gin = &mut before[j][..n * e.sizes[j]];
-                add_into(gin, &mut ws.scratch, &mut ws.touched[j], |gin| {
-                    pooled.backward(gout, &ws.args[i], mask, gin)
-                });
-                continue;
-            }
-            if op.relu() {
-                gout.par_chunks_mut(s_out)
-                    .zip(ws.acts[i].par_chunks(s_out))
-                    .for_each(|(g, y)| relu_mask(g, y));
-            }
-            let gout = &after[0][..n * s_out];
-            let mut targets = vec![e.inputs[i]];
-            if let Op::Add { other, .. } = op {
-                targets.push(*other);
-            }
-            for j in targets {
-                let gin = &mut before[j][..n * e.sizes[j]];
-                add_into(gin, &mut ws.scratch, &mut ws.touched[j], |gin| {
-                    backward_op(op, gout, gin, &ws.args[i], (e.sizes[j], s_out))
-                });
-            }
-        }
+        let per = e.part_size(n);
+        let mut grads = split_rows(&mut ws.grads, &e.sizes, n, per);
+        let widest = ws.scratch.len() / n.max(1);
+        let mut scratch = split_rows(std::slice::from_mut(&mut ws.scratch), &[widest], n, per);
+        let (acts, args) = (
+            rows(&ws.acts, &e.sizes[1..], n, per),
+            rows(&ws.args, &e.sizes[1..], n, per),
+        );
+        let parts: Vec<_> = (grads.iter_mut().zip(&mut scratch))
+            .zip(acts.iter().zip(&args))
+            .collect();
+        let run = |((grads, scratch), (acts, args)): (
+            (&mut Vec<&mut [f32]>, &mut Vec<&mut [f32]>),
+            (&Vec<&[f32]>, &Vec<&[u32]>),
+        )| {
+            let mut touched = ws.touched.clone();
+            e.backward_part(grads, scratch[0], acts, args, &mut touched);
+            touched
+        };
+        let touched: Vec<Vec<bool>> = if parts.len() == 1 {
+            parts.into_iter().map(run).collect()
+        } else {
+            parts.into_par_iter().map(run).collect()
+        };
+        ws.touched.clone_from(&touched[0]);
         let size = n * e.sizes[0];
         if !ws.touched[0] {
             return Tensor::zeros(self.dims.as_slice(), DType::F32, &Device::Cpu);
@@ -1002,7 +1110,7 @@ fn backward_op(
             gin,
             View::rows(gout, *d_out),
             View::rows(w, *d_in),
-            rayon::current_num_threads(),
+            gemm::threads(),
         ),
         Op::Conv {
             w, wt, c_out, g, ..
@@ -1184,7 +1292,9 @@ mod should {
         let pooled = Engine::compile(&net, None).expect("a known network");
         // Both pools take the scatter; the slow, obvious path takes neither.
         assert_eq!(pooled.pooled, [false, true, false, true, false]);
-        let dense = Engine::compile(&net, None).expect("a known network").dense();
+        let dense = Engine::compile(&net, None)
+            .expect("a known network")
+            .dense();
         let mut rng = Rng::seed_from_u64(5);
         let x = Tensor::from_vec(
             rng.uniform_vec(5 * 6 * 13 * 12, 0.0, 1.0),
@@ -1197,6 +1307,46 @@ mod should {
         let scale = max_abs(&slow)?;
         assert!(scale > 0.0);
         assert!(max_diff(&fast, &slow)? <= 1e-6 * scale);
+        Ok(())
+    }
+
+    #[test]
+    fn split_a_batch_over_threads_to_the_unsplit_passs_numbers() -> crate::Result<()> {
+        // 50 samples: three parts of 17, 17 and 16 on three threads, one part on one.
+        for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
+            let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
+            let mut rng = Rng::seed_from_u64(30 + i as u64);
+            let mut dims = vec![50];
+            dims.extend_from_slice(net.input_shape());
+            let n = dims.iter().product();
+            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
+            let classes = net.output_shape()[0];
+            let r = Tensor::from_vec(rng.normal_vec(50 * classes), (50, classes), &Device::Cpu)?;
+            let on = |threads: usize| -> crate::Result<(Tensor, Tensor)> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool");
+                pool.install(|| {
+                    assert_eq!(engine.part_size(50), 50usize.div_ceil(threads));
+                    let (logits, (), grad) =
+                        engine.forward_backward(&x, |_| Ok(((), r.clone())))?;
+                    Ok((logits, grad))
+                })
+            };
+            let ((split, split_grad), (whole, whole_grad)) = (on(3)?, on(1)?);
+            let scale = max_abs(&whole)?.max(1.0);
+            assert!(
+                max_diff(&split, &whole)? <= 1e-6 * scale,
+                "network {i}: logits"
+            );
+            let scale = max_abs(&whole_grad)?;
+            assert!(scale > 0.0);
+            assert!(
+                max_diff(&split_grad, &whole_grad)? <= 1e-6 * scale,
+                "network {i}: gradient"
+            );
+        }
         Ok(())
     }
 
