@@ -27,7 +27,7 @@ thread_local! {
 }
 
 /// `f` on this thread's scratch, split into buffers of `a`, `b` and `c` values.
-fn with_scratch<R>(
+pub(super) fn with_scratch<R>(
     (a, b, c): (usize, usize, usize),
     f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
 ) -> R {

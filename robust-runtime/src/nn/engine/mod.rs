@@ -27,6 +27,7 @@ mod conv;
 mod crown;
 mod gemm;
 mod kernels;
+mod winograd;
 
 use std::sync::{Mutex, OnceLock};
 
@@ -37,6 +38,7 @@ use self::conv::{Conv, Pooled};
 pub(crate) use self::crown::Spec;
 use self::gemm::{matmul, View};
 use self::kernels::{ConvShape, PoolShape};
+use self::winograd::Winograd;
 use super::{cpu_values, Layer, Sequential};
 use crate::domain::Normalize;
 use crate::nn::simd::wide;
@@ -73,6 +75,9 @@ enum Op {
         relu: bool,
         /// `|W|`, made when interval bounds first need it.
         abs_w: OnceLock<Vec<f32>>,
+        /// The filters transformed for Winograd's F(2×2, 3×3), where the convolution is 3×3
+        /// of stride 1 and padding 1 with enough channels ([`winograd_applies`]).
+        wino: Option<Winograd>,
     },
     /// `x + other` (a residual connection), then ReLU if `relu`.
     Add {
@@ -309,6 +314,7 @@ impl Engine {
                     Some(Op::Conv {
                         wt: transpose(&w, c_out, g.rows()),
                         wk: conv::channels_last(&w, c_out, &g),
+                        wino: winograd_applies(&g, c_out).then(|| Winograd::new(&w, c_out, c_in)),
                         w,
                         b: values(bias)?,
                         c_out,
@@ -804,6 +810,21 @@ fn rows<'a, T>(bufs: &'a [Vec<T>], sizes: &[usize], batch: usize, per: usize) ->
     parts
 }
 
+/// Whether a convolution runs by Winograd's F(2×2, 3×3) ([`Winograd`]): 3×3 of stride 1 and
+/// padding 1 (its output the size of its input), with at least [`WINOGRAD_CHANNELS`] channels
+/// in and out (a network's first layer, with 1 or 3 input channels, has too short a product
+/// for the transforms to pay).
+fn winograd_applies(g: &ConvShape, c_out: usize) -> bool {
+    g.k == 3
+        && g.stride == 1
+        && g.pad == 1
+        && (g.oh, g.ow) == (g.h, g.w)
+        && g.c_in.min(c_out) >= WINOGRAD_CHANNELS
+}
+
+/// See [`winograd_applies`].
+const WINOGRAD_CHANNELS: usize = 16;
+
 /// Values per task of an element-wise pass.
 const CHUNK: usize = 1 << 14;
 
@@ -873,8 +894,17 @@ fn apply(
             g,
             relu: relu_after,
             abs_w,
+            wino,
             ..
         } => {
+            let epilogue = |c: usize, run: &mut [f32]| {
+                if !abs {
+                    bias_relu(run, &b[c..=c], run.len(), relu(relu_after));
+                }
+            };
+            if let (Some(wino), false) = (wino, abs) {
+                return wino.forward(src, out, (g.h, g.w), epilogue);
+            }
             let w = if abs {
                 abs_w.get_or_init(|| absolute(w))
             } else {
@@ -886,11 +916,7 @@ fn apply(
                 c_out: *c_out,
                 g,
             };
-            conv.forward(src, out, |c, run| {
-                if !abs {
-                    bias_relu(run, &b[c..=c], run.len(), relu(relu_after));
-                }
-            });
+            conv.forward(src, out, epilogue);
         }
         Op::Add { relu, .. } => out
             .par_chunks_mut(s_out)
@@ -1112,6 +1138,11 @@ fn backward_op(
             View::rows(w, *d_in),
             gemm::threads(),
         ),
+        Op::Conv {
+            wino: Some(wino),
+            g,
+            ..
+        } => wino.backward(gout, gin, (g.h, g.w)),
         Op::Conv {
             w, wt, c_out, g, ..
         } => Conv {
