@@ -645,8 +645,31 @@ impl Engine {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = lower.dim(0)?;
         let (lower, upper) = (lower.contiguous()?, upper.contiguous()?);
-        let mut l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
-        let mut u = cpu_values(&upper, "interval upper bound", |v: &[f32]| Ok(v.to_vec()))?;
+        let l = cpu_values(&lower, "interval lower bound", |v: &[f32]| Ok(v.to_vec()))?;
+        let u = cpu_values(&upper, "interval upper bound", |v: &[f32]| Ok(v.to_vec()))?;
+        // In parts of the batch, one per thread, as the forward pass ([`Engine::part_size`]).
+        let (per, s0) = (self.part_size(n), self.sizes[0]);
+        if per >= n {
+            return Ok(self.interval_rows((l, u), n, end));
+        }
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = (l.par_chunks(per * s0).zip(u.par_chunks(per * s0)))
+            .map(|(l, u)| self.interval_rows((l.to_vec(), u.to_vec()), l.len() / s0, end))
+            .collect();
+        let (mut lo, mut hi) = (Vec::new(), Vec::new());
+        for (l, u) in parts {
+            lo.extend_from_slice(&l);
+            hi.extend_from_slice(&u);
+        }
+        Ok((lo, hi))
+    }
+
+    /// [`Engine::interval_before`] on `n` samples' boxes.
+    fn interval_rows(
+        &self,
+        (mut l, mut u): (Vec<f32>, Vec<f32>),
+        n: usize,
+        end: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
         for (i, op) in self.ops.iter().enumerate().take(end) {
             // A ReLU, fused or not, is monotone: it maps the corners.
             if !matches!(op, Op::Relu) {
@@ -657,7 +680,7 @@ impl Engine {
                 relu_in_place(&mut u);
             }
         }
-        Ok((l, u))
+        (l, u)
     }
 
     /// Interval bounds of the margins `z_y − z_j` (`N × classes`, `+∞` at `j = y`) with the
@@ -1366,6 +1389,25 @@ mod should {
                 })
             };
             let ((split, split_grad), (whole, whole_grad)) = (on(3)?, on(1)?);
+            // Interval bounds in parts too.
+            let boxes = |threads: usize| -> crate::Result<(Tensor, Tensor)> {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("a thread pool");
+                pool.install(|| Ok(engine.interval(&(&x - 0.05)?, &(&x + 0.05)?)?))
+            };
+            let ((split_l, split_u), (whole_l, whole_u)) = (boxes(3)?, boxes(1)?);
+            let scale = max_abs(&whole_u)?.max(1.0);
+            assert!(
+                max_diff(&split_l, &whole_l)? <= 1e-6 * scale,
+                "network {i}: lower"
+            );
+            assert!(
+                max_diff(&split_u, &whole_u)? <= 1e-6 * scale,
+                "network {i}: upper"
+            );
+            assert!(max_diff(&whole_l, &whole_u)? > 1e-3, "network {i}: width");
             let scale = max_abs(&whole)?.max(1.0);
             assert!(
                 max_diff(&split, &whole)? <= 1e-6 * scale,
