@@ -3,7 +3,9 @@
 //! 3×32×32 inputs, FGSM and APGD-CE on the CNN, IBP and CROWN bounds and randomized smoothing on
 //! the certified-training CNNs, and the peak memory of PGD on ResNet-18. The PyTorch side is
 //! `tests/reference/bench_torch.py` (torchattacks for APGD, auto_LiRPA for CROWN, when
-//! importable); each row prints both throughputs and their ratio (BENCHMARKS.md).
+//! importable), run for each row right after robust's side of it (so that a drift in the
+//! machine's speed reaches both sides of a row alike); each row prints both throughputs and
+//! their ratio (BENCHMARKS.md).
 //!
 //! ```text
 //! cargo xtask bench                                   # = cargo run --release --example bench
@@ -191,6 +193,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         o.reps
     );
     let mut ours = Vec::new();
+    // Each row's two sides back to back: this VM's speed drifts with its host's load over
+    // minutes, and a drift then reaches both sides of a row alike.
+    let mut theirs: Result<HashMap<String, Result<f64, String>>, String> = Ok(HashMap::new());
     for row in &rows {
         let model = load(row, &dev)?;
         let seconds = time_row(row, &model, &dev, o.reps)?;
@@ -214,11 +219,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         ours.push(row.work() / seconds);
+        if let Ok(all) = &mut theirs {
+            match run_torch(&o, &root, std::slice::from_ref(row), threads, false) {
+                Ok(one) => all.extend(one),
+                Err(why) => theirs = Err(why),
+            }
+        }
     }
     if o.ops {
         time_cnn_ops(&dev, o.batch)?;
     }
-    let theirs = run_torch(&o, &root, &rows, threads, false);
     let memory = rows
         .iter()
         .find(|r| r.model == "resnet18" && matches!(r.kind, Kind::Attack { name: "pgd", .. }))
