@@ -66,9 +66,9 @@ enum Op {
         w: Vec<f32>,
         /// `Wᵀ`, `c_in·k·k × c_out`, row-major, for the backward pass.
         wt: Vec<f32>,
-        /// `W` channels-last, `c_out × k × k × c_in`, for the backward pass through a max-pool
-        /// (see [`Pooled`]).
-        wk: Vec<f32>,
+        /// `W` channels-last, `c_out × k × k × c_in`, made when the backward pass through a
+        /// max-pool first needs it (see [`Pooled`]).
+        wk: OnceLock<Vec<f32>>,
         b: Vec<f32>,
         c_out: usize,
         g: ConvShape,
@@ -313,7 +313,7 @@ impl Engine {
                     let w = values(weight)?;
                     Some(Op::Conv {
                         wt: transpose(&w, c_out, g.rows()),
-                        wk: conv::channels_last(&w, c_out, &g),
+                        wk: OnceLock::new(),
                         wino: winograd_applies(&g, c_out).then(|| Winograd::new(&w, c_out, c_in)),
                         w,
                         b: values(bias)?,
@@ -567,8 +567,8 @@ impl Engine {
         &self,
         grads: &mut [&mut [f32]],
         scratch: &mut [f32],
-        acts: &[&[f32]],
-        args: &[&[u32]],
+        acts: &[&mut [f32]],
+        args: &[&mut [u32]],
         touched: &mut [bool],
     ) {
         for (i, op) in self.ops.iter().enumerate().rev() {
@@ -579,16 +579,22 @@ impl Engine {
             let (before, after) = grads.split_at_mut(i + 1);
             let gout = &mut *after[0];
             // A max-pool over a convolution: both in one step, to the convolution's input.
-            if let (true, Some(conv @ Op::Conv { wk, c_out, g, .. })) =
-                (self.pooled[i], i.checked_sub(1).map(|c| &self.ops[c]))
+            if let (
+                true,
+                Some(
+                    conv @ Op::Conv {
+                        w, wk, c_out, g, ..
+                    },
+                ),
+            ) = (self.pooled[i], i.checked_sub(1).map(|c| &self.ops[c]))
             {
                 let pooled = Pooled {
-                    wk,
+                    wk: wk.get_or_init(|| conv::channels_last(w, *c_out, g)),
                     c_out: *c_out,
                     g,
                     windows: s_out / c_out,
                 };
-                let mask = conv.relu().then_some(acts[i - 1]);
+                let mask = conv.relu().then_some(&*acts[i - 1]);
                 let j = self.inputs[i - 1];
                 add_into(before[j], scratch, &mut touched[j], |gin| {
                     pooled.backward(gout, args[i], mask, gin)
@@ -817,22 +823,6 @@ fn split_rows<'a, T>(
     parts
 }
 
-/// [`split_rows`] for reading.
-fn rows<'a, T>(bufs: &'a [Vec<T>], sizes: &[usize], batch: usize, per: usize) -> Vec<Vec<&'a [T]>> {
-    let count = batch.div_ceil(per).max(1);
-    let mut parts: Vec<Vec<&'a [T]>> = (0..count).map(|_| Vec::new()).collect();
-    for (buf, &size) in bufs.iter().zip(sizes) {
-        if buf.is_empty() || size == 0 {
-            parts.iter_mut().for_each(|p| p.push(&[]));
-            continue;
-        }
-        for (part, chunk) in parts.iter_mut().zip(buf[..batch * size].chunks(per * size)) {
-            part.push(chunk);
-        }
-    }
-    parts
-}
-
 /// Whether a convolution runs by Winograd's F(2×2, 3×3) ([`Winograd`]): 3×3 of stride 1 and
 /// padding 1 (its output the size of its input), with at least [`WINOGRAD_CHANNELS`] channels
 /// in and out (a network's first layer, with 1 or 3 input channels, has too short a product
@@ -1052,6 +1042,13 @@ fn add_relu(v: f32, b: f32, relu: bool) -> f32 {
     }
 }
 
+/// One part's rows of a workspace for [`Engine::backward_part`]: its gradients and scratch, and
+/// its activations and max-pool positions.
+type PartRows<'p, 'w> = (
+    (&'p mut Vec<&'w mut [f32]>, &'p mut Vec<&'w mut [f32]>),
+    (&'p mut Vec<&'w mut [f32]>, &'p mut Vec<&'w mut [u32]>),
+);
+
 /// A forward pass whose activations are in `ws`: its logits, and input gradients of any
 /// gradient at the logits.
 struct Pass<'a> {
@@ -1085,18 +1082,15 @@ impl Pass<'_> {
         let mut grads = split_rows(&mut ws.grads, &e.sizes, n, per);
         let widest = ws.scratch.len() / n.max(1);
         let mut scratch = split_rows(std::slice::from_mut(&mut ws.scratch), &[widest], n, per);
-        let (acts, args) = (
-            rows(&ws.acts, &e.sizes[1..], n, per),
-            rows(&ws.args, &e.sizes[1..], n, per),
-        );
+        // Read only, but cut as the forward pass cut them.
+        let mut acts = split_rows(&mut ws.acts, &e.sizes[1..], n, per);
+        let mut args = split_rows(&mut ws.args, &e.sizes[1..], n, per);
         let parts: Vec<_> = (grads.iter_mut().zip(&mut scratch))
-            .zip(acts.iter().zip(&args))
+            .zip(acts.iter_mut().zip(&mut args))
             .collect();
-        let run = |((grads, scratch), (acts, args)): (
-            (&mut Vec<&mut [f32]>, &mut Vec<&mut [f32]>),
-            (&Vec<&[f32]>, &Vec<&[u32]>),
-        )| {
-            let mut touched = ws.touched.clone();
+        let start = ws.touched.clone();
+        let run = |((grads, scratch), (acts, args)): PartRows<'_, '_>| {
+            let mut touched = start.clone();
             e.backward_part(grads, scratch[0], acts, args, &mut touched);
             touched
         };
