@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 
 /// Whether this CPU runs the AVX-512 copies (checked once).
 pub(crate) fn avx512() -> bool {
+    #[cfg(test)]
+    if BASELINE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -23,6 +27,24 @@ pub(crate) fn avx512() -> bool {
         #[cfg(not(target_arch = "x86_64"))]
         false
     })
+}
+
+/// Set while [`on_baseline`] runs: every thread then takes the baseline copies.
+#[cfg(test)]
+static BASELINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `f` with the baseline copies on every thread, for tests that both copies give the same
+/// bits. Other tests running meanwhile take the baseline copies too, which by that property
+/// changes none of their numbers.
+#[cfg(test)]
+pub(crate) fn on_baseline<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::Ordering;
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    BASELINE.store(true, Ordering::Relaxed);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    BASELINE.store(false, Ordering::Relaxed);
+    out.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// A function whose body also has an AVX-512 copy, called where the CPU runs it (see the

@@ -68,19 +68,13 @@ impl Conv<'_> {
         (g.c_in * g.h * g.w, self.c_out * g.plane())
     }
 
-    /// `out = conv(src)` for a batch, then `epilogue` on each sample's channel `c` (a run of
-    /// `oh·ow` values): the bias, a fused ReLU.
-    pub fn forward(
-        &self,
-        src: &[f32],
-        out: &mut [f32],
-        epilogue: impl Fn(usize, &mut [f32]) + Sync,
-    ) {
+    /// `out = conv(src)` for a batch, then the epilogue on each output channel.
+    pub fn forward(&self, src: &[f32], out: &mut [f32], epilogue: Epilogue<'_>) {
         let g = self.g;
         let (s_in, s_out) = self.sizes();
         let (rows, plane, group) = (g.rows(), g.plane(), self.group());
         // Columns per sample in the im2col matrix and the product (wider than `plane` when
-        // phased: each output row then has unused columns, dropped when scattered back).
+        // phased: each output row then has unused columns, dropped when unpacked).
         let (span, phased) = (g.span(), g.is_phased());
         let phases = if phased { g.phases_len() } else { 0 };
         out.par_chunks_mut(group * s_out)
@@ -88,14 +82,9 @@ impl Conv<'_> {
             .for_each(|(out, src)| {
                 let m = src.len() / s_in;
                 let ld = m * span;
-                let finish = |out: &mut [f32]| {
-                    for (c, run) in out.chunks_mut(plane).enumerate() {
-                        epilogue(c % self.c_out, run);
-                    }
-                };
                 if m == 1 && g.is_pointwise() {
                     self.product(src, out, plane);
-                    return finish(out);
+                    return epilogue.apply(out, plane);
                 }
                 let sizes = (phases, rows * ld, self.c_out * ld);
                 with_scratch(sizes, |split, cols, product| {
@@ -108,24 +97,15 @@ impl Conv<'_> {
                         }
                     }
                     if m == 1 && !phased {
-                        return self.product(cols, out, ld);
+                        self.product(cols, out, ld);
+                        return epilogue.apply(out, plane);
                     }
                     self.product(cols, product, ld);
                     // Row `co` of the product holds channel `co` of every sample of the group.
                     for (j, out) in out.chunks_mut(s_out).enumerate() {
-                        for (co, run) in out.chunks_mut(plane).enumerate() {
-                            let from = &product[co * ld + j * span..][..span];
-                            if phased {
-                                for (oy, run) in run.chunks_mut(g.ow).enumerate() {
-                                    run.copy_from_slice(&from[g.span_row(oy)..][..g.ow]);
-                                }
-                            } else {
-                                run.copy_from_slice(from);
-                            }
-                        }
+                        unpack(out, &product[j * span..], ld, g, epilogue);
                     }
                 });
-                finish(out);
             });
     }
 
@@ -183,6 +163,56 @@ impl Conv<'_> {
                     }
                 });
             });
+    }
+}
+
+/// What follows a convolution's product on each output channel `c`: its bias `b[c]` (none for
+/// an interval's radius), then a ReLU if `relu`.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// No bias, no ReLU: the product as it is.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu: false,
+    };
+
+    /// On one sample's channels (runs of `plane` values), in place.
+    pub fn apply(&self, out: &mut [f32], plane: usize) {
+        if let Some(bias) = self.bias {
+            super::bias_relu(out, bias, plane, self.relu);
+        }
+    }
+}
+
+wide! {
+    /// One sample's output channels from its columns of a product (`ld` values per row), with
+    /// the epilogue: channel `co`'s row `oy` is the `ow` values from `co·ld + oy·pitch` on
+    /// (`pitch > ow` when phased: the unused columns are dropped).
+    fn unpack(out: &mut [f32], product: &[f32], ld: usize, g: &ConvShape, epi: Epilogue<'_>) {
+        let (plane, ow, pitch) = (g.plane(), g.ow, g.pitch());
+        let finish = |out: &mut [f32], from: &[f32], b: Option<f32>| match b {
+            Some(b) => {
+                for (o, &v) in out.iter_mut().zip(from) {
+                    *o = super::add_relu(v, b, epi.relu);
+                }
+            }
+            None => out.copy_from_slice(from),
+        };
+        for (co, out) in out.chunks_mut(plane).enumerate() {
+            let (from, b) = (&product[co * ld..], epi.bias.map(|b| b[co]));
+            if pitch == ow {
+                finish(out, &from[..plane], b);
+            } else {
+                for (oy, out) in out.chunks_mut(ow).enumerate() {
+                    finish(out, &from[oy * pitch..][..ow], b);
+                }
+            }
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 
 use crate::nn::simd::wide;
 
+/// The largest stride read through phase planes (`stride²` planes per channel).
+const MAX_PHASED_STRIDE: usize = 4;
+
 /// The geometry of a convolution: `c_in × h × w` in, `c_out × oh × ow` out, a `k × k` kernel.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ConvShape {
@@ -49,10 +52,11 @@ impl ConvShape {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Whether the forward im2col reads through phase planes ([`split_phases`]): at stride > 1,
-    /// where gathering every `stride`-th value into the matrix costs more than the product.
+    /// Whether the forward im2col reads through phase planes ([`split_phases`]): at strides 2 to
+    /// [`MAX_PHASED_STRIDE`], where gathering every `stride`-th value into the matrix costs more
+    /// than the product.
     pub fn is_phased(&self) -> bool {
-        self.stride > 1 && !self.is_pointwise()
+        (2..=MAX_PHASED_STRIDE).contains(&self.stride) && !self.is_pointwise()
     }
 
     /// Rows and columns of one phase plane: the zero-padded input's pixels `(u·s + a, v·s + b)`
@@ -72,63 +76,62 @@ impl ConvShape {
         self.c_in * self.stride * self.stride * qh * qw
     }
 
-    /// Columns the forward im2col matrix gives one sample: `oh·ow`, or `oh` rows of a phase
-    /// plane's width when phased (its last `qw − ow` columns of each row are not outputs).
+    /// Columns the forward im2col matrix gives one sample: `oh` rows of [`pitch`](Self::pitch)
+    /// columns (when phased, the last `pitch − ow` columns of each row are not outputs).
     pub fn span(&self) -> usize {
-        if self.is_phased() {
-            self.oh * self.phase_dims().1
-        } else {
-            self.plane()
-        }
+        self.oh * self.pitch()
     }
 
-    /// Where output row `oy` starts within a sample's [`span`](Self::span).
-    pub fn span_row(&self, oy: usize) -> usize {
+    /// Columns between two output rows in the forward im2col matrix: `ow`, or a phase plane's
+    /// width when phased.
+    pub fn pitch(&self) -> usize {
         if self.is_phased() {
-            oy * self.phase_dims().1
+            self.phase_dims().1
         } else {
-            oy * self.ow
+            self.ow
         }
     }
 }
 
-/// The phase planes of one sample for a strided convolution: plane `(ci, a, b)` holds the
-/// zero-padded input's pixels `(u·s + a, v·s + b)` at `(u, v)`. Output pixel `(oy, ox)` reads
-/// kernel offset `(ky, kx)` from plane `(ci, ky mod s, kx mod s)` at `(oy + ky/s, ox + kx/s)`, so
-/// each im2col row is one contiguous run of a plane ([`im2col_phased`]). `phases` holds
-/// [`ConvShape::phases_len`] values, all overwritten.
-pub(super) fn split_phases(src: &[f32], phases: &mut [f32], g: &ConvShape) {
-    let (s, p) = (g.stride, g.pad);
-    let (qh, qw) = g.phase_dims();
-    let phases = &mut phases[..g.phases_len()];
-    phases.fill(0.0);
-    // For each column phase `b`: the first input column whose padded column is `b` modulo
-    // `s`, and where it lands in the phase plane's row.
-    let starts: Vec<(usize, usize)> = (0..s)
-        .map(|b| {
+wide! {
+    /// The phase planes of one sample for a strided convolution: plane `(ci, a, b)` holds the
+    /// zero-padded input's pixels `(u·s + a, v·s + b)` at `(u, v)`. Output pixel `(oy, ox)`
+    /// reads kernel offset `(ky, kx)` from plane `(ci, ky mod s, kx mod s)` at
+    /// `(oy + ky/s, ox + kx/s)`, so each im2col row is one contiguous run of a plane
+    /// ([`im2col_phased`]). `phases` holds [`ConvShape::phases_len`] values, all overwritten.
+    pub(super) fn split_phases(src: &[f32], phases: &mut [f32], g: &ConvShape) {
+        let (s, p) = (g.stride, g.pad);
+        let (qh, qw) = g.phase_dims();
+        let phases = &mut phases[..g.phases_len()];
+        phases.fill(0.0);
+        // For each column phase `b`: the first input column whose padded column is `b` modulo
+        // `s`, and where it lands in the phase plane's row.
+        let mut starts = [(0, 0); MAX_PHASED_STRIDE];
+        for (b, start) in starts[..s].iter_mut().enumerate() {
             let ix0 = (b + s - p % s) % s;
-            (ix0, (ix0 + p) / s)
-        })
-        .collect();
-    for (ci, channel) in src.chunks(g.h * g.w).take(g.c_in).enumerate() {
-        let planes = &mut phases[ci * s * s * qh * qw..][..s * s * qh * qw];
-        // Padded row `iy + p` is row `u` of the row phase `a`.
-        let (mut a, mut u) = (p % s, p / s);
-        for row in channel.chunks(g.w) {
-            for (b, &(ix0, v0)) in starts.iter().enumerate() {
-                let dst = &mut planes[((a * s + b) * qh + u) * qw + v0..][..qw - v0];
-                every_nth(&row[ix0.min(row.len())..], s, dst);
-            }
-            a += 1;
-            if a == s {
-                (a, u) = (0, u + 1);
+            *start = (ix0, (ix0 + p) / s);
+        }
+        for (ci, channel) in src.chunks(g.h * g.w).take(g.c_in).enumerate() {
+            let planes = &mut phases[ci * s * s * qh * qw..][..s * s * qh * qw];
+            // Padded row `iy + p` is row `u` of the row phase `a`.
+            let (mut a, mut u) = (p % s, p / s);
+            for row in channel.chunks(g.w) {
+                for (b, &(ix0, v0)) in starts[..s].iter().enumerate() {
+                    let dst = &mut planes[((a * s + b) * qh + u) * qw + v0..][..qw - v0];
+                    every_nth(&row[ix0.min(row.len())..], s, dst);
+                }
+                a += 1;
+                if a == s {
+                    (a, u) = (0, u + 1);
+                }
             }
         }
     }
 }
 
 /// `dst[i] = src[i·s]` for as many values as both have; pairs at `s = 2`, which the compiler
-/// turns into vector shuffles.
+/// turns into vector shuffles where a row is long enough.
+#[inline(always)]
 fn every_nth(src: &[f32], s: usize, dst: &mut [f32]) {
     if s == 2 {
         let pairs = src.chunks_exact(2);
@@ -365,6 +368,7 @@ mod should {
             shape(2, 11, 10, 3, 3, 2),
             shape(1, 6, 6, 2, 2, 0),
             shape(2, 9, 8, 5, 2, 0),
+            shape(2, 13, 12, 5, 4, 2),
         ] {
             assert!(g.is_phased());
             let src: Vec<f32> = (0..g.c_in * g.h * g.w).map(|i| i as f32 + 1.0).collect();
@@ -377,7 +381,7 @@ mod should {
             for r in 0..g.rows() {
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        let at = r * ld + g.span() + g.span_row(oy) + ox;
+                        let at = r * ld + g.span() + oy * g.pitch() + ox;
                         assert_eq!(
                             cols[at],
                             entry(&src, &g, r, oy, ox),

@@ -910,10 +910,9 @@ fn apply(
             wino,
             ..
         } => {
-            let epilogue = |c: usize, run: &mut [f32]| {
-                if !abs {
-                    bias_relu(run, &b[c..=c], run.len(), relu(relu_after));
-                }
+            let epilogue = conv::Epilogue {
+                bias: (!abs).then_some(&b[..]),
+                relu: relu(relu_after),
             };
             if let (Some(wino), false) = (wino, abs) {
                 return wino.forward(src, out, (g.h, g.w), epilogue);
@@ -1413,6 +1412,36 @@ mod should {
                 max_diff(&split_grad, &whole_grad)? <= 1e-6 * scale,
                 "network {i}: gradient"
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn give_the_same_bits_on_the_avx512_copies_as_on_the_baseline_ones() -> crate::Result<()> {
+        for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
+            let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
+            let mut rng = Rng::seed_from_u64(50 + i as u64);
+            let mut dims = vec![40];
+            dims.extend_from_slice(net.input_shape());
+            let n = dims.iter().product();
+            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
+            let classes = net.output_shape()[0];
+            let r = Tensor::from_vec(rng.normal_vec(40 * classes), (40, classes), &Device::Cpu)?;
+            let run = || -> crate::Result<Vec<Vec<u32>>> {
+                let (logits, (), grad) = engine.forward_backward(&x, |_| Ok(((), r.clone())))?;
+                let (l, u) = engine.interval(&(&x - 0.05)?, &(&x + 0.05)?)?;
+                [logits, grad, l, u]
+                    .iter()
+                    .map(|t| {
+                        let v = t.flatten_all()?.to_vec1::<f32>()?;
+                        Ok(v.iter().map(|v| v.to_bits()).collect())
+                    })
+                    .collect()
+            };
+            let (wide, baseline) = (run()?, crate::nn::simd::on_baseline(run)?);
+            for (k, (a, b)) in wide.iter().zip(&baseline).enumerate() {
+                assert!(a == b, "network {i}: output {k} differs between the copies");
+            }
         }
         Ok(())
     }

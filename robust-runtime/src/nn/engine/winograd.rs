@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::with_scratch;
+use super::conv::{with_scratch, Epilogue};
 use super::gemm::{matmul, View};
 use crate::nn::simd::wide;
 
@@ -83,14 +83,13 @@ impl Winograd {
         }
     }
 
-    /// `out = conv(src)` for a batch of `h × w` planes, then `epilogue` on each sample's channel
-    /// `c` (a run of `h·w` values).
+    /// `out = conv(src)` for a batch of `h × w` planes, then the epilogue on each output channel.
     pub fn forward(
         &self,
         src: &[f32],
         out: &mut [f32],
         (h, w): (usize, usize),
-        epilogue: impl Fn(usize, &mut [f32]) + Sync,
+        epilogue: Epilogue<'_>,
     ) {
         convolve(
             &self.forward,
@@ -98,20 +97,19 @@ impl Winograd {
             src,
             out,
             Plane::new(h, w),
-            &epilogue,
+            epilogue,
         );
     }
 
     /// The input gradient `gin` of the output gradient `gout`, for a batch.
     pub fn backward(&self, gout: &[f32], gin: &mut [f32], (h, w): (usize, usize)) {
-        let none = |_: usize, _: &mut [f32]| {};
         convolve(
             &self.backward,
             (self.c_out, self.c_in),
             gout,
             gin,
             Plane::new(h, w),
-            &none,
+            Epilogue::NONE,
         );
     }
 }
@@ -152,7 +150,7 @@ fn convolve(
     src: &[f32],
     out: &mut [f32],
     p: Plane,
-    epilogue: &(impl Fn(usize, &mut [f32]) + Sync),
+    epilogue: Epilogue<'_>,
 ) {
     let (c_in, c_out) = channels;
     let (s_in, s_out) = (c_in * p.h * p.w, c_out * p.h * p.w);
@@ -174,9 +172,7 @@ fn convolve(
                 block.convolve(u, channels, (src, out), p);
             }
             for out in out.chunks_mut(s_out) {
-                for (co, plane) in out.chunks_mut(p.h * p.w).enumerate() {
-                    epilogue(co, plane);
-                }
+                epilogue.apply(out, p.h * p.w);
             }
         });
 }
@@ -442,7 +438,7 @@ mod should {
             let wino = Winograd::new(&weights, c_out, c_in);
             let x = rng.uniform_vec(2 * c_in * h * w, -1.0, 1.0);
             let mut out = vec![f32::NAN; 2 * c_out * h * w];
-            wino.forward(&x, &mut out, (h, w), |_, _| {});
+            wino.forward(&x, &mut out, (h, w), Epilogue::NONE);
             for (j, out) in out.chunks(c_out * h * w).enumerate() {
                 let want = direct(
                     &weights,
