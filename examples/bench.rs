@@ -11,8 +11,12 @@
 //! cargo xtask bench                                   # = cargo run --release --example bench
 //! cargo run --release --features cuda --example bench -- --device cuda --only pgd
 //! bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] [--resnet-batch N]
-//!       [--reps N] [--out FILE] [--breakdown] [--ops] [--no-engine]
+//!       [--reps N] [--min-time S] [--out FILE] [--breakdown] [--ops] [--no-engine]
 //! ```
+//!
+//! Each side's number is the best of at least `--reps` (3) timed runs after a warm-up, and of
+//! more until the timed runs took `--min-time` (1) seconds together: a row of 10 ms is then the
+//! best of about 100 runs, not of 3 that one stall of the VM's host can all reach.
 //!
 //! PyTorch comes from `--torch`, else `$ROBUST_TORCH_PYTHON`, else `python3`; without one that
 //! imports torch and safetensors its column says why. Both sides use as many threads as candle
@@ -95,8 +99,8 @@ impl Row {
 fn usage() -> ! {
     eprintln!(
         "usage: bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] \
-         [--resnet-batch N] [--reps N] [--out FILE] [--breakdown] [--ops] [--no-engine] \
-         [--rss-child KEY]"
+         [--resnet-batch N] [--reps N] [--min-time S] [--out FILE] [--breakdown] [--ops] \
+         [--no-engine] [--rss-child KEY]"
     );
     std::process::exit(2)
 }
@@ -120,6 +124,7 @@ struct Options {
     batch: usize,
     resnet_batch: Option<usize>,
     reps: usize,
+    min_time: f64,
     out: Option<PathBuf>,
     breakdown: bool,
     ops: bool,
@@ -134,6 +139,7 @@ fn options() -> Options {
         batch: 256,
         resnet_batch: None,
         reps: 3,
+        min_time: 1.0,
         out: None,
         breakdown: false,
         ops: false,
@@ -155,6 +161,7 @@ fn options() -> Options {
                     "--batch" => o.batch = number(&value),
                     "--resnet-batch" => o.resnet_batch = Some(number(&value)),
                     "--reps" => o.reps = number(&value).max(1),
+                    "--min-time" => o.min_time = value.parse().unwrap_or_else(|_| usage()),
                     "--out" => o.out = Some(PathBuf::from(value)),
                     "--rss-child" => o.rss_child = Some(value),
                     _ => usage(),
@@ -188,17 +195,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let threads = candle_core::utils::get_num_threads();
     println!(
-        "robust on {} ({threads} CPU threads), {} timed runs after a warm-up",
+        "robust on {} ({threads} CPU threads), the best of at least {} timed runs and {} s \
+         after a warm-up",
         robust_runtime::device::name(&dev),
-        o.reps
+        o.reps,
+        o.min_time
     );
+    let timing = Timing {
+        reps: o.reps,
+        min_time: o.min_time,
+    };
     let mut ours = Vec::new();
     // Each row's two sides back to back: this VM's speed drifts with its host's load over
     // minutes, and a drift then reaches both sides of a row alike.
     let mut theirs: Result<HashMap<String, Result<f64, String>>, String> = Ok(HashMap::new());
     for row in &rows {
         let model = load(row, &dev)?;
-        let seconds = time_row(row, &model, &dev, o.reps)?;
+        let seconds = time_row(row, &model, &dev, timing)?;
         println!(
             "  robust  {:<44} {:>10.1} {} ({:.2} ms per run)",
             row.title,
@@ -208,7 +221,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         if o.breakdown {
             if let Kind::Attack { steps, .. } = row.kind {
-                let (forward, gradient) = time_phases(row, &model, &dev, o.reps)?;
+                let (forward, gradient) = time_phases(row, &model, &dev, timing)?;
                 println!(
                     "          forward {:.2} ms, forward + input gradient + step {:.2} ms, the \
                      rest of a step {:.2} ms",
@@ -452,9 +465,30 @@ fn inputs(row: &Row, dev: &Device) -> robust_runtime::Result<(Tensor, Tensor)> {
     Ok((x, y))
 }
 
-/// Seconds per run of the row's whole workload: the best of `reps` runs after a warm-up, the
-/// device synchronised before the clock stops.
-fn time_row(row: &Row, model: &Model, dev: &Device, reps: usize) -> robust_runtime::Result<f64> {
+/// How many timed runs: at least `reps`, and more until they took `min_time` seconds together
+/// (a row of 10 ms gets about 100, so that a stall of the VM's host during one run, or three,
+/// does not decide it). The PyTorch side (`bench_torch.py`) follows the same rule.
+#[derive(Clone, Copy)]
+struct Timing {
+    reps: usize,
+    min_time: f64,
+}
+
+impl Timing {
+    /// The best of the timed runs of `f` (each timed by `f` itself).
+    fn best(self, mut f: impl FnMut() -> robust_runtime::Result<f64>) -> robust_runtime::Result<f64> {
+        let (mut best, mut total, mut runs) = (f64::INFINITY, 0.0, 0);
+        while runs < self.reps || (runs > 0 && total < self.min_time) {
+            let t = f()?;
+            (best, total, runs) = (best.min(t), total + t, runs + 1);
+        }
+        Ok(best)
+    }
+}
+
+/// Seconds per run of the row's whole workload: the best of the timed runs ([`Timing`]) after a
+/// warm-up, the device synchronised before the clock stops. `reps = 0`: the warm-up alone.
+fn time_row(row: &Row, model: &Model, dev: &Device, timing: Timing) -> robust_runtime::Result<f64> {
     let (x, y) = inputs(row, dev)?;
     let run: Box<dyn Fn() -> robust_runtime::Result<()>> = match row.kind {
         Kind::Attack { name, steps } => {
@@ -501,14 +535,20 @@ fn time_row(row: &Row, model: &Model, dev: &Device, reps: usize) -> robust_runti
         run()?;
         dev.synchronize()?;
     }
-    let mut best = f64::INFINITY;
-    for _ in 0..if row.once { 1 } else { reps } {
+    let timing = if row.once {
+        Timing {
+            reps: 1,
+            min_time: 0.0,
+        }
+    } else {
+        timing
+    };
+    timing.best(|| {
         let started = Instant::now();
         run()?;
         dev.synchronize()?;
-        best = best.min(started.elapsed().as_secs_f64());
-    }
-    Ok(best)
+        Ok(started.elapsed().as_secs_f64())
+    })
 }
 
 /// Seconds for the forward pass alone and for forward + input gradient (one FGSM step: the
@@ -519,21 +559,23 @@ fn time_phases(
     row: &Row,
     model: &Model,
     dev: &Device,
-    reps: usize,
+    timing: Timing,
 ) -> robust_runtime::Result<(f64, f64)> {
     let (x, y) = inputs(row, dev)?;
     let best = |f: &dyn Fn() -> robust_runtime::Result<Tensor>| -> robust_runtime::Result<f64> {
         f()?;
         dev.synchronize()?;
-        let mut best = f64::INFINITY;
-        for _ in 0..reps.max(3) {
+        let timing = Timing {
+            reps: timing.reps.max(3),
+            ..timing
+        };
+        timing.best(|| {
             let started = Instant::now();
             let out = f()?;
             dev.synchronize()?;
             drop(out);
-            best = best.min(started.elapsed().as_secs_f64());
-        }
-        Ok(best)
+            Ok(started.elapsed().as_secs_f64())
+        })
     };
     let forward = best(&|| model.logits(&x))?;
     let fgsm = attack::build("fgsm", row.eps, &AttackParams::default())?;
@@ -561,10 +603,14 @@ fn status_kib(field: &str) -> u64 {
 /// and after 4 more runs (growth would be a leak of autograd graphs).
 fn rss_child(row: &Row, dev: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let model = load(row, dev)?;
-    time_row(row, &model, dev, 0)?; // reps = 0: the one warm-up run
+    let warm_up = Timing {
+        reps: 0,
+        min_time: 0.0,
+    };
+    time_row(row, &model, dev, warm_up)?; // the one warm-up run
     let after_one = status_kib("VmRSS:");
     for _ in 0..4 {
-        time_row(row, &model, dev, 0)?;
+        time_row(row, &model, dev, warm_up)?;
     }
     let after_more = status_kib("VmRSS:");
     println!("RSS {} {after_one} {after_more}", status_kib("VmHWM:"));
@@ -637,6 +683,7 @@ fn run_torch(
         .arg(&script)
         .args(["--device", &o.device, "--threads", &threads.to_string()])
         .args(["--reps", &o.reps.to_string()])
+        .args(["--min-time", &o.min_time.to_string()])
         .args(o.breakdown.then_some("--breakdown"))
         .args(rss.then_some("--rss"))
         .args(rows.iter().map(Row::plan))

@@ -7,9 +7,10 @@ of the project.
 
 Each plan argument is a JSON object: key, kind (pgd, fgsm, apgd, ibp, crown, smoothing), model
 (mnist_mlp, mnist_cnn, resnet18, mnist_ibp, mnist_noise), weights, inputs, batch, eps, alpha,
-steps, n0, n, sigma, once. Prints `RESULT <key> <throughput>` per row (the best of `--reps` timed
-runs after a warm-up, or one run without it where `once` is true: a row that takes minutes; CUDA
-synchronised before each clock read), in the unit the Rust side prints:
+steps, n0, n, sigma, once. Prints `RESULT <key> <throughput>` per row (the best of at least
+`--reps` timed runs after a warm-up, and of more until they took `--min-time` seconds together,
+or one run without it where `once` is true: a row that takes minutes; CUDA synchronised before
+each clock read), in the unit the Rust side prints:
 step·images/s for attacks (images/s for FGSM), samples/s for bounds and smoothing. A row whose
 peer library is missing prints `SKIPPED <key> <why>`. With `--rss`, runs the rows and prints
 `RESULT <key>_rss <peak resident KiB>` instead.
@@ -27,6 +28,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+
+
+def best_of_runs(f, sync, reps, min_time):
+    """The best time of at least `reps` runs of `f`, and more until they took `min_time`
+    seconds together: the rule of `examples/bench.rs`."""
+    best, total, runs = float("inf"), 0.0, 0
+    while runs < reps or (runs > 0 and total < min_time):
+        t = time.perf_counter()
+        f()
+        sync()
+        dt = time.perf_counter() - t
+        best, total, runs = min(best, dt), total + dt, runs + 1
+    return best
 
 
 def mlp():
@@ -133,6 +147,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--min-time", type=float, default=0.0,
+                   help="keep timing past --reps until the timed runs took this many seconds together")
     p.add_argument("--breakdown", action="store_true", help="also time forward and forward + input gradient")
     p.add_argument("--rss", action="store_true", help="peak resident memory of running the rows once")
     p.add_argument("plan", nargs="+")
@@ -201,25 +217,14 @@ def main():
             if not r.get("once"):
                 run()  # warm-up
                 sync()
-            best = float("inf")
-            for _ in range(1 if r.get("once") else a.reps):
-                t = time.perf_counter()
-                run()
-                sync()
-                best = min(best, time.perf_counter() - t)
+            best = best_of_runs(run, sync, 1 if r.get("once") else a.reps, 0.0 if r.get("once") else a.min_time)
         unit = "images/s" if kind == "fgsm" else ("step·images/s" if kind in ("pgd", "apgd") else "samples/s")
         print(f"  torch   {key:<44} {work / best:>10.1f} {unit} ({1e3 * best:.2f} ms per run)")
         if a.breakdown and kind == "pgd":
             def best_of(f):
                 f()
                 sync()
-                b = float("inf")
-                for _ in range(max(a.reps, 3)):
-                    t = time.perf_counter()
-                    f()
-                    sync()
-                    b = min(b, time.perf_counter() - t)
-                return b
+                return best_of_runs(f, sync, max(a.reps, 3), a.min_time)
 
             def gradient():
                 xv = x.clone().requires_grad_(True)
