@@ -476,7 +476,10 @@ struct Timing {
 
 impl Timing {
     /// The best of the timed runs of `f` (each timed by `f` itself).
-    fn best(self, mut f: impl FnMut() -> robust_runtime::Result<f64>) -> robust_runtime::Result<f64> {
+    fn best(
+        self,
+        mut f: impl FnMut() -> robust_runtime::Result<f64>,
+    ) -> robust_runtime::Result<f64> {
         let (mut best, mut total, mut runs) = (f64::INFINITY, 0.0, 0);
         while runs < self.reps || (runs > 0 && total < self.min_time) {
             let t = f()?;

@@ -24,7 +24,7 @@
 
 use candle_core::Tensor;
 
-use crate::nn::{channel_shape, conv_transpose2d, Engine, Layer, Sequential, Spec};
+use crate::nn::{channel_shape, conv_transpose2d, Layer, Sequential, Spec};
 use crate::{Error, Result};
 
 /// Largest coefficient tensor (in values) one chunk of specification rows may create.
@@ -58,7 +58,7 @@ pub fn output_bounds_with(
     intermediate: Intermediate,
 ) -> Result<(Tensor, Tensor)> {
     check_pools(net)?;
-    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+    if let Some(engine) = net.engine().filter(|e| e.accepts(lower)) {
         let full = intermediate == Intermediate::Full;
         if let Some(bounds) = engine.crown(lower, upper, Spec::Outputs, full)? {
             return Ok(bounds);
@@ -106,7 +106,7 @@ pub fn margin_lower_bounds_with(
     // Checks the labels (a typed error) before either version runs.
     let spec = super::margin_spec(labels, classes, lower.device())?;
     check_pools(net)?;
-    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+    if let Some(engine) = net.engine().filter(|e| e.accepts(lower)) {
         let full = intermediate == Intermediate::Full;
         if let Some((lb, _)) = engine.crown(lower, upper, Spec::Margins(labels), full)? {
             return Ok(lb.to_dtype(lower.dtype())?);
@@ -679,10 +679,7 @@ mod should {
     #[test]
     fn give_the_tensor_versions_bounds_on_the_engine() -> Result<()> {
         for (k, net) in networks()?.iter().enumerate() {
-            assert!(
-                Engine::compile(net, None).is_some(),
-                "network {k} runs on the engine"
-            );
+            assert!(net.engine().is_some(), "network {k} runs on the engine");
             // A box where many neurons are unstable, and one where few are.
             for (j, eps) in [0.3f32, 0.02].into_iter().enumerate() {
                 let (l, u) = boxes(net, 5, eps, 10 * k as u64 + j as u64)?;

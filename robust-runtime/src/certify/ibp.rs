@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 
-use crate::nn::{channel_shape, Engine, Layer, Sequential};
+use crate::nn::{channel_shape, Layer, Sequential};
 use crate::Result;
 
 /// The box of each layer's input, and of the output last: `result[i]` bounds what enters layer
@@ -31,7 +31,7 @@ pub fn layer_bounds(
 
 /// The output box of `net` for the input box `[lower, upper]` (both `N × input shape`).
 pub fn output_bounds(net: &Sequential, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
-    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+    if let Some(engine) = net.engine().filter(|e| e.accepts(lower)) {
         return Ok(engine.interval(lower, upper)?);
     }
     through(net.layers(), lower, upper)
@@ -57,7 +57,7 @@ pub fn margin_lower_bounds(
     upper: &Tensor,
     labels: &[u32],
 ) -> Result<Tensor> {
-    if let Some(engine) = Engine::compile(net, None).filter(|e| e.accepts(lower)) {
+    if let Some(engine) = net.engine().filter(|e| e.accepts(lower)) {
         if let Some(m) = engine.interval_margins(lower, upper, labels)? {
             return Ok(m.to_dtype(lower.dtype())?);
         }
@@ -179,7 +179,7 @@ mod should {
         ];
         for (k, builder) in nets.into_iter().enumerate() {
             let net = random_network(builder, 40 + k as u64)?;
-            assert!(Engine::compile(&net, None).is_some());
+            assert!(net.engine().is_some());
             let slow = on_tensors_only(&net)?;
             let mut dims = vec![6];
             dims.extend(net.input_shape());

@@ -86,9 +86,39 @@ impl Method {
 /// The L∞ ball of radius `eps` around `x`, intersected with `domain`: `(lower, upper)`.
 pub fn input_box(x: &Tensor, eps: f64, domain: InputDomain) -> Result<(Tensor, Tensor)> {
     check_eps(eps)?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Ok(input_box_f32(x, eps, domain)?);
+    }
     let lower = (x - eps)?.clamp(domain.lo(), domain.hi())?;
     let upper = (x + eps)?.clamp(domain.lo(), domain.hi())?;
     Ok((lower, upper))
+}
+
+/// [`input_box`] of an f32 CPU tensor on its values, with the tensor operations' arithmetic (`x ±
+/// eps` in f32, then `max` and `min` that keep a NaN): four element-wise tensor operations each
+/// hand a large batch to candle's thread pool, whose worker then spins for a while on a core
+/// that the bounds themselves need.
+fn input_box_f32(
+    x: &Tensor,
+    eps: f64,
+    domain: InputDomain,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let (e, lo, hi) = (eps as f32, domain.lo() as f32, domain.hi() as f32);
+    let clamp = |v: f32| {
+        let v = if v < lo { lo } else { v };
+        if v > hi {
+            hi
+        } else {
+            v
+        }
+    };
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    let lower: Vec<f32> = values.iter().map(|&v| clamp(v - e)).collect();
+    let upper: Vec<f32> = values.iter().map(|&v| clamp(v + e)).collect();
+    Ok((
+        Tensor::from_vec(lower, x.shape(), x.device())?,
+        Tensor::from_vec(upper, x.shape(), x.device())?,
+    ))
 }
 
 fn check_eps(eps: f64) -> Result<()> {
@@ -596,5 +626,38 @@ impl Outcome for CertificationReport {
             points,
             marked: Some(self.radius),
         })
+    }
+}
+
+#[cfg(test)]
+mod should {
+    use super::*;
+
+    #[test]
+    fn make_the_input_box_of_the_tensor_operations_bit_for_bit() -> Result<()> {
+        // Values inside, at and past the domain's ends, one a NaN (kept as the operations
+        // keep it), for a radius whose f32 sum with them rounds.
+        let mut values: Vec<f32> = (0..300).map(|i| i as f32 / 256.0 - 0.1).collect();
+        values.push(f32::NAN);
+        let x = Tensor::from_vec(values.clone(), (values.len(), 1), &Device::Cpu)?;
+        for (eps, domain) in [
+            (0.1, InputDomain::default()),
+            (0.3, InputDomain::new(-0.5, 2.0)?),
+        ] {
+            let (lower, upper) = input_box(&x, eps, domain)?;
+            let tensor_lower = (&x - eps)?.clamp(domain.lo(), domain.hi())?;
+            let tensor_upper = (&x + eps)?.clamp(domain.lo(), domain.hi())?;
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                Ok(t.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect())
+            };
+            assert_eq!(bits(&lower)?, bits(&tensor_lower)?);
+            assert_eq!(bits(&upper)?, bits(&tensor_upper)?);
+            assert_eq!(lower.dims(), x.dims());
+        }
+        Ok(())
     }
 }

@@ -30,10 +30,12 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use super::engine::Engine;
 use crate::domain::Normalize;
 use crate::{Error, Result};
 
@@ -193,6 +195,10 @@ pub struct Sequential {
     layers: Vec<Layer>,
     /// `shapes[i]` is the per-sample shape entering layer `i`; `shapes[len]` is the output's.
     shapes: Vec<Vec<usize>>,
+    /// The network compiled for the engine on first use (`None`: it cannot run there), shared
+    /// by clones: the layers never change once built, and certifying a batch after another
+    /// should not copy and transform every weight again.
+    engine: Arc<OnceLock<Option<Engine>>>,
 }
 
 impl fmt::Debug for Sequential {
@@ -262,6 +268,7 @@ impl Sequential {
         Ok(Sequential {
             layers,
             shapes: self.shapes.clone(),
+            engine: Arc::default(),
         })
     }
 
@@ -277,6 +284,14 @@ impl Sequential {
                 _ => None,
             })
             .unwrap_or(Device::Cpu)
+    }
+
+    /// The network on the engine, compiled on first use; `None` where the engine cannot run it
+    /// (weights off the CPU, not f32, or trainable).
+    pub(crate) fn engine(&self) -> Option<&Engine> {
+        self.engine
+            .get_or_init(|| Engine::compile(self, None))
+            .as_ref()
     }
 
     /// The layers, in order.
@@ -308,7 +323,11 @@ impl Sequential {
             let next = output_shape(layer, shapes.last()?)?;
             shapes.push(next);
         }
-        Some(Sequential { layers, shapes })
+        Some(Sequential {
+            layers,
+            shapes,
+            engine: Arc::default(),
+        })
     }
 
     /// The same network with `normalize` applied first, as one more affine layer: what a
@@ -332,7 +351,11 @@ impl Sequential {
         layers.extend(self.layers.iter().cloned());
         let mut shapes = vec![input.to_vec()];
         shapes.extend(self.shapes.iter().cloned());
-        Ok(Sequential { layers, shapes })
+        Ok(Sequential {
+            layers,
+            shapes,
+            engine: Arc::default(),
+        })
     }
 }
 
@@ -588,7 +611,11 @@ impl SequentialBuilder {
             shape = next;
             shapes.push(shape.clone());
         }
-        Ok(Sequential { layers, shapes })
+        Ok(Sequential {
+            layers,
+            shapes,
+            engine: Arc::default(),
+        })
     }
 }
 
