@@ -1357,18 +1357,32 @@ mod should {
         Ok(())
     }
 
+    /// `n` inputs uniform in `[0, 1]` for `net` and a gradient at its logits, normal.
+    fn batch_and_logit_gradient(
+        net: &Sequential,
+        n: usize,
+        seed: u64,
+    ) -> crate::Result<(Tensor, Tensor)> {
+        let mut rng = Rng::seed_from_u64(seed);
+        let mut dims = vec![n];
+        dims.extend_from_slice(net.input_shape());
+        let size = dims.iter().product();
+        let x = Tensor::from_vec(
+            rng.uniform_vec(size, 0.0, 1.0),
+            dims.as_slice(),
+            &Device::Cpu,
+        )?;
+        let classes = net.output_shape()[0];
+        let r = Tensor::from_vec(rng.normal_vec(n * classes), (n, classes), &Device::Cpu)?;
+        Ok((x, r))
+    }
+
     #[test]
     fn split_a_batch_over_threads_to_the_unsplit_passs_numbers() -> crate::Result<()> {
         // 50 samples: three parts of 17, 17 and 16 on three threads, one part on one.
         for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
             let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
-            let mut rng = Rng::seed_from_u64(30 + i as u64);
-            let mut dims = vec![50];
-            dims.extend_from_slice(net.input_shape());
-            let n = dims.iter().product();
-            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
-            let classes = net.output_shape()[0];
-            let r = Tensor::from_vec(rng.normal_vec(50 * classes), (50, classes), &Device::Cpu)?;
+            let (x, r) = batch_and_logit_gradient(&net, 50, 30 + i as u64)?;
             let on = |threads: usize| -> crate::Result<(Tensor, Tensor)> {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -1420,13 +1434,7 @@ mod should {
     fn give_the_same_bits_on_the_avx512_copies_as_on_the_baseline_ones() -> crate::Result<()> {
         for (i, (net, normalize)) in networks()?.into_iter().enumerate() {
             let engine = Engine::compile(&net, normalize.as_ref()).expect("a known network");
-            let mut rng = Rng::seed_from_u64(50 + i as u64);
-            let mut dims = vec![40];
-            dims.extend_from_slice(net.input_shape());
-            let n = dims.iter().product();
-            let x = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), dims.as_slice(), &Device::Cpu)?;
-            let classes = net.output_shape()[0];
-            let r = Tensor::from_vec(rng.normal_vec(40 * classes), (40, classes), &Device::Cpu)?;
+            let (x, r) = batch_and_logit_gradient(&net, 40, 50 + i as u64)?;
             let run = || -> crate::Result<Vec<Vec<u32>>> {
                 let (logits, (), grad) = engine.forward_backward(&x, |_| Ok(((), r.clone())))?;
                 let (l, u) = engine.interval(&(&x - 0.05)?, &(&x + 0.05)?)?;
