@@ -126,3 +126,23 @@ fn mlp_agrees_with_torchattacks() -> robust_runtime::Result<()> {
 fn cnn_agrees_with_torchattacks() -> robust_runtime::Result<()> {
     check_model("mnist_cnn", common::cnn()?)
 }
+
+/// The same networks read from the ONNX files PyTorch exported (`tests/reference/onnx_export.py`):
+/// the same agreement, so every attack sees the same model through either file.
+fn onnx(name: &str) -> robust_runtime::Result<Model> {
+    let path = format!(
+        "{}/tests/fixtures/onnx/{name}.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Ok(Model::new(robust_runtime::nn::Graph::from_onnx(path, &Device::Cpu)?).named(name))
+}
+
+#[test]
+fn mlp_from_onnx_agrees_with_torchattacks() -> robust_runtime::Result<()> {
+    check_model("mnist_mlp", onnx("mnist_mlp")?)
+}
+
+#[test]
+fn cnn_from_onnx_agrees_with_torchattacks() -> robust_runtime::Result<()> {
+    check_model("mnist_cnn", onnx("mnist_cnn")?)
+}

@@ -35,6 +35,18 @@ pub enum Error {
         /// What was found and what was expected.
         reason: String,
     },
+    /// A node of an ONNX file that the importer cannot read ([`crate::onnx`]).
+    #[error("{path}: node `{node}` ({op}): {reason}")]
+    OnnxNode {
+        /// The file.
+        path: PathBuf,
+        /// The node's name in the file.
+        node: String,
+        /// Its operator (`Conv`, `Gemm`, …).
+        op: String,
+        /// What was found and what is supported.
+        reason: String,
+    },
     /// A tensor the caller asked for is missing from a file.
     #[error("{path} has no tensor named `{name}` (found: {found})")]
     MissingTensor {

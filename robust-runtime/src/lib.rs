@@ -53,6 +53,7 @@ pub mod eval;
 pub mod harness;
 pub mod model;
 pub mod nn;
+pub mod onnx;
 pub mod perturb;
 pub mod progress;
 pub mod report;

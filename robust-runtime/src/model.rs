@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Module, Tensor};
 
-use crate::nn::{Engine, Sequential, Source};
+use crate::nn::{Engine, Graph, Sequential, Source};
 use crate::zoo;
 
 pub use crate::domain::{InputDomain, Normalize};
@@ -72,16 +72,21 @@ impl std::fmt::Debug for Model {
 
 impl Model {
     /// Wraps any module that returns logits. Domain `[0, 1]`, no normalisation.
-    /// A [`Sequential`] stays visible to the certifiers; any other module can be attacked but
-    /// not certified.
+    /// A [`Sequential`] stays visible to the certifiers, and so does a [`Graph`] that is a
+    /// chain; any other module can be attacked but not certified. A `Sequential`, a `Graph`
+    /// and the zoo's networks run on the engine on the CPU.
     pub fn new<M: Module + 'static>(module: M) -> Self {
-        let network = (&module as &dyn Any).downcast_ref::<Sequential>().cloned();
         let any = &module as &dyn Any;
+        let graph = any.downcast_ref::<Graph>();
+        // A graph that is a chain is certifiable as the `Sequential` it is.
+        let network =
+            (any.downcast_ref::<Sequential>().cloned()).or_else(|| graph?.to_sequential());
         let layers = network
             .clone()
             .or_else(|| any.downcast_ref::<zoo::MnistMlp>()?.network())
             .or_else(|| any.downcast_ref::<zoo::MnistCnn>()?.network())
             .map(Source::Chain)
+            .or_else(|| Some(graph?.source()))
             .or_else(|| any.downcast_ref::<zoo::ResNet18>()?.graph());
         Model {
             inner: Box::new(module),

@@ -48,6 +48,7 @@ pub const TARGETS: &[&str] = &[
     "dataset-safetensors",
     "sequential",
     "zoo",
+    "onnx",
     "suite",
     "baseline",
     "regressions",
@@ -526,6 +527,7 @@ fn make_target(name: &str, dir: &Path) -> Result<Box<dyn Target>> {
         "dataset-safetensors" => Box::new(DatasetSafetensors::new(dir)?),
         "sequential" => Box::new(Weights::sequential(dir)?),
         "zoo" => Box::new(Weights::zoo(dir)?),
+        "onnx" => Box::new(OnnxFile::new(dir)?),
         "suite" => Box::new(SuiteText::new()?),
         "baseline" => Box::new(BaselineFile::new(dir)?),
         "regressions" => Box::new(RegressionsFile::new(dir)?),
@@ -818,6 +820,53 @@ impl Target for Weights {
             let net = small_net().load(&self.path, &Device::Cpu)?;
             let case = RobustnessCase::from_model(Model::new(net), self.digits.clone());
             certify::bound_case(&case, Method::Crown, 0.05, 2)?;
+        }
+        Ok(())
+    }
+}
+
+/// An ONNX file through `Graph::from_onnx`: logits of two inputs on the engine and through
+/// candle, and IBP bounds where the graph is a chain. The bases: a residual network and a chain.
+struct OnnxFile {
+    bases: Vec<Vec<u8>>,
+    path: PathBuf,
+}
+
+impl OnnxFile {
+    fn new(dir: &Path) -> Result<Self> {
+        let fixtures = root().join("tests/fixtures/onnx");
+        Ok(OnnxFile {
+            bases: vec![
+                std::fs::read(fixtures.join("resnet_small.onnx"))?,
+                std::fs::read(fixtures.join("mnist_ibp_opset17.onnx"))?,
+            ],
+            path: dir.join("model.onnx"),
+        })
+    }
+}
+
+impl Target for OnnxFile {
+    fn bases(&self) -> Vec<Vec<u8>> {
+        self.bases.clone()
+    }
+    fn run(&mut self, input: &[u8]) -> robust_runtime::Result<()> {
+        std::fs::write(&self.path, input).map_err(|e| io_error(&self.path, e))?;
+        let graph = robust_runtime::nn::Graph::from_onnx(&self.path, &Device::Cpu)?;
+        let mut shape = vec![2];
+        shape.extend_from_slice(graph.input_shape());
+        let values: usize = shape.iter().product();
+        if values > 1 << 22 {
+            return Ok(()); // loaded; too large an input to push through here
+        }
+        let x = (Tensor::arange(0u32, values as u32, &Device::Cpu)?.to_dtype(DType::F32)?
+            / values as f64)?
+            .reshape(shape.as_slice())?;
+        let model = Model::new(graph.clone());
+        model.logits(&x)?;
+        candle_core::Module::forward(&graph, &x)?;
+        if let Some(net) = graph.to_sequential() {
+            let (lower, upper) = certify::input_box(&x, 0.05, InputDomain::default())?;
+            certify::logit_bounds(&net, &lower, &upper, Method::Ibp)?;
         }
         Ok(())
     }

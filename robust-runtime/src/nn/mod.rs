@@ -29,12 +29,14 @@
 mod conv;
 mod engine;
 mod graft;
+mod graph;
 mod linear;
 mod sequential;
 pub(crate) mod simd;
 
 pub use conv::{conv2d, conv_transpose2d, flipped_kernel, Conv2d};
 pub(crate) use engine::{Engine, Node, Source, Spec};
+pub use graph::Graph;
 pub use linear::Linear;
 pub(crate) use sequential::channel_shape;
 pub use sequential::{Layer, Sequential, SequentialBuilder};

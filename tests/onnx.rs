@@ -1,0 +1,175 @@
+//! ONNX files exported by PyTorch (`tests/reference/onnx_export.py`), read by
+//! `Graph::from_onnx`: the logits and input gradients PyTorch computed on them, the same
+//! logits on the engine as through candle, the same network as the safetensors fixtures, and
+//! the certifiers on a chain read from ONNX.
+
+mod common;
+
+use candle_core::{Module, Tensor, Var};
+use robust_runtime::certify::{self, Method};
+use robust_runtime::nn::Graph;
+use robust_runtime::prelude::*;
+use serde_json::Value;
+
+type R<T = ()> = robust_runtime::Result<T>;
+
+const REFERENCE: &str = include_str!("reference/onnx_torch.json");
+
+fn path(file: &str) -> String {
+    format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    (v.as_array().expect("an array").iter())
+        .map(|x| x.as_f64().expect("a number") as f32)
+        .collect()
+}
+
+/// `|a − b| ≤ tol·(1 + |b|)` everywhere; the largest difference.
+fn assert_close(what: &str, ours: &[f32], theirs: &[f32], tol: f32) -> f32 {
+    assert_eq!(ours.len(), theirs.len(), "{what}: lengths");
+    let mut worst = 0f32;
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        let d = (a - b).abs();
+        worst = worst.max(d);
+        assert!(
+            d <= tol * (1.0 + b.abs()),
+            "{what}[{i}]: {a} against PyTorch's {b}"
+        );
+    }
+    worst
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |w, (a, b)| w.max((a - b).abs()))
+}
+
+#[test]
+fn read_every_exported_network_to_pytorchs_logits_and_input_gradients() -> R {
+    let json: Value = serde_json::from_str(REFERENCE).expect("reference JSON parses");
+    let models = json["models"].as_object().expect("models");
+    assert_eq!(models.len(), 5);
+    for (name, m) in models {
+        let shape: Vec<usize> = (m["shape"].as_array().unwrap().iter())
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let x = Tensor::from_vec(floats(&m["x"]), shape.as_slice(), &Device::Cpu)?;
+        let y: Vec<u32> = (m["y"].as_array().unwrap().iter())
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let y = Tensor::from_vec(y, shape[0], &Device::Cpu)?;
+        let mut files: Vec<String> = (m["files"].as_array().unwrap().iter())
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        if name == "resnet_small" {
+            // The same network with its batch norms as nodes, folded by the importer.
+            files.push("tests/fixtures/onnx/resnet_small_batchnorm.onnx".into());
+        }
+        for file in files {
+            let graph = Graph::from_onnx(path(&file), &Device::Cpu)?;
+            // Through candle: logits, and the input gradient of the mean cross-entropy.
+            let xv = Var::from_tensor(&x)?;
+            let logits = graph.forward(xv.as_tensor())?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let grad = loss
+                .backward()?
+                .get(xv.as_tensor())
+                .expect("a gradient")
+                .clone();
+            let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+            assert_close(&file, &logits, &floats(&m["logits"]), 1e-5);
+            let grad = grad.flatten_all()?.to_vec1::<f32>()?;
+            let theirs = floats(&m["grad"]);
+            let scale = theirs.iter().fold(0f32, |a, b| a.max(b.abs()));
+            assert!(scale > 0.0, "{file}: a gradient that is not zero");
+            // Within 1e-5, and within 1e-3 of the gradient's largest entry (the entries of a
+            // mean over a batch are small: a wrong gradient is still far off).
+            let worst = (grad.iter().zip(&theirs)).fold(0f32, |w, (a, b)| w.max((a - b).abs()));
+            assert!(
+                worst <= 1e-5 && worst <= 1e-3 * scale,
+                "{file}: gradient off by {worst} (largest entry {scale})"
+            );
+            println!("{file}: logits within {:.1e}, gradient within {worst:.1e} of PyTorch's (largest entry {scale:.1e})", max_diff(&logits, &floats(&m["logits"])));
+            // On the engine: the same logits.
+            let model = Model::new(graph.clone());
+            let engine = model.logits(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_close(&format!("{file} on the engine"), &engine, &logits, 1e-5);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn read_the_safetensors_networks_from_their_onnx_exports() -> R {
+    let x = common::test_digits(64)?.inputs().clone();
+    for (file, zoo) in [
+        ("mnist_mlp", common::mlp_net()?),
+        ("mnist_cnn", common::cnn_net()?),
+        ("mnist_ibp", common::ibp_net()?),
+    ] {
+        let graph = Graph::from_onnx(
+            path(&format!("tests/fixtures/onnx/{file}.onnx")),
+            &Device::Cpu,
+        )?;
+        let chain = graph.to_sequential().expect("a chain");
+        assert_eq!(
+            chain.layers().len(),
+            zoo.layers().len(),
+            "{file}: {graph:?}"
+        );
+        let (ours, theirs) = (graph.forward(&x)?, zoo.forward(&x)?);
+        let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{file}: logits differ by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn certify_a_chain_read_from_onnx_as_its_sequential() -> R {
+    let data = common::test_digits(32)?;
+    let graph = Graph::from_onnx(path("tests/fixtures/onnx/mnist_ibp.onnx"), &Device::Cpu)?;
+    let net = Model::new(graph).network()?;
+    let labels = data.labels().to_vec();
+    let (lower, upper) = certify::input_box(data.inputs(), 0.1, InputDomain::default())?;
+    for method in [Method::Ibp, Method::Crown] {
+        let ours = certify::margin_lower_bounds(&net, &lower, &upper, &labels, method)?;
+        let theirs =
+            certify::margin_lower_bounds(&common::ibp_net()?, &lower, &upper, &labels, method)?;
+        let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-4, "{method:?}: bounds differ by {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn attack_a_residual_network_read_from_onnx_on_the_engine_as_through_candle() -> R {
+    let graph = Graph::from_onnx(path("tests/fixtures/onnx/resnet_small.onnx"), &Device::Cpu)?;
+    assert!(
+        graph.to_sequential().is_none(),
+        "a residual network is no chain"
+    );
+    let x = Tensor::rand(0f32, 1.0, (16, 3, 32, 32), &Device::Cpu)?;
+    let y = Model::new(graph.clone()).predict(&x)?;
+    let labels = Tensor::from_vec(y.clone(), 16, &Device::Cpu)?;
+    let batch = robust_runtime::attack::AttackBatch::untargeted(&x, &labels, 10);
+    let pgd = robust_runtime::attack::build(
+        "pgd",
+        8.0 / 255.0,
+        &robust_runtime::attack::AttackParams {
+            steps: Some(5),
+            random_start: Some(false),
+            ..Default::default()
+        },
+    )?;
+    let mut out = Vec::new();
+    for model in [
+        Model::new(graph.clone()),
+        Model::new(graph).without_engine(),
+    ] {
+        let adv = pgd.perturb(&model, &batch, &mut Rng::seed_from_u64(3))?;
+        out.push(model.predict(&adv)?);
+    }
+    let same = out[0].iter().zip(&out[1]).filter(|(a, b)| a == b).count();
+    assert!(same >= 15, "{same} of 16 adversarial predictions agree");
+    Ok(())
+}
