@@ -199,17 +199,61 @@ impl Model {
     /// the model's normalisation as its first layer. An error for opaque modules.
     pub fn network(&self) -> Result<Sequential> {
         let Some(net) = &self.network else {
+            let reason = if self.is_graph() {
+                "it is a graph with residual sums: IBP bounds it on the CPU (`certify = \"ibp\"`, \
+                 `certify::bound_case`); CROWN and the other certifiers need a chain of layers \
+                 (a robust_runtime::nn::Sequential) for now"
+            } else {
+                "it is an opaque candle Module; certifiers need to see the layers: build it as a \
+                 robust_runtime::nn::Sequential or nn::Graph"
+            };
             return Err(Error::NotCertifiable {
                 model: self.name.clone(),
-                reason: "it is an opaque candle Module; certifiers need to see the layers: \
-                         build it as a robust_runtime::nn::Sequential"
-                    .into(),
+                reason: reason.into(),
             });
         };
         match &self.normalize {
             Some(normalize) => net.with_normalize_first(normalize, &net.device()),
             None => Ok(net.clone()),
         }
+    }
+
+    /// Whether the model is a graph of known layers that is not a chain (a residual network).
+    pub(crate) fn is_graph(&self) -> bool {
+        self.network.is_none() && matches!(self.layers, Some(Source::Graph(..)))
+    }
+
+    /// IBP lower bounds of the margins `z_y − z_j` over the box `[lower, upper]` of a graph
+    /// model ([`Model::is_graph`]), on the engine: its normalisation first, the boxes summed at
+    /// each residual sum.
+    pub(crate) fn graph_margin_lower_bounds(
+        &self,
+        lower: &Tensor,
+        upper: &Tensor,
+        labels: &[u32],
+    ) -> Result<Tensor> {
+        let not = |reason: &str| Error::NotCertifiable {
+            model: self.name.clone(),
+            reason: reason.into(),
+        };
+        let engine = (self
+            .engine
+            .get_or_init(|| self.layers.as_ref()?.compile(self.normalize.as_ref())))
+        .as_ref()
+        .filter(|e| e.accepts(lower))
+        .ok_or_else(|| {
+            not(
+                "IBP through a graph with residual sums runs on the engine: plain f32 \
+                     weights and inputs on the CPU",
+            )
+        })?;
+        // `+∞` at `j = y` already.
+        (engine.interval_margins(lower, upper, labels)?).ok_or_else(|| {
+            not(
+                "IBP through a graph needs a last linear layer without ReLU, and labels below \
+                 its outputs",
+            )
+        })
     }
 
     /// Logits for a batch, checked to be `N × classes`. This is the differentiable forward pass

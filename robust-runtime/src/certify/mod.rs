@@ -429,11 +429,16 @@ pub fn bound_case(
     case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
-    let net = model.network()?.detach();
+    // A chain of layers (any certifier), or a graph with residual sums (IBP, on the engine).
+    let net = match model.network() {
+        Ok(net) => Some(net.detach()),
+        Err(_) if model.is_graph() && method == Method::Ibp => None,
+        Err(e) => return Err(e),
+    };
     let domain = model.domain();
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;
-    let device = net.device();
+    let device = net.as_ref().map_or(Device::Cpu, Sequential::device);
     let mut progress = crate::progress::Progress::new(case.model().name(), case.data().len());
     for batch in case.data().batches(batch_size, &device) {
         let batch = batch?;
@@ -442,7 +447,10 @@ pub fn bound_case(
         let x = batch.inputs.to_dtype(DType::F32)?;
         let predictions = model.predict(&x)?;
         let (lower, upper) = input_box(&x, eps, domain)?;
-        let margins = margin_lower_bounds(&net, &lower, &upper, labels, method)?;
+        let margins = match &net {
+            Some(net) => margin_lower_bounds(net, &lower, &upper, labels, method)?,
+            None => model.graph_margin_lower_bounds(&lower, &upper, labels)?,
+        };
         let margins = margins.min(1)?.to_vec1::<f32>()?;
         for (i, ((&label, prediction), margin)) in
             labels.iter().zip(predictions).zip(margins).enumerate()

@@ -628,11 +628,8 @@ impl Engine {
     /// Interval bound propagation (see [`crate::certify`]'s `ibp`) through the plan: the box
     /// of the logits for the input box `[lower, upper]`, with the arithmetic of the tensor
     /// version (centre `(u + l)·0.5`, radius `(u − l)·0.5`, `W c + b ± |W| r` for affine maps,
-    /// corners through monotone ones).
+    /// corners through monotone ones, the sum of the boxes at a residual sum).
     pub(crate) fn interval(&self, lower: &Tensor, upper: &Tensor) -> Result<(Tensor, Tensor)> {
-        if !self.is_chain() {
-            candle_core::bail!("interval bounds through the engine need a chain of layers")
-        }
         let n = lower.dim(0)?;
         let (l, u) = self.interval_before(lower, upper, self.ops.len())?;
         let shape = (n, self.classes());
@@ -642,7 +639,7 @@ impl Engine {
         ))
     }
 
-    /// The box of activation `end` (the input of op `end`), batch-major.
+    /// The box of activation `end` (in a chain, the input of op `end`), batch-major.
     fn interval_before(
         &self,
         lower: &Tensor,
@@ -669,30 +666,59 @@ impl Engine {
         Ok((lo, hi))
     }
 
-    /// [`Engine::interval_before`] on `n` samples' boxes.
+    /// [`Engine::interval_before`] on `n` samples' boxes: the box of activation `end`.
     fn interval_rows(
         &self,
-        (mut l, mut u): (Vec<f32>, Vec<f32>),
+        input: (Vec<f32>, Vec<f32>),
         n: usize,
         end: usize,
     ) -> (Vec<f32>, Vec<f32>) {
+        // Every activation's box, while a later op still reads it (a chain keeps one).
+        let mut last_read = vec![0; self.sizes.len()];
         for (i, op) in self.ops.iter().enumerate().take(end) {
-            // A ReLU, fused or not, is monotone: it maps the corners.
-            if !matches!(op, Op::Relu) {
-                (l, u) = pre_relu_interval(op, (&l, &u), n, (self.sizes[i], self.sizes[i + 1]));
+            last_read[self.inputs[i]] = i;
+            if let Op::Add { other, .. } = op {
+                last_read[*other] = i;
             }
+        }
+        let mut boxes: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; self.sizes.len()];
+        boxes[0] = Some(input);
+        for (i, op) in self.ops.iter().enumerate().take(end) {
+            let (l, u) = boxes[self.inputs[i]]
+                .as_ref()
+                .expect("an input made before");
+            let sizes = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
+            let (mut l, mut u) = match op {
+                // A ReLU, fused or not, is monotone: it maps the corners.
+                Op::Relu => (l.clone(), u.clone()),
+                Op::Add { other, .. } => {
+                    let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
+                    let sum = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a + b).collect();
+                    (sum(l, lo), sum(u, uo))
+                }
+                _ => pre_relu_interval(op, (l, u), n, sizes),
+            };
             if op.relu() {
                 relu_in_place(&mut l);
                 relu_in_place(&mut u);
             }
+            // Boxes no later op reads are dropped.
+            for j in 0..=i {
+                if last_read[j] <= i && boxes[j].is_some() {
+                    boxes[j] = None;
+                }
+            }
+            boxes[i + 1] = Some((l, u));
         }
-        (l, u)
+        boxes[end]
+            .take()
+            .expect("the box of the activation asked for")
     }
 
     /// Interval bounds of the margins `z_y − z_j` (`N × classes`, `+∞` at `j = y`) with the
     /// last layer merged into the specification, as `certify`'s `ibp` defines them: `(W_y −
     /// W_j)·c − |W_y − W_j|·r + b_y − b_j` over the box `c ± r` of that layer's input. `None`
-    /// when the plan does not end in a linear layer without ReLU, or is not a chain.
+    /// when the plan does not end in a linear layer without ReLU.
     pub(crate) fn interval_margins(
         &self,
         lower: &Tensor,
@@ -710,10 +736,11 @@ impl Engine {
         else {
             return Ok(None);
         };
-        if !self.is_chain() || labels.iter().any(|&y| y as usize >= *d_out) {
+        if labels.iter().any(|&y| y as usize >= *d_out) {
             return Ok(None);
         }
-        let (l, u) = self.interval_before(lower, upper, self.ops.len() - 1)?;
+        // The box of what the last layer reads (in a chain, the activation before it).
+        let (l, u) = self.interval_before(lower, upper, self.inputs[self.ops.len() - 1])?;
         let mut margins = vec![f32::INFINITY; labels.len() * d_out];
         (margins.par_chunks_mut(*d_out).zip(labels.par_iter()))
             .zip(l.par_chunks(*d_in).zip(u.par_chunks(*d_in)))
@@ -1450,6 +1477,68 @@ mod should {
             for (k, (a, b)) in wide.iter().zip(&baseline).enumerate() {
                 assert!(a == b, "network {i}: output {k} differs between the copies");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bound_intervals_through_residual_sums_as_the_tensor_boxes_do() -> crate::Result<()> {
+        use crate::nn::Graph;
+        let mut rng = Rng::seed_from_u64(61);
+        let dev = Device::Cpu;
+        let conv = |rng: &mut Rng, c_in: usize, c_out: usize| -> crate::Result<Layer> {
+            Ok(Layer::Conv2d {
+                weight: Tensor::from_vec(
+                    rng.normal_vec(c_out * c_in * 9),
+                    (c_out, c_in, 3, 3),
+                    &dev,
+                )?
+                .affine(0.3, 0.0)?,
+                bias: Tensor::from_vec(rng.uniform_vec(c_out, -0.1, 0.1), c_out, &dev)?,
+                stride: 1,
+                padding: 1,
+            })
+        };
+        // x → conv → relu → conv, plus x → relu → conv (stride 2) … → linear: two residual sums,
+        // one of them read twice.
+        let mut g = Graph::new(&[2, 6, 6]);
+        let a = g.layer(0, conv(&mut rng, 2, 2)?)?;
+        let a = g.layer(a, Layer::Relu)?;
+        let b = g.layer(a, conv(&mut rng, 2, 2)?)?;
+        let s1 = g.add(b, 0)?;
+        let r1 = g.layer(s1, Layer::Relu)?;
+        let c = g.layer(r1, conv(&mut rng, 2, 2)?)?;
+        let s2 = g.add(c, r1)?;
+        let f = g.layer(s2, Layer::Flatten)?;
+        let w = Tensor::from_vec(rng.normal_vec(5 * 72), (5, 72), &dev)?.affine(0.1, 0.0)?;
+        let bias = Tensor::from_vec(rng.uniform_vec(5, -0.1, 0.1), 5, &dev)?;
+        g.layer(f, Layer::Linear { weight: w, bias })?;
+        let engine = g.source().compile(None).expect("a known graph");
+        let x = Tensor::from_vec(rng.uniform_vec(20 * 72, 0.0, 1.0), (20, 2, 6, 6), &dev)?;
+        let (lower, upper) = ((&x - 0.05)?, (&x + 0.05)?);
+        let (l, u) = engine.interval(&lower, &upper)?;
+        // The tensor version: each layer's box map, boxes summed at each sum.
+        let Source::Graph(_, nodes) = g.source() else {
+            unreachable!()
+        };
+        let mut boxes = vec![(lower.clone(), upper.clone())];
+        for (node, input) in &nodes {
+            let (li, ui) = boxes[*input].clone();
+            boxes.push(match node {
+                Node::Layer(layer) => crate::certify::ibp::layer_interval(layer, &li, &ui)?,
+                Node::Add(other) => ((&li + &boxes[*other].0)?, (&ui + &boxes[*other].1)?),
+            });
+        }
+        let (tl, tu) = boxes.pop().expect("the logits' box");
+        let scale = max_abs(&tu)?.max(1.0);
+        assert!(max_diff(&l, &tl)? <= 1e-5 * scale, "lower");
+        assert!(max_diff(&u, &tu)? <= 1e-5 * scale, "upper");
+        assert!(max_diff(&l, &u)? > 1e-2, "a box with width");
+        // And the logits of the box's corners and centre lie inside it.
+        for point in [&lower, &upper, &x] {
+            let z = engine.forward(point)?;
+            assert!((z.ge(&(&l - 1e-5)?)?.min_all()?.to_scalar::<u8>()? == 1));
+            assert!((z.le(&(&u + 1e-5)?)?.min_all()?.to_scalar::<u8>()? == 1));
         }
         Ok(())
     }
