@@ -37,14 +37,21 @@ impl std::fmt::Debug for Suite {
     }
 }
 
-/// `[models.<name>]`: a zoo architecture with its weights, on a shipped data set.
+/// `[models.<name>]`: a zoo architecture with its weights, or an ONNX file, on a shipped data
+/// set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ModelEntry {
-    /// `mnist_mlp`, `mnist_cnn` or `mnist_small_cnn`.
-    zoo: String,
+    /// `mnist_mlp`, `mnist_cnn` or `mnist_small_cnn` (with `weights`).
+    #[serde(default)]
+    zoo: Option<String>,
     /// Safetensors file, relative to the crate's folder.
-    weights: String,
+    #[serde(default)]
+    weights: Option<String>,
+    /// An ONNX file instead of `zoo` and `weights`, relative to the crate's folder
+    /// (`nn::Graph::from_onnx`).
+    #[serde(default)]
+    onnx: Option<String>,
     /// `mnist_sample` (the shipped sample's test split; the default).
     #[serde(default)]
     data: Option<String>,
@@ -404,17 +411,29 @@ impl Suite {
             ));
         };
         let entry = entry.clone();
-        let weights = self.manifest_dir.join(&entry.weights);
+        let file = |f: &String| self.manifest_dir.join(f);
+        let (zoo, path) =
+            match (&entry.onnx, &entry.zoo, &entry.weights) {
+                (Some(onnx), None, None) => (None, file(onnx)),
+                (None, Some(zoo), Some(weights)) => (Some(zoo.clone()), file(weights)),
+                _ => return Err(Error::param(
+                    "models",
+                    name,
+                    "a table with `onnx = \"<file>.onnx\"`, or with `zoo` and `weights` together",
+                )),
+            };
         let model_name = name.to_string();
         Ok(Arc::new(move || {
             let dev = device::current();
-            let model = match entry.zoo.as_str() {
-                "mnist_mlp" => Model::new(zoo::MnistMlp::load(&weights, &dev)?),
-                "mnist_cnn" => Model::new(zoo::MnistCnn::load(&weights, &dev)?),
-                "mnist_small_cnn" => {
-                    Model::new(zoo::layers::mnist_small_cnn().load(&weights, &dev)?)
+            let weights = &path;
+            let model = match zoo.as_deref() {
+                None => Model::new(crate::nn::Graph::from_onnx(weights, &dev)?),
+                Some("mnist_mlp") => Model::new(zoo::MnistMlp::load(weights, &dev)?),
+                Some("mnist_cnn") => Model::new(zoo::MnistCnn::load(weights, &dev)?),
+                Some("mnist_small_cnn") => {
+                    Model::new(zoo::layers::mnist_small_cnn().load(weights, &dev)?)
                 }
-                other => {
+                Some(other) => {
                     return Err(Error::param(
                         "zoo",
                         other,
