@@ -19,6 +19,8 @@ const ALL: &[&str] = &[
     "robustness::mnist_cnn::pgd_eps_0_05",
     "robustness::mnist_ibp::ibp_eps_0_1",
     "robustness::mnist_ibp::crown_eps_0_1",
+    "robustness::mnist_ibp_onnx::ibp_eps_0_1",
+    "robustness::mnist_ibp_onnx::crown_eps_0_1",
     "robustness::mnist_cnn::brightness",
     "robustness::mnist_cnn::autoattack_eps_0_1",
 ];
@@ -166,6 +168,21 @@ fn reject_bad_suite_files_with_what_was_expected() {
     .unwrap();
     let e = suite.trials().unwrap_err().to_string();
     assert!(e.contains("`model`") && e.contains("nowhere"), "{e}");
+    // A model table with an ONNX file and a zoo architecture both, or with neither.
+    for table in [
+        "onnx = \"m.onnx\"\nzoo = \"mnist_mlp\"\nweights = \"w.safetensors\"",
+        "data = \"mnist_sample\"",
+    ] {
+        let text = format!(
+            "[models.m]\n{table}\n[[test]]\nmodel = \"m\"\nattack = \"pgd\"\neps = 0.1\nmin_acc = 0.5\n"
+        );
+        let e = Suite::from_toml(MANIFEST_DIR, "bad", &text).and_then(|s| s.trials().map(|_| ()));
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("`onnx = \"<file>.onnx\"`, or with `zoo` and `weights`"),
+            "{e}"
+        );
+    }
 }
 
 #[test]
