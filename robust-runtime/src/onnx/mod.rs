@@ -652,6 +652,18 @@ impl Importer<'_> {
         let value = |i: usize| c.values[if c.values.len() == 1 { 0 } else { i }];
         let scale: Vec<f32> = (0..channels).map(|i| scale(value(i))).collect();
         let shift: Vec<f32> = (0..channels).map(|i| shift(value(i))).collect();
+        self.affine(node, (i, a), (scale, shift), "Normalize")
+    }
+
+    /// `x·scale + shift` per channel on activation `a` (input `i` of `node`): folded into the
+    /// layer making `a` where this node alone reads it, else a [`Layer::ChannelAffine`].
+    fn affine(
+        &mut self,
+        node: &NodeProto,
+        (i, a): (usize, usize),
+        (scale, shift): (Vec<f32>, Vec<f32>),
+        kind: &'static str,
+    ) -> Result<()> {
         if self.read_once(node, i, a) {
             if let Some(layer) = self.graph.layer_making(a) {
                 if absorb(layer, &scale, &shift)? {
@@ -663,7 +675,7 @@ impl Importer<'_> {
         let layer = Layer::ChannelAffine {
             scale: Tensor::new(scale, self.device)?,
             shift: Tensor::new(shift, self.device)?,
-            kind: "Normalize",
+            kind,
         };
         self.push(node, a, layer)
     }
@@ -694,20 +706,7 @@ impl Importer<'_> {
             .map(|((&b, &m), &s)| (b as f64 - m as f64 * s) as f32)
             .collect();
         let s: Vec<f32> = s.iter().map(|&s| s as f32).collect();
-        if self.read_once(node, 0, a) {
-            if let Some(layer) = self.graph.layer_making(a) {
-                if absorb(layer, &s, &t)? {
-                    self.define(node, Value::Act(a));
-                    return Ok(());
-                }
-            }
-        }
-        let layer = Layer::ChannelAffine {
-            scale: Tensor::new(s, self.device)?,
-            shift: Tensor::new(t, self.device)?,
-            kind: "BatchNorm",
-        };
-        self.push(node, a, layer)
+        self.affine(node, (0, a), (s, t), "BatchNorm")
     }
 }
 
