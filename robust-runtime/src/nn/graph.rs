@@ -1,9 +1,8 @@
 //! Networks whose layers form a graph: residual sums, and what an ONNX file describes.
 
 use std::fmt;
-use std::path::Path;
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 
 use super::engine::{Node, Source};
 use super::sequential::output_shape;
@@ -61,12 +60,6 @@ impl Graph {
             nodes: Vec::new(),
             shapes: vec![input_shape.to_vec()],
         }
-    }
-
-    /// Reads a network from an ONNX file, its weights as tensors on `device` (see
-    /// [`crate::onnx`] for the operators it reads and how).
-    pub fn from_onnx(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        crate::onnx::import(path.as_ref(), device)
     }
 
     /// Appends `layer` applied to activation `input`; returns the activation it makes.

@@ -52,6 +52,14 @@ struct Constant {
     ints: Vec<i64>,
 }
 
+impl Graph {
+    /// Reads a network from an ONNX file, its weights as tensors on `device` (see
+    /// [`crate::onnx`] for the operators it reads and how).
+    pub fn from_onnx(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        import(path.as_ref(), device)
+    }
+}
+
 /// Reads `path` (see the module docs).
 pub(crate) fn import(path: &Path, device: &Device) -> Result<Graph> {
     let bytes = std::fs::read(path).map_err(|source| Error::io(path, source))?;
@@ -440,6 +448,9 @@ impl Importer<'_> {
             "Sub" | "Mul" | "Div" => {
                 let a = self.act(node, 0)?;
                 let c = self.constant(node, 1)?;
+                if node.op_type == "Div" && c.values.contains(&0.0) {
+                    return Err(self.unsupported(node, "division by a constant that holds 0"));
+                }
                 match node.op_type.as_str() {
                     "Sub" => self.channel_map(node, (0, a), &c, |_| 1.0, |v| -v)?,
                     "Mul" => self.channel_map(node, (0, a), &c, |v| v, |_| 0.0)?,
@@ -871,6 +882,16 @@ mod should {
             "MaxPool",
             "no padding",
         );
+        // A division by zero.
+        let zero = TensorProto {
+            name: "z".into(),
+            dims: vec![],
+            data_type: FLOAT,
+            float_data: vec![0.0],
+            ..TensorProto::default()
+        };
+        let div = node("Div", &["x", "z"], vec![]);
+        assert_node_error(import_one(&[0, 4], div, vec![zero]), "Div", "holds 0");
         // A reshape that is not a flatten.
         let shape = TensorProto {
             name: "s".into(),
