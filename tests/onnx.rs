@@ -14,6 +14,7 @@ use serde_json::Value;
 type R<T = ()> = robust_runtime::Result<T>;
 
 const REFERENCE: &str = include_str!("reference/onnx_torch.json");
+const LIRPA: &str = include_str!("reference/onnx_lirpa.json");
 
 fn path(file: &str) -> String {
     format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -270,4 +271,72 @@ fn mnist_ibp_onnx() -> robust_runtime::Result<RobustnessCase> {
         &robust_runtime::device::current(),
     )?;
     Ok(RobustnessCase::new(graph, common::test_digits(100)?).named("mnist_ibp_onnx"))
+}
+
+#[test]
+fn bound_the_residual_network_as_auto_lirpas_ibp_does() -> R {
+    // auto_LiRPA's IBP on the PyTorch module (`tests/reference/onnx_lirpa.py`); ours on its
+    // ONNX export, whose batch norms the exporter folded into the convolutions.
+    let torch: Value = serde_json::from_str(REFERENCE).expect("reference JSON parses");
+    let lirpa: Value = serde_json::from_str(LIRPA).expect("reference JSON parses");
+    let x = Tensor::from_vec(
+        floats(&torch["models"]["resnet_small"]["x"]),
+        (4, 3, 32, 32),
+        &Device::Cpu,
+    )?;
+    let labels: Vec<u32> = (lirpa["labels"].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    for file in ["resnet_small", "resnet_small_batchnorm"] {
+        let graph = Graph::from_onnx(
+            path(&format!("tests/fixtures/onnx/{file}.onnx")),
+            &Device::Cpu,
+        )?;
+        let model = Model::new(graph);
+        assert_eq!(
+            model.predict(&x)?,
+            labels,
+            "{file}: the labels auto_LiRPA bounded"
+        );
+        for case in lirpa["cases"].as_array().unwrap() {
+            let eps = case["eps"].as_f64().unwrap();
+            let (lower, upper) = certify::input_box(&x, eps, InputDomain::default())?;
+            let ours =
+                certify::model_margin_lower_bounds(&model, &lower, &upper, &labels, Method::Ibp)?
+                    .to_vec2::<f32>()?;
+            for (i, (ours, theirs)) in ours
+                .iter()
+                .zip(case["margin_lb"].as_array().unwrap())
+                .enumerate()
+            {
+                // Ours has +inf at j = y; theirs lists the classes j != y in order.
+                let ours: Vec<f32> = (ours.iter().enumerate())
+                    .filter(|&(j, _)| j != labels[i] as usize)
+                    .map(|(_, &v)| v)
+                    .collect();
+                let theirs = floats(theirs);
+                let worst = max_diff(&ours, &theirs);
+                println!("{file} ε = {eps} sample {i}: within {worst:.1e} of auto_LiRPA's margins");
+                assert!(
+                    worst <= 1e-4,
+                    "{file} ε = {eps} sample {i}: {ours:?} against auto_LiRPA's {theirs:?}"
+                );
+            }
+        }
+    }
+    // Through a model, CROWN on a residual network is refused with the reason.
+    let graph = Graph::from_onnx(path("tests/fixtures/onnx/resnet_small.onnx"), &Device::Cpu)?;
+    let (lower, upper) = certify::input_box(&x, 1e-4, InputDomain::default())?;
+    let e = certify::model_margin_lower_bounds(
+        &Model::new(graph),
+        &lower,
+        &upper,
+        &labels,
+        Method::Crown,
+    );
+    assert!(matches!(
+        e,
+        Err(robust_runtime::Error::NotCertifiable { .. })
+    ));
+    Ok(())
 }

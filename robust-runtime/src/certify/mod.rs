@@ -140,6 +140,26 @@ pub fn margin_lower_bounds(
     }
 }
 
+/// [`margin_lower_bounds`] for a [`crate::Model`]: on its layers when they are a chain (with its
+/// normalisation first), any method; on a graph with residual sums ([`crate::nn::Graph`]), IBP on
+/// the engine (plain f32 weights and inputs on the CPU), the boxes of both branches summed at
+/// each sum. Anything else is [`Error::NotCertifiable`], saying why.
+pub fn model_margin_lower_bounds(
+    model: &crate::Model,
+    lower: &Tensor,
+    upper: &Tensor,
+    labels: &[u32],
+    method: Method,
+) -> Result<Tensor> {
+    match model.network() {
+        Ok(net) => margin_lower_bounds(&net.detach(), lower, upper, labels, method),
+        Err(_) if model.is_graph() && method == Method::Ibp => {
+            model.graph_margin_lower_bounds(lower, upper, labels)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Bounds of the logits over the box: `(lower, upper)`, each `N × classes`.
 pub fn logit_bounds(
     net: &Sequential,
