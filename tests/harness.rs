@@ -21,6 +21,8 @@ const ALL: &[&str] = &[
     "robustness::mnist_ibp::crown_eps_0_1",
     "robustness::mnist_ibp_onnx::ibp_eps_0_1",
     "robustness::mnist_ibp_onnx::crown_eps_0_1",
+    "robustness::mnist_resnet_onnx::pgd_eps_0_02",
+    "robustness::mnist_resnet_onnx::ibp_eps_0_00001",
     "robustness::mnist_cnn::brightness",
     "robustness::mnist_cnn::autoattack_eps_0_1",
 ];
@@ -95,6 +97,7 @@ fn list_every_case_and_filter_like_cargo_test() {
             "robustness::mnist_mlp::pgd_eps_0_05",
             "robustness::mnist_mlp::pgd_eps_0_1",
             "robustness::mnist_cnn::pgd_eps_0_05",
+            "robustness::mnist_resnet_onnx::pgd_eps_0_02",
         ]
     );
     assert_eq!(
@@ -113,9 +116,10 @@ fn list_every_case_and_filter_like_cargo_test() {
         listed(&["--ignored"]),
         ["robustness::mnist_cnn::autoattack_eps_0_1"]
     );
+    // The MLP's four and the residual network's two (`mnist_ibp` skips `mnist_ibp_onnx` too).
     assert_eq!(
         listed(&["--skip", "mnist_cnn", "--skip", "mnist_ibp"]).len(),
-        4
+        6
     );
     // nextest lists with `--format terse`.
     let out = Command::new(suite_binary())

@@ -5,6 +5,8 @@ The networks:
 - `mnist_mlp`, `mnist_cnn`, `mnist_ibp`: the shipped fixtures (`tests/fixtures/*.safetensors`),
   loaded into the same PyTorch modules as `bench_torch.py`.
 - `mnist_mlp_normalized`: the MLP behind `(x - 0.1307) / 0.3081`, exported as `Sub` and `Div`.
+- `mnist_resnet`: a small residual network for MNIST (`MnistResNet`), trained here on the
+  shipped sample's 4,000 training digits (12 epochs of Adam, seeded).
 - `resnet_small`: a CIFAR-shaped residual network with batch norm (two basic blocks, one of them
   strided with a 1×1 projection; global average pooling), seeded random weights and batch-norm
   statistics, in eval mode.
@@ -60,6 +62,64 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class MnistResNet(nn.Module):
+    """A small residual network for MNIST: a 3×3 stem with batch norm, a basic block at 16
+    channels and a strided one at 32 (28 → 14 pixels), global average pooling, a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = BasicBlock(16, 16, 1)
+        self.layer2 = BasicBlock(16, 32, 2)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def mnist_training_digits():
+    """The 4,000 digits of the shipped sample (`robust-runtime/data/mnist-5k`) that are not in
+    its test split (`mnist_test.safetensors`): the training split `Dataset::mnist_sample()`
+    makes, in file order."""
+    import gzip
+
+    import numpy as np
+
+    data = os.path.join(ROOT, "robust-runtime", "data", "mnist-5k")
+    with gzip.open(os.path.join(data, "images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 1, 28, 28)
+    with gzip.open(os.path.join(data, "labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    test = load_file(os.path.join(ROOT, "tests", "reference", "mnist_test.safetensors"))["images"].numpy()
+    held_out = {t.tobytes() for t in test}
+    keep = [i for i in range(len(images)) if images[i].tobytes() not in held_out]
+    x = torch.from_numpy(images[keep].astype(np.float32) / 255.0)
+    y = torch.from_numpy(labels[keep].astype(np.int64))
+    return x, y
+
+
+def mnist_resnet():
+    """`MnistResNet` trained here: Adam (lr 1e-3), batch 64, 12 epochs on the training digits,
+    seeded; then eval mode."""
+    torch.manual_seed(23)
+    net = MnistResNet()
+    x, y = mnist_training_digits()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(23)
+    net.train()
+    for _ in range(12):
+        order = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), 64):
+            batch = order[i:i + 64]
+            opt.zero_grad()
+            F.cross_entropy(net(x[batch]), y[batch]).backward()
+            opt.step()
+    return net.eval(), len(x)
+
+
 def loaded(module, name):
     module.load_state_dict(load_file(os.path.join(ROOT, "tests", "fixtures", f"{name}.safetensors")))
     return module.eval()
@@ -110,8 +170,14 @@ def main():
          [13]),
         ("resnet_small", resnet_small(), x_cifar, y_cifar, [13, 17]),
     ]
-    export(nets[-1][1], "resnet_small_batchnorm", x_cifar[:1], 13, keep_batch_norm=True)
-    record = {"torch": torch.__version__, "models": {}}
+    trained, n_train = mnist_resnet()
+    with torch.no_grad():
+        test = load_file(os.path.join(ROOT, "tests", "reference", "mnist_test.safetensors"))
+        accuracy = (trained(test["images"].float() / 255.0).argmax(1) == test["labels"]).float().mean().item()
+    print(f"mnist_resnet: trained on {n_train} digits, test accuracy {accuracy:.4f}")
+    nets.append(("mnist_resnet", trained, x_mnist, y_mnist, [13]))
+    export(nets[4][1], "resnet_small_batchnorm", x_cifar[:1], 13, keep_batch_norm=True)
+    record = {"torch": torch.__version__, "mnist_resnet_test_accuracy": accuracy, "models": {}}
     for name, net, x, y, opsets in nets:
         files = []
         for opset in opsets:
