@@ -341,11 +341,16 @@ fn bound_the_residual_network_as_auto_lirpas_ibp_does() -> R {
     Ok(())
 }
 
-/// A residual network trained by PyTorch (`onnx_export.py`'s `MnistResNet`, 91.0 % on the test
+/// A residual network trained by PyTorch (`onnx_export.py`'s `SmallResNet(channels=1)`, 91.0 % on the test
 /// split) through `#[robustness_test]`: PGD at ε = 0.02 (51.5 % of the first 200 digits kept
 /// when this was written) on the engine…
 #[robustness_test(attack = "pgd", eps = 0.02, min_acc = 0.4, samples = 200, steps = 10)]
 fn mnist_resnet_onnx() -> robust_runtime::Result<RobustnessCase> {
+    mnist_resnet_case()
+}
+
+/// The trained residual network on the sample's test split.
+fn mnist_resnet_case() -> robust_runtime::Result<RobustnessCase> {
     let graph = Graph::from_onnx(
         path("tests/fixtures/onnx/mnist_resnet.onnx"),
         &robust_runtime::device::current(),
@@ -361,12 +366,5 @@ fn mnist_resnet_onnx() -> robust_runtime::Result<RobustnessCase> {
 /// 5e-5): what CROWN through the sums will tighten.
 #[robustness_test(certify = "ibp", eps = 0.00001, min_certified_acc = 0.4, samples = 200)]
 fn mnist_resnet_onnx_certified() -> robust_runtime::Result<RobustnessCase> {
-    let graph = Graph::from_onnx(
-        path("tests/fixtures/onnx/mnist_resnet.onnx"),
-        &robust_runtime::device::current(),
-    )?;
-    Ok(
-        RobustnessCase::new(graph, Dataset::mnist_sample()?.test_split())
-            .named("mnist_resnet_onnx"),
-    )
+    mnist_resnet_case()
 }

@@ -5,7 +5,7 @@ The networks:
 - `mnist_mlp`, `mnist_cnn`, `mnist_ibp`: the shipped fixtures (`tests/fixtures/*.safetensors`),
   loaded into the same PyTorch modules as `bench_torch.py`.
 - `mnist_mlp_normalized`: the MLP behind `(x - 0.1307) / 0.3081`, exported as `Sub` and `Div`.
-- `mnist_resnet`: a small residual network for MNIST (`MnistResNet`), trained here on the
+- `mnist_resnet`: the same network on MNIST (`SmallResNet(channels=1)`), trained here on the
   shipped sample's 4,000 training digits (12 epochs of Adam, seeded).
 - `resnet_small`: a CIFAR-shaped residual network with batch norm (two basic blocks, one of them
   strided with a 1×1 projection; global average pooling), seeded random weights and batch-norm
@@ -48,27 +48,13 @@ class Normalized(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    def __init__(self):
+    """A small residual network: a 3×3 stem with batch norm, a basic block at 16 channels and a
+    strided one at 32, global average pooling, a linear layer. On 3×32×32 inputs (`resnet_small`)
+    or, with `channels = 1`, on MNIST (`mnist_resnet`, 28 → 14 pixels in the strided block)."""
+
+    def __init__(self, channels=3):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = BasicBlock(16, 16, 1)
-        self.layer2 = BasicBlock(16, 32, 2)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(x))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-class MnistResNet(nn.Module):
-    """A small residual network for MNIST: a 3×3 stem with batch norm, a basic block at 16
-    channels and a strided one at 32 (28 → 14 pixels), global average pooling, a linear layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.layer1 = BasicBlock(16, 16, 1)
         self.layer2 = BasicBlock(16, 32, 2)
@@ -102,10 +88,10 @@ def mnist_training_digits():
 
 
 def mnist_resnet():
-    """`MnistResNet` trained here: Adam (lr 1e-3), batch 64, 12 epochs on the training digits,
-    seeded; then eval mode."""
+    """`SmallResNet(channels=1)` trained here: Adam (lr 1e-3), batch 64, 12 epochs on the
+    training digits, seeded; then eval mode."""
     torch.manual_seed(23)
-    net = MnistResNet()
+    net = SmallResNet(channels=1)
     x, y = mnist_training_digits()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(23)
