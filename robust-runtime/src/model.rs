@@ -124,11 +124,15 @@ impl Model {
         if !self.use_engine {
             return None;
         }
-        let engine = self
-            .engine
+        self.compiled().filter(|e| e.accepts(x))
+    }
+
+    /// The network compiled for the engine (its normalisation first), on first use; `None` for
+    /// an opaque module or weights the engine cannot hold.
+    fn compiled(&self) -> Option<&Engine> {
+        (self.engine)
             .get_or_init(|| self.layers.as_ref()?.compile(self.normalize.as_ref()))
-            .as_ref()?;
-        engine.accepts(x).then_some(engine)
+            .as_ref()
     }
 
     /// The per-sample input shape, when the model is a network whose layers robust knows (a
@@ -236,12 +240,7 @@ impl Model {
             model: self.name.clone(),
             reason: reason.into(),
         };
-        let engine = (self
-            .engine
-            .get_or_init(|| self.layers.as_ref()?.compile(self.normalize.as_ref())))
-        .as_ref()
-        .filter(|e| e.accepts(lower))
-        .ok_or_else(|| {
+        let engine = (self.compiled().filter(|e| e.accepts(lower))).ok_or_else(|| {
             not(
                 "IBP through a graph with residual sums runs on the engine: plain f32 \
                      weights and inputs on the CPU",

@@ -151,12 +151,44 @@ pub fn model_margin_lower_bounds(
     labels: &[u32],
     method: Method,
 ) -> Result<Tensor> {
-    match model.network() {
-        Ok(net) => margin_lower_bounds(&net.detach(), lower, upper, labels, method),
-        Err(_) if model.is_graph() && method == Method::Ibp => {
-            model.graph_margin_lower_bounds(lower, upper, labels)
+    Bounded::of(model, method)?.margin_lower_bounds(lower, upper, labels, method)
+}
+
+/// What a model's margins are bounded on: its layers as a chain (detached once, so that its
+/// engine is compiled once), or its graph with residual sums (IBP on the engine).
+enum Bounded<'m> {
+    Chain(Sequential),
+    Graph(&'m crate::Model),
+}
+
+impl<'m> Bounded<'m> {
+    fn of(model: &'m crate::Model, method: Method) -> Result<Self> {
+        match model.network() {
+            Ok(net) => Ok(Bounded::Chain(net.detach())),
+            Err(_) if model.is_graph() && method == Method::Ibp => Ok(Bounded::Graph(model)),
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    }
+
+    /// Where the weights are (the engine's graphs: the CPU).
+    fn device(&self) -> Device {
+        match self {
+            Bounded::Chain(net) => net.device(),
+            Bounded::Graph(_) => Device::Cpu,
+        }
+    }
+
+    fn margin_lower_bounds(
+        &self,
+        lower: &Tensor,
+        upper: &Tensor,
+        labels: &[u32],
+        method: Method,
+    ) -> Result<Tensor> {
+        match self {
+            Bounded::Chain(net) => margin_lower_bounds(net, lower, upper, labels, method),
+            Bounded::Graph(model) => model.graph_margin_lower_bounds(lower, upper, labels),
+        }
     }
 }
 
@@ -449,16 +481,11 @@ pub fn bound_case(
     case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
-    // A chain of layers (any certifier), or a graph with residual sums (IBP, on the engine).
-    let net = match model.network() {
-        Ok(net) => Some(net.detach()),
-        Err(_) if model.is_graph() && method == Method::Ibp => None,
-        Err(e) => return Err(e),
-    };
+    let bounded = Bounded::of(model, method)?;
     let domain = model.domain();
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;
-    let device = net.as_ref().map_or(Device::Cpu, Sequential::device);
+    let device = bounded.device();
     let mut progress = crate::progress::Progress::new(case.model().name(), case.data().len());
     for batch in case.data().batches(batch_size, &device) {
         let batch = batch?;
@@ -467,10 +494,7 @@ pub fn bound_case(
         let x = batch.inputs.to_dtype(DType::F32)?;
         let predictions = model.predict(&x)?;
         let (lower, upper) = input_box(&x, eps, domain)?;
-        let margins = match &net {
-            Some(net) => margin_lower_bounds(net, &lower, &upper, labels, method)?,
-            None => model.graph_margin_lower_bounds(&lower, &upper, labels)?,
-        };
+        let margins = bounded.margin_lower_bounds(&lower, &upper, labels, method)?;
         let margins = margins.min(1)?.to_vec1::<f32>()?;
         for (i, ((&label, prediction), margin)) in
             labels.iter().zip(predictions).zip(margins).enumerate()

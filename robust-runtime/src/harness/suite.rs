@@ -425,13 +425,12 @@ impl Suite {
         let model_name = name.to_string();
         Ok(Arc::new(move || {
             let dev = device::current();
-            let weights = &path;
             let model = match zoo.as_deref() {
-                None => Model::new(crate::nn::Graph::from_onnx(weights, &dev)?),
-                Some("mnist_mlp") => Model::new(zoo::MnistMlp::load(weights, &dev)?),
-                Some("mnist_cnn") => Model::new(zoo::MnistCnn::load(weights, &dev)?),
+                None => Model::new(crate::nn::Graph::from_onnx(&path, &dev)?),
+                Some("mnist_mlp") => Model::new(zoo::MnistMlp::load(&path, &dev)?),
+                Some("mnist_cnn") => Model::new(zoo::MnistCnn::load(&path, &dev)?),
                 Some("mnist_small_cnn") => {
-                    Model::new(zoo::layers::mnist_small_cnn().load(weights, &dev)?)
+                    Model::new(zoo::layers::mnist_small_cnn().load(&path, &dev)?)
                 }
                 Some(other) => {
                     return Err(Error::param(

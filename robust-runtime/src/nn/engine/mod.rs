@@ -702,9 +702,13 @@ impl Engine {
                 relu_in_place(&mut l);
                 relu_in_place(&mut u);
             }
-            // Boxes no later op reads are dropped.
-            for j in 0..=i {
-                if last_read[j] <= i && boxes[j].is_some() {
+            // The boxes this op was the last to read are dropped.
+            let other = match op {
+                Op::Add { other, .. } => Some(*other),
+                _ => None,
+            };
+            for j in std::iter::once(self.inputs[i]).chain(other) {
+                if last_read[j] == i {
                     boxes[j] = None;
                 }
             }
