@@ -23,6 +23,7 @@ const ALL: &[&str] = &[
     "robustness::mnist_ibp_onnx::crown_eps_0_1",
     "robustness::mnist_resnet_onnx::pgd_eps_0_02",
     "robustness::mnist_resnet_onnx::ibp_eps_0_00001",
+    "robustness::mnist_resnet_onnx::crown_eps_0_002",
     "robustness::mnist_cnn::brightness",
     "robustness::mnist_cnn::autoattack_eps_0_1",
 ];
@@ -116,10 +117,10 @@ fn list_every_case_and_filter_like_cargo_test() {
         listed(&["--ignored"]),
         ["robustness::mnist_cnn::autoattack_eps_0_1"]
     );
-    // The MLP's four and the residual network's two (`mnist_ibp` skips `mnist_ibp_onnx` too).
+    // The MLP's four and the residual network's three (`mnist_ibp` skips `mnist_ibp_onnx` too).
     assert_eq!(
         listed(&["--skip", "mnist_cnn", "--skip", "mnist_ibp"]).len(),
-        6
+        7
     );
     // nextest lists with `--format terse`.
     let out = Command::new(suite_binary())

@@ -141,9 +141,9 @@ pub fn margin_lower_bounds(
 }
 
 /// [`margin_lower_bounds`] for a [`crate::Model`]: on its layers when they are a chain (with its
-/// normalisation first), any method; on a graph with residual sums ([`crate::nn::Graph`]), IBP on
-/// the engine (plain f32 weights and inputs on the CPU), the boxes of both branches summed at
-/// each sum. Anything else is [`Error::NotCertifiable`], saying why.
+/// normalisation first); on a graph with residual sums ([`crate::nn::Graph`]), on the engine
+/// (plain f32 weights and inputs on the CPU): IBP sums the boxes of both terms at each sum,
+/// CROWN the linear bounds of both. Anything else is [`Error::NotCertifiable`], saying why.
 pub fn model_margin_lower_bounds(
     model: &crate::Model,
     lower: &Tensor,
@@ -151,21 +151,21 @@ pub fn model_margin_lower_bounds(
     labels: &[u32],
     method: Method,
 ) -> Result<Tensor> {
-    Bounded::of(model, method)?.margin_lower_bounds(lower, upper, labels, method)
+    Bounded::of(model)?.margin_lower_bounds(lower, upper, labels, method)
 }
 
 /// What a model's margins are bounded on: its layers as a chain (detached once, so that its
-/// engine is compiled once), or its graph with residual sums (IBP on the engine).
+/// engine is compiled once), or its graph with residual sums (on the engine).
 enum Bounded<'m> {
     Chain(Sequential),
     Graph(&'m crate::Model),
 }
 
 impl<'m> Bounded<'m> {
-    fn of(model: &'m crate::Model, method: Method) -> Result<Self> {
+    fn of(model: &'m crate::Model) -> Result<Self> {
         match model.network() {
             Ok(net) => Ok(Bounded::Chain(net.detach())),
-            Err(_) if model.is_graph() && method == Method::Ibp => Ok(Bounded::Graph(model)),
+            Err(_) if model.is_graph() => Ok(Bounded::Graph(model)),
             Err(e) => Err(e),
         }
     }
@@ -187,9 +187,31 @@ impl<'m> Bounded<'m> {
     ) -> Result<Tensor> {
         match self {
             Bounded::Chain(net) => margin_lower_bounds(net, lower, upper, labels, method),
-            Bounded::Graph(model) => model.graph_margin_lower_bounds(lower, upper, labels),
+            Bounded::Graph(model) => model.graph_margin_lower_bounds(lower, upper, labels, method),
         }
     }
+
+    fn logit_bounds(
+        &self,
+        lower: &Tensor,
+        upper: &Tensor,
+        method: Method,
+    ) -> Result<(Tensor, Tensor)> {
+        match self {
+            Bounded::Chain(net) => logit_bounds(net, lower, upper, method),
+            Bounded::Graph(model) => model.graph_logit_bounds(lower, upper, method),
+        }
+    }
+}
+
+/// [`logit_bounds`] for a [`crate::Model`], on the layers [`model_margin_lower_bounds`] uses.
+pub fn model_logit_bounds(
+    model: &crate::Model,
+    lower: &Tensor,
+    upper: &Tensor,
+    method: Method,
+) -> Result<(Tensor, Tensor)> {
+    Bounded::of(model)?.logit_bounds(lower, upper, method)
 }
 
 /// Bounds of the logits over the box: `(lower, upper)`, each `N × classes`.
@@ -481,7 +503,7 @@ pub fn bound_case(
     case.check_domain()?;
     let started = std::time::Instant::now();
     let model = case.model();
-    let bounded = Bounded::of(model, method)?;
+    let bounded = Bounded::of(model)?;
     let domain = model.domain();
     let mut per_sample = Vec::with_capacity(case.data().len());
     let mut clean_correct = 0;

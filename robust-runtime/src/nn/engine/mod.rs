@@ -116,6 +116,21 @@ impl Op {
                 | Op::Add { relu: true, .. }
         )
     }
+
+    /// The activations the op reads when its input is activation `input`: that one, and a
+    /// residual sum's other term.
+    fn reads(&self, input: usize) -> impl Iterator<Item = usize> {
+        let other = match self {
+            Op::Add { other, .. } => Some(*other),
+            _ => None,
+        };
+        std::iter::once(input).chain(other)
+    }
+}
+
+/// `a + b`, element by element.
+fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
 /// A compiled network (see the module docs).
@@ -128,6 +143,8 @@ pub(crate) struct Engine {
     inputs: Vec<usize>,
     /// `sizes[j]`: values per sample of activation `j`; the last is the number of classes.
     sizes: Vec<usize>,
+    /// `dims[j]`: the per-sample shape of activation `j` (`channels × h × w` for an image).
+    dims: Vec<Vec<usize>>,
     /// `pooled[i]`: op `i` is a max-pool that alone reads a convolution's output, and the
     /// backward pass goes from the pool's output gradient to the convolution's input gradient
     /// in one step ([`Pooled`]).
@@ -222,6 +239,7 @@ impl Engine {
         let mut ops = Vec::new();
         let mut inputs = Vec::new();
         let mut sizes = vec![input.iter().product::<usize>()];
+        let mut dims = vec![input.to_vec()];
         // Per node activation: its shape, the engine activation holding it, and whether that
         // activation is another node's too (a flatten, a fused ReLU).
         let mut shapes = vec![input.to_vec()];
@@ -233,6 +251,7 @@ impl Engine {
             ops.push(Op::Normalize { mean, std, plane });
             inputs.push(0);
             sizes.push(sizes[0]);
+            dims.push(input.to_vec());
             map[0] = 1;
         }
         let mut readers = vec![0usize; nodes.len() + 1];
@@ -256,6 +275,7 @@ impl Engine {
                     });
                     inputs.push(source);
                     sizes.push(sizes[source]);
+                    dims.push(dims[source].clone());
                     shapes.push(shape);
                     map.push(ops.len());
                     alias.push(false);
@@ -355,6 +375,7 @@ impl Engine {
                     ops.push(op);
                     inputs.push(source);
                     sizes.push(next.iter().product());
+                    dims.push(next.clone());
                     map.push(ops.len());
                     alias.push(false);
                 }
@@ -391,6 +412,7 @@ impl Engine {
             ops,
             inputs,
             sizes,
+            dims,
             pooled,
             spare: Mutex::new(Vec::new()),
         })
@@ -619,12 +641,6 @@ impl Engine {
         }
     }
 
-    /// Whether the plan is a chain (each op reads the one before), as interval bounds need.
-    fn is_chain(&self) -> bool {
-        self.inputs.iter().enumerate().all(|(i, &j)| i == j)
-            && !self.ops.iter().any(|op| matches!(op, Op::Add { .. }))
-    }
-
     /// Interval bound propagation (see [`crate::certify`]'s `ibp`) through the plan: the box
     /// of the logits for the input box `[lower, upper]`, with the arithmetic of the tensor
     /// version (centre `(u + l)·0.5`, radius `(u − l)·0.5`, `W c + b ± |W| r` for affine maps,
@@ -666,6 +682,17 @@ impl Engine {
         Ok((lo, hi))
     }
 
+    /// `last[j]`: the last of ops `0..end` to read activation `j` (0 if none does).
+    fn last_reads(&self, end: usize) -> Vec<usize> {
+        let mut last = vec![0; self.sizes.len()];
+        for (i, op) in self.ops.iter().enumerate().take(end) {
+            for j in op.reads(self.inputs[i]) {
+                last[j] = i;
+            }
+        }
+        last
+    }
+
     /// [`Engine::interval_before`] on `n` samples' boxes: the box of activation `end`.
     fn interval_rows(
         &self,
@@ -674,13 +701,7 @@ impl Engine {
         end: usize,
     ) -> (Vec<f32>, Vec<f32>) {
         // Every activation's box, while a later op still reads it (a chain keeps one).
-        let mut last_read = vec![0; self.sizes.len()];
-        for (i, op) in self.ops.iter().enumerate().take(end) {
-            last_read[self.inputs[i]] = i;
-            if let Op::Add { other, .. } = op {
-                last_read[*other] = i;
-            }
-        }
+        let last_read = self.last_reads(end);
         let mut boxes: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; self.sizes.len()];
         boxes[0] = Some(input);
         for (i, op) in self.ops.iter().enumerate().take(end) {
@@ -693,8 +714,7 @@ impl Engine {
                 Op::Relu => (l.clone(), u.clone()),
                 Op::Add { other, .. } => {
                     let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
-                    let sum = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a + b).collect();
-                    (sum(l, lo), sum(u, uo))
+                    (add(l, lo), add(u, uo))
                 }
                 _ => pre_relu_interval(op, (l, u), n, sizes),
             };
@@ -703,11 +723,7 @@ impl Engine {
                 relu_in_place(&mut u);
             }
             // The boxes this op was the last to read are dropped.
-            let other = match op {
-                Op::Add { other, .. } => Some(*other),
-                _ => None,
-            };
-            for j in std::iter::once(self.inputs[i]).chain(other) {
+            for j in op.reads(self.inputs[i]) {
                 if last_read[j] == i {
                     boxes[j] = None;
                 }
@@ -772,8 +788,8 @@ impl Engine {
 
 /// The interval of `op`'s output before any ReLU of its own, from its input's `[l, u]` (`n`
 /// samples of `sizes.0` values): `W c + b ± |W| r` with centre `(u + l)·0.5` and radius
-/// `(u − l)·0.5` for an affine op, the corners through a monotone one. (No `Add`: interval
-/// bounds run on chains.)
+/// `(u − l)·0.5` for an affine op, the corners through a monotone one. (Not a residual sum,
+/// whose box is the sum of its terms' boxes.)
 fn pre_relu_interval(
     op: &Op,
     (l, u): (&[f32], &[f32]),
@@ -1543,6 +1559,157 @@ mod should {
             let z = engine.forward(point)?;
             assert!((z.ge(&(&l - 1e-5)?)?.min_all()?.to_scalar::<u8>()? == 1));
             assert!((z.le(&(&u + 1e-5)?)?.min_all()?.to_scalar::<u8>()? == 1));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bound_with_crown_through_residual_sums_as_through_the_merged_chain() -> crate::Result<()> {
+        use crate::nn::Graph;
+        let mut rng = Rng::seed_from_u64(67);
+        let dev = Device::Cpu;
+        // Three 2 → 2 convolutions, 3×3 with padding 1.
+        let filters: Vec<(Vec<f32>, Vec<f32>)> = (0..3)
+            .map(|_| {
+                let w = rng.normal_vec(36).iter().map(|v| v * 0.3).collect();
+                (w, rng.uniform_vec(2, -0.1, 0.1))
+            })
+            .collect();
+        let conv = |(w, b): &(Vec<f32>, Vec<f32>), identity: bool| -> crate::Result<Layer> {
+            let mut w = w.clone();
+            if identity {
+                // Plus the identity: the centre tap from channel c to channel c.
+                for c in 0..2 {
+                    w[(c * 2 + c) * 9 + 4] += 1.0;
+                }
+            }
+            Ok(Layer::Conv2d {
+                weight: Tensor::from_vec(w, (2, 2, 3, 3), &dev)?,
+                bias: Tensor::from_vec(b.clone(), 2, &dev)?,
+                stride: 1,
+                padding: 1,
+            })
+        };
+        let w = Tensor::from_vec(rng.normal_vec(5 * 18), (5, 18), &dev)?.affine(0.3, 0.0)?;
+        let bias = Tensor::from_vec(rng.uniform_vec(5, -0.1, 0.1), 5, &dev)?;
+        let head = |g: &mut Graph, at: usize| -> crate::Result<usize> {
+            let p = g.layer(
+                at,
+                Layer::MaxPool2d {
+                    kernel: 2,
+                    stride: 2,
+                },
+            )?;
+            let f = g.layer(p, Layer::Flatten)?;
+            let (weight, bias) = (w.clone(), bias.clone());
+            g.layer(f, Layer::Linear { weight, bias })
+        };
+        // conv → ReLU → h, then relu(conv(h) + h) → r, then conv(r) + r → pool → linear…
+        let mut g = Graph::new(&[2, 6, 6]);
+        let a = g.layer(0, conv(&filters[0], false)?)?;
+        let a = g.layer(a, Layer::Relu)?;
+        let b = g.layer(a, conv(&filters[1], false)?)?;
+        let s = g.add(b, a)?;
+        let r = g.layer(s, Layer::Relu)?;
+        let c = g.layer(r, conv(&filters[2], false)?)?;
+        let s = g.add(c, r)?;
+        head(&mut g, s)?;
+        // …and the same network as a chain, each identity merged into its filters.
+        let mut m = Graph::new(&[2, 6, 6]);
+        let a = m.layer(0, conv(&filters[0], false)?)?;
+        let a = m.layer(a, Layer::Relu)?;
+        let b = m.layer(a, conv(&filters[1], true)?)?;
+        let r = m.layer(b, Layer::Relu)?;
+        let c = m.layer(r, conv(&filters[2], true)?)?;
+        head(&mut m, c)?;
+        let graph = g.source().compile(None).expect("a known graph");
+        let chain = m.source().compile(None).expect("a known chain");
+        assert!(graph
+            .ops
+            .iter()
+            .any(|op| matches!(op, Op::Add { relu: true, .. })));
+        assert!(!chain.ops.iter().any(|op| matches!(op, Op::Add { .. })));
+        let n = 12;
+        let x = Tensor::from_vec(rng.uniform_vec(n * 72, 0.0, 1.0), (n, 2, 6, 6), &dev)?;
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+        let (lower, upper) = ((&x - 0.03)?, (&x + 0.03)?);
+        // Every neuron bounded by back-substitution: the same relaxations, so the same bounds.
+        let both = |margins: bool| -> crate::Result<()> {
+            let spec = || match margins {
+                true => Spec::Margins(&labels),
+                false => Spec::Outputs,
+            };
+            let (gl, gu) = graph
+                .crown(&lower, &upper, spec(), true)?
+                .expect("relaxable");
+            let (cl, cu) = chain
+                .crown(&lower, &upper, spec(), true)?
+                .expect("relaxable");
+            let finite = |t: &Tensor| t.clamp(-1e6, 1e6);
+            let scale = max_abs(&finite(&cl)?)?.max(1.0);
+            assert!(
+                max_diff(&finite(&gl)?, &finite(&cl)?)? <= 1e-5 * scale,
+                "lower"
+            );
+            assert!(
+                max_diff(&finite(&gu)?, &finite(&cu)?)? <= 1e-5 * scale,
+                "upper"
+            );
+            Ok(())
+        };
+        both(false)?;
+        both(true)?;
+        // Sound, sparse intermediate bounds or not, and tighter than intervals: the logits and
+        // margins of points of each box, half of them corners, lie within.
+        let (il, iu) = graph.interval(&lower, &upper)?;
+        let width = |l: &Tensor, u: &Tensor| -> crate::Result<f32> {
+            Ok((u - l)?.sum_all()?.to_scalar::<f32>()?)
+        };
+        let per = 400;
+        let (lo, hi) = (
+            lower.flatten_all()?.to_vec1::<f32>()?,
+            upper.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut points = Vec::with_capacity(n * per * 72);
+        for b in 0..n {
+            for k in 0..per {
+                for (l, u) in lo[b * 72..][..72].iter().zip(&hi[b * 72..][..72]) {
+                    let t = rng.uniform_vec(1, 0.0, 1.0)[0];
+                    let t = if k % 2 == 0 { t } else { t.round() };
+                    points.push(l + t * (u - l));
+                }
+            }
+        }
+        let z = graph.forward(&Tensor::from_vec(points, (n * per, 2, 6, 6), &dev)?)?;
+        let z = z.to_vec2::<f32>()?;
+        for full in [false, true] {
+            let (l, u) = graph
+                .crown(&lower, &upper, Spec::Outputs, full)?
+                .expect("relaxable");
+            let (margins, _) =
+                (graph.crown(&lower, &upper, Spec::Margins(&labels), full)?).expect("relaxable");
+            assert!(
+                width(&l, &u)? < 0.9 * width(&il, &iu)?,
+                "CROWN is tighter than IBP"
+            );
+            let (l, u, margins) = (
+                l.to_vec2::<f32>()?,
+                u.to_vec2::<f32>()?,
+                margins.to_vec2::<f32>()?,
+            );
+            for (p, z) in z.iter().enumerate() {
+                let b = p / per;
+                let y = labels[b] as usize;
+                for j in 0..5 {
+                    assert!(
+                        l[b][j] <= z[j] + 1e-5 && z[j] <= u[b][j] + 1e-5,
+                        "sample {b} logit {j}"
+                    );
+                    if j != y {
+                        assert!(margins[b][j] <= z[y] - z[j] + 1e-5, "sample {b} margin {j}");
+                    }
+                }
+            }
         }
         Ok(())
     }
