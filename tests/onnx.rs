@@ -16,6 +16,18 @@ type R<T = ()> = robust_runtime::Result<T>;
 const REFERENCE: &str = include_str!("reference/onnx_torch.json");
 const LIRPA: &str = include_str!("reference/onnx_lirpa.json");
 const LIRPA_CROWN: &str = include_str!("reference/onnx_crown_lirpa.json");
+const CONCAT: &str = include_str!("reference/onnx_concat_torch.json");
+
+/// PyTorch's records of every exported network (`onnx_export.py`, `onnx_concat_export.py`), by
+/// name.
+fn torch_records() -> serde_json::Map<String, Value> {
+    let json: Value = serde_json::from_str(REFERENCE).expect("reference JSON parses");
+    let mut models = json["models"].as_object().expect("models").clone();
+    let mut concat: Value = serde_json::from_str(CONCAT).expect("reference JSON parses");
+    concat["files"] = serde_json::json!(["tests/fixtures/onnx/concat_small.onnx"]);
+    models.insert("concat_small".into(), concat);
+    models
+}
 
 fn path(file: &str) -> String {
     format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))
@@ -48,10 +60,9 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn read_every_exported_network_to_pytorchs_logits_and_input_gradients() -> R {
-    let json: Value = serde_json::from_str(REFERENCE).expect("reference JSON parses");
-    let models = json["models"].as_object().expect("models");
-    assert_eq!(models.len(), 6);
-    for (name, m) in models {
+    let models = torch_records();
+    assert_eq!(models.len(), 7);
+    for (name, m) in &models {
         let shape: Vec<usize> = (m["shape"].as_array().unwrap().iter())
             .map(|d| d.as_u64().unwrap() as usize)
             .collect();
@@ -419,18 +430,21 @@ fn bound_the_residual_network_as_auto_lirpas_ibp_does() -> R {
     Ok(())
 }
 
-/// auto_LiRPA's CROWN (`tests/reference/onnx_crown_lirpa.py`) on both residual networks, read
-/// from the same ONNX files: the margins' lower bounds within 1e-4 of its float64 values.
+/// auto_LiRPA's CROWN (`tests/reference/onnx_crown_lirpa.py`) on both residual networks and the
+/// network with concatenations, read from the same ONNX files: the margins' lower bounds within
+/// 1e-4 of its float64 values.
 #[test]
-fn bound_the_residual_networks_as_auto_lirpas_crown_does() -> R {
-    let torch: Value = serde_json::from_str(REFERENCE).expect("reference JSON parses");
+fn bound_the_graph_networks_as_auto_lirpas_crown_does() -> R {
+    let torch = torch_records();
     let lirpa: Value = serde_json::from_str(LIRPA_CROWN).expect("reference JSON parses");
-    for (name, reference) in lirpa["networks"].as_object().expect("networks") {
-        let shape: Vec<usize> = (torch["models"][name]["shape"].as_array().unwrap().iter())
+    let networks = lirpa["networks"].as_object().expect("networks");
+    assert_eq!(networks.len(), 3);
+    for (name, reference) in networks {
+        let shape: Vec<usize> = (torch[name]["shape"].as_array().unwrap().iter())
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         let n = reference["labels"].as_array().unwrap().len();
-        let x = Tensor::from_vec(floats(&torch["models"][name]["x"]), shape, &Device::Cpu)?;
+        let x = Tensor::from_vec(floats(&torch[name]["x"]), shape, &Device::Cpu)?;
         let x = x.narrow(0, 0, n)?;
         let labels: Vec<u32> = (reference["labels"].as_array().unwrap().iter())
             .map(|v| v.as_u64().unwrap() as u32)
@@ -496,4 +510,3 @@ fn mnist_resnet_case() -> robust_runtime::Result<RobustnessCase> {
 fn mnist_resnet_onnx_certified() -> robust_runtime::Result<RobustnessCase> {
     mnist_resnet_case()
 }
-

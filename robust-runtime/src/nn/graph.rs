@@ -9,9 +9,10 @@ use super::sequential::output_shape;
 use super::{Layer, Sequential};
 use crate::{Error, Result};
 
-/// A network as a graph of [`Layer`]s and sums: activation 0 is the input, and each node reads
+/// A network as a graph of [`Layer`]s, sums and concatenations: activation 0 is the input, and each node reads
 /// activations made before it and makes the next one; the last activation is the logits.
-/// A [`Sequential`] is the chain case ([`Graph::to_sequential`] gives it back).
+/// A [`Sequential`] is the chain case: `Graph::from(&net)` is its graph, which the engine
+/// compiles for both, and [`Graph::to_sequential`] gives a chain back.
 ///
 /// A `Graph` is a candle [`Module`], so every attack runs on it, and a [`crate::Model`] made
 /// of one runs on the engine on the CPU (residual sums included). [`Graph::from_onnx`] reads
@@ -46,6 +47,7 @@ impl fmt::Debug for Graph {
             match node {
                 Node::Layer(layer) => write!(f, ", {}: {}({input})", k + 1, layer.kind())?,
                 Node::Add(other) => write!(f, ", {}: Add({input}, {other})", k + 1)?,
+                Node::Concat(other) => write!(f, ", {}: Concat({input}, {other})", k + 1)?,
             }
             write!(f, " → {:?}", self.shapes[k + 1])?;
         }
@@ -110,6 +112,23 @@ impl Graph {
         }
         let shape = sa.to_vec();
         Ok(self.push(Node::Add(b), a, shape))
+    }
+
+    /// Appends the concatenation of activations `a` and `b` along their first per-sample axis
+    /// (the channels of an image, the features of a vector; ONNX's `Concat` on axis 1);
+    /// returns it.
+    pub fn concat(&mut self, a: usize, b: usize) -> Result<usize> {
+        let (sa, sb) = (self.shape_of(a)?, self.shape_of(b)?);
+        if sa.is_empty() || sa.len() != sb.len() || sa[1..] != sb[1..] {
+            return Err(Error::ModelConfig(format!(
+                "graph node {}: cannot concatenate activation {a} (per-sample shape {sa:?}) and \
+                 activation {b} ({sb:?}); expected shapes equal but in their first axis",
+                self.nodes.len() + 1
+            )));
+        }
+        let mut shape = sa.to_vec();
+        shape[0] += sb[0];
+        Ok(self.push(Node::Concat(b), a, shape))
     }
 
     fn push(&mut self, node: Node, input: usize, shape: Vec<usize>) -> usize {
@@ -184,6 +203,22 @@ impl Graph {
     }
 }
 
+/// A chain as the graph it is: each layer reading the activation before it (the inverse of
+/// [`Graph::to_sequential`]).
+impl From<&Sequential> for Graph {
+    fn from(net: &Sequential) -> Graph {
+        let mut shapes = vec![net.input_shape().to_vec()];
+        let nodes = (net.layers().iter().enumerate())
+            .map(|(k, layer)| {
+                let next = output_shape(layer, &shapes[k]).expect("a Sequential's layers fit");
+                shapes.push(next);
+                (Node::Layer(layer.clone()), k)
+            })
+            .collect();
+        Graph { nodes, shapes }
+    }
+}
+
 impl Module for Graph {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let mut acts = vec![xs.clone()];
@@ -191,6 +226,7 @@ impl Module for Graph {
             let y = match node {
                 Node::Layer(layer) => layer.forward(&acts[*input])?,
                 Node::Add(other) => (&acts[*input] + &acts[*other])?,
+                Node::Concat(other) => Tensor::cat(&[&acts[*input], &acts[*other]], 1)?,
             };
             acts.push(y);
         }

@@ -35,7 +35,7 @@ use proto::{AttributeProto, NodeProto, TensorProto};
 
 /// The operators [`import`] reads, for messages.
 pub const SUPPORTED: &str = "Conv, Gemm, MatMul, Relu, MaxPool, AveragePool, GlobalAveragePool, \
-     Flatten, Reshape, Add, Sub, Mul, Div, BatchNormalization, Identity, Dropout, Constant";
+     Flatten, Reshape, Add, Concat, Sub, Mul, Div, BatchNormalization, Identity, Dropout, Constant";
 
 /// A value of the ONNX graph: an activation of the [`Graph`], or a constant.
 #[derive(Clone)]
@@ -445,6 +445,7 @@ impl Importer<'_> {
                 }
                 _ => return Err(self.unsupported(node, "both inputs are constants")),
             },
+            "Concat" => self.concat(node)?,
             "Sub" | "Mul" | "Div" => {
                 let a = self.act(node, 0)?;
                 let c = self.constant(node, 1)?;
@@ -465,6 +466,37 @@ impl Importer<'_> {
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// `Concat` of activations along the channels (or features): axis 1, in pairs from the
+    /// first input on.
+    fn concat(&mut self, node: &NodeProto) -> Result<()> {
+        let parts = (0..node.input.len())
+            .map(|i| self.act(node, i))
+            .collect::<Result<Vec<usize>>>()?;
+        let Some((&first, rest)) = parts.split_first() else {
+            return Err(self.unsupported(node, "no inputs; expected at least one activation"));
+        };
+        let rank = self.graph_shape(first).len() as i64 + 1;
+        let axis = attribute(node, "axis").map(|a| a.i);
+        if axis.map(|a| if a < 0 { a + rank } else { a }) != Some(1) {
+            return Err(self.unsupported(
+                node,
+                format!(
+                    "axis = {axis:?} on inputs of rank {rank}; expected 1 (the channels or \
+                     features)"
+                ),
+            ));
+        }
+        let mut at = first;
+        for &b in rest {
+            at = self.graph.concat(at, b).map_err(|e| match e {
+                Error::ModelConfig(reason) => self.unsupported(node, reason),
+                e => e,
+            })?;
+        }
+        self.define(node, Value::Act(at));
         Ok(())
     }
 
@@ -906,6 +938,66 @@ mod should {
             "Reshape",
             "flatten",
         );
+    }
+
+    #[test]
+    fn read_a_concatenation_along_the_channels_only() -> Result<()> {
+        let axis = |a: i64| AttributeProto {
+            name: "axis".into(),
+            i: a,
+            ..AttributeProto::default()
+        };
+        for a in [1, -1] {
+            let graph = import_one(
+                &[0, 3],
+                node("Concat", &["x", "x", "x"], vec![axis(a)]),
+                vec![],
+            )?;
+            assert_eq!(graph.output_shape(), &[9][..]);
+            let x = Tensor::new(&[[1f32, 2.0, 3.0]], &Device::Cpu)?;
+            let y = candle_core::Module::forward(&graph, &x)?.to_vec2::<f32>()?;
+            assert_eq!(y, vec![vec![1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0]]);
+        }
+        // Along the batch, and with a constant.
+        let batch = node("Concat", &["x", "x"], vec![axis(0)]);
+        assert_node_error(import_one(&[0, 3], batch, vec![]), "Concat", "expected 1");
+        let constant = node("Concat", &["x", "w"], vec![axis(1)]);
+        let w = weight("w", &[1, 3]);
+        assert_node_error(
+            import_one(&[0, 3], constant, vec![w]),
+            "Concat",
+            "a constant",
+        );
+        // Planes that differ.
+        let planes = ModelProto {
+            ir_version: 8,
+            graph: Some(GraphProto {
+                node: vec![
+                    NodeProto {
+                        output: vec!["p".into()],
+                        ..node(
+                            "MaxPool",
+                            &["x"],
+                            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+                        )
+                    },
+                    node("Concat", &["x", "p"], vec![axis(1)]),
+                ],
+                input: vec![value_info("x", &[0, 1, 4, 4])],
+                output: vec![value_info("y", &[])],
+                ..GraphProto::default()
+            }),
+            ..ModelProto::default()
+        };
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let path = dir.path().join("planes.onnx");
+        std::fs::write(&path, planes.encode_to_vec()).map_err(|e| Error::io(&path, e))?;
+        assert_node_error(
+            import(&path, &Device::Cpu),
+            "Concat",
+            "expected shapes equal",
+        );
+        Ok(())
     }
 
     #[test]

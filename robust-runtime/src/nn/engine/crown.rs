@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::conv::{self, with_scratch, Conv};
 use super::gemm::{matmul, View};
 use super::kernels::{self, ConvShape, PoolShape};
-use super::{add, cpu_values, pre_relu_interval, relu_in_place, Engine, Op};
+use super::{add, concat, cpu_values, pre_relu_interval, relu_in_place, Engine, Op};
 
 /// Largest coefficient buffer (values) one chunk of rows may fill, per sample in flight.
 const ROWS_BUDGET: usize = 1 << 22;
@@ -247,6 +247,11 @@ impl Engine {
                 Op::Add { other, .. } => {
                     let (lo, uo) = acts[*other].as_ref().expect("an input made before");
                     (add(l, lo), add(u, uo))
+                }
+                Op::Concat { other } => {
+                    let (lo, uo) = acts[*other].as_ref().expect("an input made before");
+                    let s = (sizes.0, self.sizes[*other]);
+                    (concat(l, lo, s), concat(u, uo, s))
                 }
                 _ => pre_relu_interval(op, (l, u), n, sizes),
             };
@@ -532,6 +537,24 @@ impl Engine {
                 };
                 self.deposit(pending, *other, side);
             }
+            (Op::Concat { other }, _) => {
+                // Each row's first part is over the input, the rest over `other` (in a window
+                // too: the channels of both share it).
+                let (s_a, s_out) = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
+                let split = rows.width * s_a / s_out;
+                let rest = rows.width - split;
+                let mut side = Rows::new(rows.rows, rest);
+                side.window = rows.window;
+                for (r, row) in rows.lam.chunks(rows.width).enumerate() {
+                    side.lam[r * rest..][..rest].copy_from_slice(&row[split..]);
+                }
+                rows.replace(split, |lam, out| {
+                    for (out, row) in out.chunks_mut(split.max(1)).zip(lam.chunks(split + rest)) {
+                        out.copy_from_slice(&row[..split]);
+                    }
+                });
+                self.deposit(pending, *other, side);
+            }
             (Op::Relu, _) => {}
             (
                 Op::Conv {
@@ -657,6 +680,7 @@ impl Engine {
             }
             Op::Relu | Op::Add { .. } => {}
             Op::MaxPool(_) => unreachable!("max-pooling is relaxed"),
+            Op::Concat { .. } => unreachable!("a concatenation's rows are split by through_op"),
         }
     }
 }

@@ -85,6 +85,11 @@ enum Op {
         other: usize,
         relu: bool,
     },
+    /// `[x; other]` per sample: the input's values, then activation `other`'s (a
+    /// concatenation along the first per-sample axis, channel-major).
+    Concat {
+        other: usize,
+    },
     /// `max(x, 0)`, where no layer before it could take it.
     Relu,
     MaxPool(PoolShape),
@@ -121,7 +126,7 @@ impl Op {
     /// residual sum's other term.
     fn reads(&self, input: usize) -> impl Iterator<Item = usize> {
         let other = match self {
-            Op::Add { other, .. } => Some(*other),
+            Op::Add { other, .. } | Op::Concat { other } => Some(*other),
             _ => None,
         };
         std::iter::once(input).chain(other)
@@ -131,6 +136,16 @@ impl Op {
 /// `a + b`, element by element.
 fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(a, b)| a + b).collect()
+}
+
+/// `[a; b]` per sample, for samples of `sizes.0` values in `a` and `sizes.1` in `b`.
+fn concat(a: &[f32], b: &[f32], (sa, sb): (usize, usize)) -> Vec<f32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for (a, b) in a.chunks(sa.max(1)).zip(b.chunks(sb.max(1))) {
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+    }
+    out
 }
 
 /// A compiled network (see the module docs).
@@ -195,6 +210,8 @@ pub(crate) enum Node {
     Layer(Layer),
     /// The node's input plus activation `other` (a residual connection).
     Add(usize),
+    /// The node's input, then activation `other`, along the first per-sample axis.
+    Concat(usize),
 }
 
 /// The values of a weight tensor as f32, if it is a plain CPU f32 tensor (not a variable that
@@ -221,10 +238,7 @@ impl Engine {
     /// engine cannot run it: weights off the CPU, not f32 or trainable, or an output that is
     /// not one vector of logits per sample.
     pub(crate) fn compile(net: &Sequential, normalize: Option<&Normalize>) -> Option<Engine> {
-        let nodes: Vec<(Node, usize)> = (net.layers().iter().cloned().enumerate())
-            .map(|(i, layer)| (Node::Layer(layer), i))
-            .collect();
-        Engine::compile_graph(net.input_shape(), &nodes, normalize)
+        crate::nn::Graph::from(net).source().compile(normalize)
     }
 
     /// Compiles a network graph on inputs of per-sample shape `input`: node `k` is applied to
@@ -257,7 +271,7 @@ impl Engine {
         let mut readers = vec![0usize; nodes.len() + 1];
         for (node, a) in nodes {
             *readers.get_mut(*a)? += 1;
-            if let Node::Add(other) = node {
+            if let Node::Add(other) | Node::Concat(other) = node {
                 *readers.get_mut(*other)? += 1;
             }
         }
@@ -277,6 +291,22 @@ impl Engine {
                     sizes.push(sizes[source]);
                     dims.push(dims[source].clone());
                     shapes.push(shape);
+                    map.push(ops.len());
+                    alias.push(false);
+                    continue;
+                }
+                Node::Concat(other) => {
+                    let b = shapes.get(*other)?;
+                    if shape.is_empty() || b.len() != shape.len() || b[1..] != shape[1..] {
+                        return None;
+                    }
+                    let mut next = shape.clone();
+                    next[0] += b[0];
+                    ops.push(Op::Concat { other: map[*other] });
+                    inputs.push(source);
+                    sizes.push(next.iter().product());
+                    dims.push(next.clone());
+                    shapes.push(next);
                     map.push(ops.len());
                     alias.push(false);
                     continue;
@@ -393,9 +423,8 @@ impl Engine {
         }
         let mut read = vec![0usize; sizes.len()];
         for (op, &j) in ops.iter().zip(&inputs) {
-            read[j] += 1;
-            if let Op::Add { other, .. } = op {
-                read[*other] += 1;
+            for j in op.reads(j) {
+                read[j] += 1;
             }
         }
         let pooled = (0..ops.len())
@@ -574,7 +603,7 @@ impl Engine {
             let act = |j: usize| if j == 0 { x } else { &done[j - 1][..] };
             let (src, out) = (act(self.inputs[i]), &mut rest[0][..]);
             let other = match op {
-                Op::Add { other, .. } => act(*other),
+                Op::Add { other, .. } | Op::Concat { other } => act(*other),
                 _ => &[],
             };
             let sizes = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
@@ -629,11 +658,20 @@ impl Engine {
                     .for_each(|(g, y)| relu_mask(g, y));
             }
             let gout = &*after[0];
-            let mut targets = vec![self.inputs[i]];
-            if let Op::Add { other, .. } = op {
-                targets.push(*other);
+            if let Op::Concat { other } = op {
+                // Each part of the gradient to the activation it came from.
+                let (a, s_a) = (self.inputs[i], self.sizes[self.inputs[i]]);
+                for (j, from) in [(a, 0), (*other, s_a)] {
+                    let s = self.sizes[j];
+                    add_into(before[j], scratch, &mut touched[j], |gin| {
+                        for (gin, gout) in gin.chunks_mut(s).zip(gout.chunks(s_out)) {
+                            gin.copy_from_slice(&gout[from..from + s]);
+                        }
+                    });
+                }
+                continue;
             }
-            for j in targets {
+            for j in op.reads(self.inputs[i]) {
                 add_into(before[j], scratch, &mut touched[j], |gin| {
                     backward_op(op, gout, gin, args[i], (self.sizes[j], s_out))
                 });
@@ -715,6 +753,11 @@ impl Engine {
                 Op::Add { other, .. } => {
                     let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
                     (add(l, lo), add(u, uo))
+                }
+                Op::Concat { other } => {
+                    let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
+                    let s = (sizes.0, self.sizes[*other]);
+                    (concat(l, lo, s), concat(u, uo, s))
                 }
                 _ => pre_relu_interval(op, (l, u), n, sizes),
             };
@@ -986,6 +1029,18 @@ fn apply(
                     *o = if *relu && !(y > 0.0) { 0.0 } else { y };
                 }
             }),
+        Op::Concat { .. } => {
+            let s_b = s_out - s_in;
+            (out.par_chunks_mut(s_out))
+                .zip(
+                    src.par_chunks(s_in.max(1))
+                        .zip(other.par_chunks(s_b.max(1))),
+                )
+                .for_each(|(out, (a, b))| {
+                    out[..s_in].copy_from_slice(a);
+                    out[s_in..].copy_from_slice(b);
+                })
+        }
         Op::Relu => out
             .par_chunks_mut(s_out)
             .zip(src.par_chunks(s_in))
@@ -1216,6 +1271,7 @@ fn backward_op(
         }
         .backward(gout, gin),
         Op::Relu | Op::Add { .. } => gin.copy_from_slice(gout),
+        Op::Concat { .. } => unreachable!("a concatenation's gradient is split by its caller"),
         Op::MaxPool(g) => {
             let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
             gin.par_chunks_mut(plane_in)
@@ -1547,6 +1603,10 @@ mod should {
             boxes.push(match node {
                 Node::Layer(layer) => crate::certify::ibp::layer_interval(layer, &li, &ui)?,
                 Node::Add(other) => ((&li + &boxes[*other].0)?, (&ui + &boxes[*other].1)?),
+                Node::Concat(other) => (
+                    Tensor::cat(&[&li, &boxes[*other].0], 1)?,
+                    Tensor::cat(&[&ui, &boxes[*other].1], 1)?,
+                ),
             });
         }
         let (tl, tu) = boxes.pop().expect("the logits' box");
@@ -1710,6 +1770,114 @@ mod should {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn run_and_bound_concatenations_as_the_stacked_layers_they_are() -> crate::Result<()> {
+        use crate::nn::Graph;
+        let mut rng = Rng::seed_from_u64(71);
+        let dev = Device::Cpu;
+        let mut values = |n: usize, scale: f32| -> Vec<f32> {
+            rng.normal_vec(n).iter().map(|v| v * scale).collect()
+        };
+        let (wa, ba, wb, bb) = (
+            values(36, 0.4),
+            values(2, 0.1),
+            values(54, 0.4),
+            values(3, 0.1),
+        );
+        let (wc, bc) = (values(2 * 5 * 9, 0.3), values(2, 0.1));
+        let (la, lba, lb, lbb) = (
+            values(96, 0.3),
+            values(3, 0.1),
+            values(128, 0.3),
+            values(4, 0.1),
+        );
+        let (wh, bh) = (values(28, 0.4), values(4, 0.1));
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev);
+        let conv = |w: &[f32], b: &[f32], c_out: usize, c_in: usize| -> crate::Result<Layer> {
+            Ok(Layer::Conv2d {
+                weight: t(w, &[c_out, c_in, 3, 3])?,
+                bias: t(b, &[c_out])?,
+                stride: 1,
+                padding: 1,
+            })
+        };
+        let linear = |w: &[f32], b: &[f32], d: usize, d_in: usize| -> crate::Result<Layer> {
+            Ok(Layer::Linear {
+                weight: t(w, &[d, d_in])?,
+                bias: t(b, &[d])?,
+            })
+        };
+        let stack = |a: &[f32], b: &[f32]| [a, b].concat();
+        // Two convolutions of the input concatenated (2 + 3 channels), and two linear layers of
+        // the features concatenated (3 + 4)…
+        let mut g = Graph::new(&[2, 4, 4]);
+        let a = g.layer(0, conv(&wa, &ba, 2, 2)?)?;
+        let b = g.layer(0, conv(&wb, &bb, 3, 2)?)?;
+        let c = g.concat(a, b)?;
+        let r = g.layer(c, Layer::Relu)?;
+        let h = g.layer(r, conv(&wc, &bc, 2, 5)?)?;
+        let h = g.layer(h, Layer::Relu)?;
+        let f = g.layer(h, Layer::Flatten)?;
+        let (u, v) = (
+            g.layer(f, linear(&la, &lba, 3, 32)?)?,
+            g.layer(f, linear(&lb, &lbb, 4, 32)?)?,
+        );
+        let c = g.concat(u, v)?;
+        let r = g.layer(c, Layer::Relu)?;
+        g.layer(r, linear(&wh, &bh, 4, 7)?)?;
+        // …are one convolution of 5 channels and one linear layer of 7 features, stacked.
+        let mut m = Graph::new(&[2, 4, 4]);
+        let a = m.layer(0, conv(&stack(&wa, &wb), &stack(&ba, &bb), 5, 2)?)?;
+        let r = m.layer(a, Layer::Relu)?;
+        let h = m.layer(r, conv(&wc, &bc, 2, 5)?)?;
+        let h = m.layer(h, Layer::Relu)?;
+        let f = m.layer(h, Layer::Flatten)?;
+        let u = m.layer(f, linear(&stack(&la, &lb), &stack(&lba, &lbb), 7, 32)?)?;
+        let r = m.layer(u, Layer::Relu)?;
+        m.layer(r, linear(&wh, &bh, 4, 7)?)?;
+        assert!(m.to_sequential().is_some() && g.to_sequential().is_none());
+        let graph = g.source().compile(None).expect("a known graph");
+        let chain = m.source().compile(None).expect("a known chain");
+        let close = |a: &Tensor, b: &Tensor, what: &str| -> crate::Result<()> {
+            let (a, b) = (a.clamp(-1e6, 1e6)?, b.clamp(-1e6, 1e6)?);
+            let scale = max_abs(&b)?.max(1.0);
+            assert!(max_diff(&a, &b)? <= 1e-5 * scale, "{what}");
+            Ok(())
+        };
+        let n = 6;
+        let x = Tensor::from_vec(rng.uniform_vec(n * 32, 0.0, 1.0), (n, 2, 4, 4), &dev)?;
+        // Logits (also through candle) and input gradients.
+        let r = Tensor::from_vec(rng.normal_vec(n * 4), (n, 4), &dev)?;
+        let (z, (), grad) = graph.forward_backward(&x, |_| Ok(((), r.clone())))?;
+        let (zc, (), grad_c) = chain.forward_backward(&x, |_| Ok(((), r.clone())))?;
+        close(&z, &zc, "logits")?;
+        close(&g.forward(&x)?, &zc, "candle's logits")?;
+        close(&grad, &grad_c, "input gradients")?;
+        assert!(max_abs(&grad)? > 0.0);
+        // Interval and CROWN bounds, every neuron by back-substitution.
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 4).collect();
+        let (lower, upper) = ((&x - 0.05)?, (&x + 0.05)?);
+        let (l, u) = graph.interval(&lower, &upper)?;
+        let (lc, uc) = chain.interval(&lower, &upper)?;
+        close(&l, &lc, "interval lower")?;
+        close(&u, &uc, "interval upper")?;
+        for margins in [false, true] {
+            let spec = || match margins {
+                true => Spec::Margins(&labels),
+                false => Spec::Outputs,
+            };
+            let (l, u) = graph
+                .crown(&lower, &upper, spec(), true)?
+                .expect("relaxable");
+            let (lc, uc) = chain
+                .crown(&lower, &upper, spec(), true)?
+                .expect("relaxable");
+            close(&l, &lc, "CROWN lower")?;
+            close(&u, &uc, "CROWN upper")?;
         }
         Ok(())
     }
