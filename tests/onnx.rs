@@ -54,6 +54,34 @@ fn assert_close(what: &str, ours: &[f32], theirs: &[f32], tol: f32) -> f32 {
     worst
 }
 
+/// Per sample, our margin bounds (`+∞` at the label) as the peers list them: the classes
+/// `j ≠ y` in order.
+fn without_labels(ours: &[Vec<f32>], labels: &[u32]) -> Vec<Vec<f32>> {
+    (ours.iter().zip(labels))
+        .map(|(m, &y)| {
+            (m.iter().enumerate())
+                .filter(|&(j, _)| j != y as usize)
+                .map(|(_, &v)| v)
+                .collect()
+        })
+        .collect()
+}
+
+/// Our margin lower bounds by `method` over the ε-ball of a peer's `case` (its `eps`), as the
+/// peers list them.
+fn margins_at(
+    model: &Model,
+    x: &Tensor,
+    labels: &[u32],
+    case: &Value,
+    method: Method,
+) -> R<(f64, Vec<Vec<f32>>)> {
+    let eps = case["eps"].as_f64().expect("an ε");
+    let (lower, upper) = certify::input_box(x, eps, InputDomain::default())?;
+    let ours = certify::model_margin_lower_bounds(model, &lower, &upper, labels, method)?;
+    Ok((eps, without_labels(&ours.to_vec2::<f32>()?, labels)))
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |w, (a, b)| w.max((a - b).abs()))
 }
@@ -402,21 +430,12 @@ fn bound_the_residual_network_as_auto_lirpas_ibp_does() -> R {
             "{file}: the labels auto_LiRPA bounded"
         );
         for case in lirpa["cases"].as_array().unwrap() {
-            let eps = case["eps"].as_f64().unwrap();
-            let (lower, upper) = certify::input_box(&x, eps, InputDomain::default())?;
-            let ours =
-                certify::model_margin_lower_bounds(&model, &lower, &upper, &labels, Method::Ibp)?
-                    .to_vec2::<f32>()?;
+            let (eps, ours) = margins_at(&model, &x, &labels, case, Method::Ibp)?;
             for (i, (ours, theirs)) in ours
                 .iter()
                 .zip(case["margin_lb"].as_array().unwrap())
                 .enumerate()
             {
-                // Ours has +inf at j = y; theirs lists the classes j != y in order.
-                let ours: Vec<f32> = (ours.iter().enumerate())
-                    .filter(|&(j, _)| j != labels[i] as usize)
-                    .map(|(_, &v)| v)
-                    .collect();
                 let theirs = floats(theirs);
                 let worst = max_diff(&ours, &theirs);
                 println!("{file} ε = {eps} sample {i}: within {worst:.1e} of auto_LiRPA's margins");
@@ -455,21 +474,13 @@ fn bound_the_graph_networks_as_auto_lirpas_crown_does() -> R {
         )?;
         let model = Model::new(graph);
         for case in reference["cases"].as_array().unwrap() {
-            let eps = case["eps"].as_f64().unwrap();
-            let (lower, upper) = certify::input_box(&x, eps, InputDomain::default())?;
-            let ours =
-                certify::model_margin_lower_bounds(&model, &lower, &upper, &labels, Method::Crown)?
-                    .to_vec2::<f32>()?;
+            let (eps, ours) = margins_at(&model, &x, &labels, case, Method::Crown)?;
             let mut worst = 0f32;
             for (i, (ours, theirs)) in ours
                 .iter()
                 .zip(case["margin_lb_f64"].as_array().unwrap())
                 .enumerate()
             {
-                let ours: Vec<f32> = (ours.iter().enumerate())
-                    .filter(|&(j, _)| j != labels[i] as usize)
-                    .map(|(_, &v)| v)
-                    .collect();
                 let theirs = floats(theirs);
                 worst = worst.max(max_diff(&ours, &theirs));
                 assert!(

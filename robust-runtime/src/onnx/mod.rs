@@ -853,10 +853,19 @@ mod should {
 
     /// Imports a one-node model on inputs of shape `dims`.
     fn import_one(dims: &[i64], node: NodeProto, initializer: Vec<TensorProto>) -> Result<Graph> {
+        import_nodes(dims, vec![node], initializer)
+    }
+
+    /// Imports a model of `nodes` (the last one's output `y`) on inputs `x` of shape `dims`.
+    fn import_nodes(
+        dims: &[i64],
+        nodes: Vec<NodeProto>,
+        initializer: Vec<TensorProto>,
+    ) -> Result<Graph> {
         let model = ModelProto {
             ir_version: 8,
             graph: Some(GraphProto {
-                node: vec![node],
+                node: nodes,
                 initializer,
                 input: vec![value_info("x", dims)],
                 output: vec![value_info("y", &[])],
@@ -969,31 +978,17 @@ mod should {
             "a constant",
         );
         // Planes that differ.
-        let planes = ModelProto {
-            ir_version: 8,
-            graph: Some(GraphProto {
-                node: vec![
-                    NodeProto {
-                        output: vec!["p".into()],
-                        ..node(
-                            "MaxPool",
-                            &["x"],
-                            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-                        )
-                    },
-                    node("Concat", &["x", "p"], vec![axis(1)]),
-                ],
-                input: vec![value_info("x", &[0, 1, 4, 4])],
-                output: vec![value_info("y", &[])],
-                ..GraphProto::default()
-            }),
-            ..ModelProto::default()
+        let pool = NodeProto {
+            output: vec!["p".into()],
+            ..node(
+                "MaxPool",
+                &["x"],
+                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+            )
         };
-        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let path = dir.path().join("planes.onnx");
-        std::fs::write(&path, planes.encode_to_vec()).map_err(|e| Error::io(&path, e))?;
+        let nodes = vec![pool, node("Concat", &["x", "p"], vec![axis(1)])];
         assert_node_error(
-            import(&path, &Device::Cpu),
+            import_nodes(&[0, 1, 4, 4], nodes, vec![]),
             "Concat",
             "expected shapes equal",
         );

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::conv::{self, with_scratch, Conv};
 use super::gemm::{matmul, View};
 use super::kernels::{self, ConvShape, PoolShape};
-use super::{add, concat, cpu_values, pre_relu_interval, relu_in_place, Engine, Op};
+use super::{cpu_values, relu_in_place, Engine, Op};
 
 /// Largest coefficient buffer (values) one chunk of rows may fill, per sample in flight.
 const ROWS_BUDGET: usize = 1 << 22;
@@ -240,21 +240,8 @@ impl Engine {
             ) {
                 mixing += 1;
             }
-            let (l, u) = acts[j].as_ref().expect("an input made before");
             // The op's output before any ReLU: its input for a standalone ReLU.
-            let (mut pl, mut pu) = match op {
-                Op::Relu => (l.clone(), u.clone()),
-                Op::Add { other, .. } => {
-                    let (lo, uo) = acts[*other].as_ref().expect("an input made before");
-                    (add(l, lo), add(u, uo))
-                }
-                Op::Concat { other } => {
-                    let (lo, uo) = acts[*other].as_ref().expect("an input made before");
-                    let s = (sizes.0, self.sizes[*other]);
-                    (concat(l, lo, s), concat(u, uo, s))
-                }
-                _ => pre_relu_interval(op, (l, u), n, sizes),
-            };
+            let (mut pl, mut pu) = self.box_before_relu(i, &acts, n);
             if op.relu() {
                 if !(first && mixing <= 1) {
                     let s = sizes.1;
@@ -290,6 +277,7 @@ impl Engine {
                 relu_in_place(&mut pl);
                 relu_in_place(&mut pu);
             } else if let Op::MaxPool(g) = op {
+                let (l, u) = acts[j].as_ref().expect("an input made before");
                 relax.push(Relax::pool(l, u, g, sizes.0 / (g.h * g.w)));
             } else {
                 relax.push(Relax::None);

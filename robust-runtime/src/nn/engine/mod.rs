@@ -720,6 +720,34 @@ impl Engine {
         Ok((lo, hi))
     }
 
+    /// The box of op `i`'s output before any ReLU of its own, from the boxes of the activations
+    /// it reads (`boxes[j]`, `n` samples each): the corners through a ReLU (monotone), the sum
+    /// of the boxes at a residual sum, both boxes at a concatenation, [`pre_relu_interval`]
+    /// through any other op.
+    fn box_before_relu(
+        &self,
+        i: usize,
+        boxes: &[Option<(Vec<f32>, Vec<f32>)>],
+        n: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let box_of = |j: usize| boxes[j].as_ref().expect("an input made before");
+        let j = self.inputs[i];
+        let (l, u) = box_of(j);
+        match &self.ops[i] {
+            Op::Relu => (l.clone(), u.clone()),
+            Op::Add { other, .. } => {
+                let (lo, uo) = box_of(*other);
+                (add(l, lo), add(u, uo))
+            }
+            Op::Concat { other } => {
+                let (lo, uo) = box_of(*other);
+                let s = (self.sizes[j], self.sizes[*other]);
+                (concat(l, lo, s), concat(u, uo, s))
+            }
+            op => pre_relu_interval(op, (l, u), n, (self.sizes[j], self.sizes[i + 1])),
+        }
+    }
+
     /// `last[j]`: the last of ops `0..end` to read activation `j` (0 if none does).
     fn last_reads(&self, end: usize) -> Vec<usize> {
         let mut last = vec![0; self.sizes.len()];
@@ -743,24 +771,7 @@ impl Engine {
         let mut boxes: Vec<Option<(Vec<f32>, Vec<f32>)>> = vec![None; self.sizes.len()];
         boxes[0] = Some(input);
         for (i, op) in self.ops.iter().enumerate().take(end) {
-            let (l, u) = boxes[self.inputs[i]]
-                .as_ref()
-                .expect("an input made before");
-            let sizes = (self.sizes[self.inputs[i]], self.sizes[i + 1]);
-            let (mut l, mut u) = match op {
-                // A ReLU, fused or not, is monotone: it maps the corners.
-                Op::Relu => (l.clone(), u.clone()),
-                Op::Add { other, .. } => {
-                    let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
-                    (add(l, lo), add(u, uo))
-                }
-                Op::Concat { other } => {
-                    let (lo, uo) = boxes[*other].as_ref().expect("an input made before");
-                    let s = (sizes.0, self.sizes[*other]);
-                    (concat(l, lo, s), concat(u, uo, s))
-                }
-                _ => pre_relu_interval(op, (l, u), n, sizes),
-            };
+            let (mut l, mut u) = self.box_before_relu(i, &boxes, n);
             if op.relu() {
                 relu_in_place(&mut l);
                 relu_in_place(&mut u);
@@ -1365,6 +1376,35 @@ mod should {
         Ok(a.abs()?.max_all()?.to_scalar::<f32>()?)
     }
 
+    /// CROWN of two plans of one function (every neuron bounded by back-substitution, so the
+    /// same relaxations): the same logit and margin bounds.
+    fn assert_same_crown(
+        a: &Engine,
+        b: &Engine,
+        (lower, upper): (&Tensor, &Tensor),
+        labels: &[u32],
+    ) -> crate::Result<()> {
+        for margins in [false, true] {
+            let spec = || match margins {
+                true => Spec::Margins(labels),
+                false => Spec::Outputs,
+            };
+            let (al, au) = a.crown(lower, upper, spec(), true)?.expect("relaxable");
+            let (bl, bu) = b.crown(lower, upper, spec(), true)?.expect("relaxable");
+            // The margins' `+∞` at the label compared as large numbers.
+            let finite = |t: &Tensor| t.clamp(-1e6, 1e6);
+            let scale = max_abs(&finite(&bl)?)?.max(1.0);
+            for (x, y, what) in [(&al, &bl, "lower"), (&au, &bu, "upper")] {
+                let d = max_diff(&finite(x)?, &finite(y)?)?;
+                assert!(
+                    d <= 1e-5 * scale,
+                    "CROWN {what} (margins: {margins}): off by {d}"
+                );
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn give_candles_logits_and_input_gradients_on_every_layer_kind() -> crate::Result<()> {
         // One sample (a product per sample) and six (samples side by side in one product).
@@ -1694,31 +1734,7 @@ mod should {
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
         let (lower, upper) = ((&x - 0.03)?, (&x + 0.03)?);
         // Every neuron bounded by back-substitution: the same relaxations, so the same bounds.
-        let both = |margins: bool| -> crate::Result<()> {
-            let spec = || match margins {
-                true => Spec::Margins(&labels),
-                false => Spec::Outputs,
-            };
-            let (gl, gu) = graph
-                .crown(&lower, &upper, spec(), true)?
-                .expect("relaxable");
-            let (cl, cu) = chain
-                .crown(&lower, &upper, spec(), true)?
-                .expect("relaxable");
-            let finite = |t: &Tensor| t.clamp(-1e6, 1e6);
-            let scale = max_abs(&finite(&cl)?)?.max(1.0);
-            assert!(
-                max_diff(&finite(&gl)?, &finite(&cl)?)? <= 1e-5 * scale,
-                "lower"
-            );
-            assert!(
-                max_diff(&finite(&gu)?, &finite(&cu)?)? <= 1e-5 * scale,
-                "upper"
-            );
-            Ok(())
-        };
-        both(false)?;
-        both(true)?;
+        assert_same_crown(&graph, &chain, (&lower, &upper), &labels)?;
         // Sound, sparse intermediate bounds or not, and tighter than intervals: the logits and
         // margins of points of each box, half of them corners, lie within.
         let (il, iu) = graph.interval(&lower, &upper)?;
@@ -1865,20 +1881,7 @@ mod should {
         let (lc, uc) = chain.interval(&lower, &upper)?;
         close(&l, &lc, "interval lower")?;
         close(&u, &uc, "interval upper")?;
-        for margins in [false, true] {
-            let spec = || match margins {
-                true => Spec::Margins(&labels),
-                false => Spec::Outputs,
-            };
-            let (l, u) = graph
-                .crown(&lower, &upper, spec(), true)?
-                .expect("relaxable");
-            let (lc, uc) = chain
-                .crown(&lower, &upper, spec(), true)?
-                .expect("relaxable");
-            close(&l, &lc, "CROWN lower")?;
-            close(&u, &uc, "CROWN upper")?;
-        }
+        assert_same_crown(&graph, &chain, (&lower, &upper), &labels)?;
         Ok(())
     }
 
