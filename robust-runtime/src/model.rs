@@ -34,10 +34,6 @@ pub use crate::domain::{InputDomain, Normalize};
 
 use crate::{Error, Result};
 
-/// Why CROWN refuses a graph the engine runs.
-const NO_CROWN: &str = "CROWN relaxes max-pooling only where its windows do not overlap \
-                        (kernel = stride)";
-
 /// The name of a model nobody named; a generated test names it after its function instead.
 pub const DEFAULT_NAME: &str = "model";
 
@@ -232,55 +228,8 @@ impl Model {
         self.network.is_none() && matches!(self.layers, Some(Source::Graph(..)))
     }
 
-    /// Lower bounds of the margins `z_y − z_j` over the box `[lower, upper]` of a graph model
-    /// ([`Model::is_graph`]), on the engine, its normalisation first: IBP with the boxes summed
-    /// at each residual sum, or CROWN with the linear bounds of both terms summed there (never
-    /// looser than IBP: the larger of the two is kept, as for a chain).
-    pub(crate) fn graph_margin_lower_bounds(
-        &self,
-        lower: &Tensor,
-        upper: &Tensor,
-        labels: &[u32],
-        method: crate::certify::Method,
-    ) -> Result<Tensor> {
-        let engine = self.graph_engine(lower)?;
-        // `+∞` at `j = y` already.
-        let ibp = (engine.interval_margins(lower, upper, labels)?).ok_or_else(|| {
-            self.not_certifiable(
-                "bounds through a graph need a last linear layer without ReLU, and labels below \
-                 its outputs",
-            )
-        })?;
-        if method == crate::certify::Method::Ibp {
-            return Ok(ibp);
-        }
-        let spec = crate::nn::Spec::Margins(labels);
-        let (crown, _) = (engine.crown(lower, upper, spec, false)?)
-            .ok_or_else(|| self.not_certifiable(NO_CROWN))?;
-        Ok(crown.maximum(&ibp)?)
-    }
-
-    /// Bounds of the logits over the box `[lower, upper]` of a graph model, on the engine: IBP,
-    /// or CROWN intersected with IBP.
-    pub(crate) fn graph_logit_bounds(
-        &self,
-        lower: &Tensor,
-        upper: &Tensor,
-        method: crate::certify::Method,
-    ) -> Result<(Tensor, Tensor)> {
-        let engine = self.graph_engine(lower)?;
-        let (l, u) = engine.interval(lower, upper)?;
-        if method == crate::certify::Method::Ibp {
-            return Ok((l, u));
-        }
-        let spec = crate::nn::Spec::Outputs;
-        let (cl, cu) = (engine.crown(lower, upper, spec, false)?)
-            .ok_or_else(|| self.not_certifiable(NO_CROWN))?;
-        Ok((cl.maximum(&l)?, cu.minimum(&u)?))
-    }
-
-    /// The engine of a graph model, for inputs like `x`.
-    fn graph_engine(&self, x: &Tensor) -> Result<&Engine> {
+    /// The engine of a graph model, for inputs like `x`: the certifiers bound graphs on it.
+    pub(crate) fn graph_engine(&self, x: &Tensor) -> Result<&Engine> {
         (self.compiled().filter(|e| e.accepts(x))).ok_or_else(|| {
             self.not_certifiable(
                 "bounds through a graph with residual sums run on the engine: plain f32 weights \
@@ -289,7 +238,7 @@ impl Model {
         })
     }
 
-    fn not_certifiable(&self, reason: &str) -> Error {
+    pub(crate) fn not_certifiable(&self, reason: &str) -> Error {
         Error::NotCertifiable {
             model: self.name.clone(),
             reason: reason.into(),

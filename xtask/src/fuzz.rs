@@ -49,6 +49,7 @@ pub const TARGETS: &[&str] = &[
     "sequential",
     "zoo",
     "onnx",
+    "vnnlib",
     "suite",
     "baseline",
     "regressions",
@@ -528,6 +529,7 @@ fn make_target(name: &str, dir: &Path) -> Result<Box<dyn Target>> {
         "sequential" => Box::new(Weights::sequential(dir)?),
         "zoo" => Box::new(Weights::zoo(dir)?),
         "onnx" => Box::new(OnnxFile::new(dir)?),
+        "vnnlib" => Box::new(VnnlibFile::new(dir)?),
         "suite" => Box::new(SuiteText::new()?),
         "baseline" => Box::new(BaselineFile::new(dir)?),
         "regressions" => Box::new(RegressionsFile::new(dir)?),
@@ -826,7 +828,8 @@ impl Target for Weights {
 }
 
 /// An ONNX file through `Graph::from_onnx`: logits of two inputs on the engine and through
-/// candle, and IBP bounds where the graph is a chain. The bases: a residual network and a chain.
+/// candle, and IBP bounds of the model. The bases: a residual network, a network with
+/// concatenations, and a chain.
 struct OnnxFile {
     bases: Vec<Vec<u8>>,
     path: PathBuf,
@@ -838,6 +841,7 @@ impl OnnxFile {
         Ok(OnnxFile {
             bases: vec![
                 std::fs::read(fixtures.join("resnet_small.onnx"))?,
+                std::fs::read(fixtures.join("concat_small.onnx"))?,
                 std::fs::read(fixtures.join("mnist_ibp_opset17.onnx"))?,
             ],
             path: dir.join("model.onnx"),
@@ -864,10 +868,42 @@ impl Target for OnnxFile {
         let model = Model::new(graph.clone());
         model.logits(&x)?;
         candle_core::Module::forward(&graph, &x)?;
-        if let Some(net) = graph.to_sequential() {
-            let (lower, upper) = certify::input_box(&x, 0.05, InputDomain::default())?;
-            certify::logit_bounds(&net, &lower, &upper, Method::Ibp)?;
-        }
+        let (lower, upper) = certify::input_box(&x, 0.05, InputDomain::default())?;
+        certify::model_logit_bounds(&model, &lower, &upper, Method::Ibp)?;
+        Ok(())
+    }
+}
+
+/// A VNN-LIB property through `vnnlib::Property::from_file`, then asked whether its box's
+/// lower corner is inside and whether zero outputs violate it. The base: one of the `mnistfc`
+/// properties.
+struct VnnlibFile {
+    base: Vec<u8>,
+    path: PathBuf,
+}
+
+impl VnnlibFile {
+    fn new(dir: &Path) -> Result<Self> {
+        let file = root().join("tests/fixtures/vnncomp2021-mnistfc/prop_1_0.03.vnnlib");
+        Ok(VnnlibFile {
+            base: std::fs::read(file)?,
+            path: dir.join("property.vnnlib"),
+        })
+    }
+}
+
+impl Target for VnnlibFile {
+    fn bases(&self) -> Vec<Vec<u8>> {
+        vec![self.base.clone()]
+    }
+    fn is_text(&self) -> bool {
+        true
+    }
+    fn run(&mut self, input: &[u8]) -> robust_runtime::Result<()> {
+        std::fs::write(&self.path, input).map_err(|e| io_error(&self.path, e))?;
+        let p = robust_runtime::vnnlib::Property::from_file(&self.path)?;
+        assert!(p.contains(&p.lower), "the lower corner is in the box");
+        p.violated(&vec![0.0; p.outputs]);
         Ok(())
     }
 }

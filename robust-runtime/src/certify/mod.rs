@@ -187,7 +187,7 @@ impl<'m> Bounded<'m> {
     ) -> Result<Tensor> {
         match self {
             Bounded::Chain(net) => margin_lower_bounds(net, lower, upper, labels, method),
-            Bounded::Graph(model) => model.graph_margin_lower_bounds(lower, upper, labels, method),
+            Bounded::Graph(model) => graph_margin_lower_bounds(model, lower, upper, labels, method),
         }
     }
 
@@ -199,9 +199,59 @@ impl<'m> Bounded<'m> {
     ) -> Result<(Tensor, Tensor)> {
         match self {
             Bounded::Chain(net) => logit_bounds(net, lower, upper, method),
-            Bounded::Graph(model) => model.graph_logit_bounds(lower, upper, method),
+            Bounded::Graph(model) => graph_logit_bounds(model, lower, upper, method),
         }
     }
+}
+
+/// Why CROWN refuses a graph the engine runs.
+const NO_CROWN: &str = "CROWN relaxes max-pooling only where its windows do not overlap \
+                        (kernel = stride)";
+
+/// Lower bounds of the margins `z_y − z_j` over the box `[lower, upper]` of a graph model
+/// (not a chain), on the engine, its normalisation first: IBP with the boxes summed at each
+/// residual sum, or CROWN with the linear bounds of both terms summed there (never looser
+/// than IBP: the larger of the two is kept, as for a chain).
+fn graph_margin_lower_bounds(
+    model: &crate::Model,
+    lower: &Tensor,
+    upper: &Tensor,
+    labels: &[u32],
+    method: Method,
+) -> Result<Tensor> {
+    let engine = model.graph_engine(lower)?;
+    // `+∞` at `j = y` already.
+    let ibp = (engine.interval_margins(lower, upper, labels)?).ok_or_else(|| {
+        model.not_certifiable(
+            "bounds through a graph need a last linear layer without ReLU, and labels below its \
+             outputs",
+        )
+    })?;
+    if method == Method::Ibp {
+        return Ok(ibp);
+    }
+    let spec = crate::nn::Spec::Margins(labels);
+    let (crown, _) = (engine.crown(lower, upper, spec, false)?)
+        .ok_or_else(|| model.not_certifiable(NO_CROWN))?;
+    Ok(crown.maximum(&ibp)?)
+}
+
+/// Bounds of the logits over the box `[lower, upper]` of a graph model, on the engine: IBP, or
+/// CROWN intersected with IBP.
+fn graph_logit_bounds(
+    model: &crate::Model,
+    lower: &Tensor,
+    upper: &Tensor,
+    method: Method,
+) -> Result<(Tensor, Tensor)> {
+    let engine = model.graph_engine(lower)?;
+    let (l, u) = engine.interval(lower, upper)?;
+    if method == Method::Ibp {
+        return Ok((l, u));
+    }
+    let (cl, cu) = (engine.crown(lower, upper, crate::nn::Spec::Outputs, false)?)
+        .ok_or_else(|| model.not_certifiable(NO_CROWN))?;
+    Ok((cl.maximum(&l)?, cu.minimum(&u)?))
 }
 
 /// [`logit_bounds`] for a [`crate::Model`], on the layers [`model_margin_lower_bounds`] uses.
