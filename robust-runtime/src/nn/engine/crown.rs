@@ -282,12 +282,7 @@ impl Engine {
             } else {
                 relax.push(Relax::None);
             }
-            for j in op.reads(j) {
-                if last_read[j] == i {
-                    acts[j] = None;
-                }
-            }
-            acts[i + 1] = Some((pl, pu));
+            self.keep_box(i, &mut acts, &last_read, (pl, pu));
         }
         relax
     }

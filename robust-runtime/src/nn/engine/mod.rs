@@ -748,6 +748,23 @@ impl Engine {
         }
     }
 
+    /// Stores op `i`'s output box, and drops the boxes op `i` was the last to read
+    /// (`last_read`, [`Engine::last_reads`]): a chain keeps one box at a time.
+    fn keep_box(
+        &self,
+        i: usize,
+        boxes: &mut [Option<(Vec<f32>, Vec<f32>)>],
+        last_read: &[usize],
+        made: (Vec<f32>, Vec<f32>),
+    ) {
+        for j in self.ops[i].reads(self.inputs[i]) {
+            if last_read[j] == i {
+                boxes[j] = None;
+            }
+        }
+        boxes[i + 1] = Some(made);
+    }
+
     /// `last[j]`: the last of ops `0..end` to read activation `j` (0 if none does).
     fn last_reads(&self, end: usize) -> Vec<usize> {
         let mut last = vec![0; self.sizes.len()];
@@ -776,13 +793,7 @@ impl Engine {
                 relu_in_place(&mut l);
                 relu_in_place(&mut u);
             }
-            // The boxes this op was the last to read are dropped.
-            for j in op.reads(self.inputs[i]) {
-                if last_read[j] == i {
-                    boxes[j] = None;
-                }
-            }
-            boxes[i + 1] = Some((l, u));
+            self.keep_box(i, &mut boxes, &last_read, (l, u));
         }
         boxes[end]
             .take()
