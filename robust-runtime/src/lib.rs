@@ -59,6 +59,7 @@ pub mod progress;
 pub mod report;
 pub mod rng;
 pub mod stats;
+pub mod verify;
 pub mod vnnlib;
 pub mod zoo;
 

@@ -238,6 +238,22 @@ impl Model {
         })
     }
 
+    /// The network as dense affine layers with ReLUs between, in f64, for complete
+    /// verification ([`crate::verify`]).
+    pub(crate) fn affine_chain(&self) -> Result<Vec<crate::nn::engine::AffineMap>> {
+        let engine = self.compiled().ok_or_else(|| {
+            self.not_certifiable(
+                "verification needs a network whose layers robust knows, on plain f32 weights",
+            )
+        })?;
+        engine.affine_chain().map_err(|what| {
+            self.not_certifiable(&format!(
+                "α-CROWN and branch and bound run on chains of affine layers and ReLUs; this \
+                 network has {what}"
+            ))
+        })
+    }
+
     pub(crate) fn not_certifiable(&self, reason: &str) -> Error {
         Error::NotCertifiable {
             model: self.name.clone(),

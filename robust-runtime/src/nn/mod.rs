@@ -27,7 +27,7 @@
 //! "Speed: the engine"), with the same semantics, first-maximum pooling included.
 
 mod conv;
-mod engine;
+pub(crate) mod engine;
 mod graft;
 mod graph;
 mod linear;

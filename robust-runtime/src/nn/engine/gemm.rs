@@ -1,19 +1,35 @@
 //! Safe matrix products on the `gemm` crate (compiled with its AVX-512 kernels, chosen at run
-//! time), for the engine's f32 slices.
+//! time), for the engine's f32 slices and the verifier's f64 ones ([`crate::verify`]).
 
 use gemm::Parallelism;
 
 /// A read-only `rows × cols` matrix view of a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
-pub(super) struct View<'a> {
-    pub data: &'a [f32],
+pub(crate) struct View<'a, T = f32> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
-impl<'a> View<'a> {
+/// The element types the products run on.
+pub(crate) trait Element: Copy + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl<'a, T> View<'a, T> {
     /// A row-major matrix with rows of `cols` values.
-    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
         View {
             data,
             rs: cols,
@@ -25,7 +41,7 @@ impl<'a> View<'a> {
     /// `data[j·cols + i]`. (The engine keeps transposed copies of its weights instead: a
     /// row-major operand packs faster.)
     #[cfg(test)]
-    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
         View {
             data,
             rs: 1,
@@ -41,7 +57,7 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
 
 /// Threads for a product: rayon's pool, or one inside a task already on it (a part of a
 /// batch, see `Engine::part_size`), whose siblings keep the other threads busy.
-pub(super) fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     if rayon::current_thread_index().is_some() {
         1
     } else {
@@ -55,11 +71,11 @@ pub(super) fn threads() -> usize {
 /// # Panics
 /// When a view is smaller than its shape says: a bug of the caller, checked here because the
 /// product itself runs on raw pointers.
-pub(super) fn matmul(
+pub(crate) fn matmul<T: Element>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    lhs: View<'_>,
-    rhs: View<'_>,
+    dst: &mut [T],
+    lhs: View<'_, T>,
+    rhs: View<'_, T>,
     threads: usize,
 ) {
     if m == 0 || n == 0 {
@@ -67,7 +83,7 @@ pub(super) fn matmul(
     }
     assert!(dst.len() >= m * n, "gemm destination too small");
     if k == 0 {
-        dst[..m * n].fill(0.0);
+        dst[..m * n].fill(T::ZERO);
         return;
     }
     assert!(
@@ -97,8 +113,8 @@ pub(super) fn matmul(
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            0.0,
-            1.0,
+            T::ZERO,
+            T::ONE,
             false,
             false,
             false,

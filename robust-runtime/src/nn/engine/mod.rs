@@ -25,7 +25,7 @@
 
 mod conv;
 mod crown;
-mod gemm;
+pub(crate) mod gemm;
 mod kernels;
 mod winograd;
 
@@ -959,6 +959,184 @@ fn relu_in_place(v: &mut [f32]) {
         v.iter_mut()
             .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 })
     });
+}
+
+/// An affine map `y = W·x + b` in f64, `W` `d_out × d_in` row-major: one layer of the
+/// network as [`Engine::affine_chain`] lowers it.
+#[derive(Debug, Clone)]
+pub(crate) struct AffineMap {
+    pub w: Vec<f64>,
+    pub b: Vec<f64>,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+impl AffineMap {
+    /// The identity on `n` values.
+    fn identity(n: usize) -> Self {
+        let mut w = vec![0.0; n * n];
+        (0..n).for_each(|i| w[i * n + i] = 1.0);
+        AffineMap {
+            w,
+            b: vec![0.0; n],
+            d_in: n,
+            d_out: n,
+        }
+    }
+
+    /// `next ∘ self`: `W = W_next·W_self`, `b = W_next·b_self + b_next`.
+    fn then(&self, next: &AffineMap) -> AffineMap {
+        let (m, k, n) = (next.d_out, next.d_in, self.d_in);
+        let mut w = vec![0.0; m * n];
+        matmul(
+            (m, n, k),
+            &mut w,
+            View::rows(&next.w, k),
+            View::rows(&self.w, n),
+            gemm::threads(),
+        );
+        let b = (0..m)
+            .map(|i| {
+                let row = &next.w[i * k..(i + 1) * k];
+                row.iter().zip(&self.b).map(|(w, b)| w * b).sum::<f64>() + next.b[i]
+            })
+            .collect();
+        AffineMap {
+            w,
+            b,
+            d_in: n,
+            d_out: m,
+        }
+    }
+}
+
+impl Engine {
+    /// The network as affine maps with a ReLU between each two, in f64 (the weights exactly,
+    /// consecutive affine ops composed): what α-CROWN and branch and bound run on
+    /// ([`crate::verify`]). `Err` names what has no such form: a max-pool, a residual sum or a
+    /// concatenation.
+    pub(crate) fn affine_chain(&self) -> std::result::Result<Vec<AffineMap>, &'static str> {
+        let mut chain = Vec::new();
+        let mut current = AffineMap::identity(self.sizes[0]);
+        for (i, op) in self.ops.iter().enumerate() {
+            if self.inputs[i] != i {
+                return Err(
+                    "a graph whose activations are read twice (a residual sum or a concatenation)",
+                );
+            }
+            let (s_in, s_out) = (self.sizes[i], self.sizes[i + 1]);
+            let map = match op {
+                Op::Relu => None,
+                Op::Add { .. } | Op::Concat { .. } => {
+                    return Err("residual sums and concatenations")
+                }
+                Op::MaxPool(_) => return Err("max-pooling"),
+                Op::Linear {
+                    w, b, d_in, d_out, ..
+                } => Some(AffineMap {
+                    w: w.iter().map(|&v| v as f64).collect(),
+                    b: b.iter().map(|&v| v as f64).collect(),
+                    d_in: *d_in,
+                    d_out: *d_out,
+                }),
+                Op::Conv { w, b, c_out, g, .. } => Some(dense_conv(w, b, *c_out, g)),
+                Op::AvgPool(_) => {
+                    // Its map on the basis vectors: each output is an exact mean of inputs.
+                    let mut basis = vec![0f32; s_in * s_in];
+                    (0..s_in).for_each(|k| basis[k * s_in + k] = 1.0);
+                    let mut out = vec![0f32; s_in * s_out];
+                    apply(
+                        op,
+                        Weights::Signed,
+                        (&basis, &[]),
+                        &mut out,
+                        &mut [],
+                        (s_in, s_out),
+                    );
+                    let mut w = vec![0.0; s_out * s_in];
+                    for k in 0..s_in {
+                        for o in 0..s_out {
+                            w[o * s_in + k] = out[k * s_out + o] as f64;
+                        }
+                    }
+                    Some(AffineMap {
+                        w,
+                        b: vec![0.0; s_out],
+                        d_in: s_in,
+                        d_out: s_out,
+                    })
+                }
+                Op::Affine {
+                    scale,
+                    shift,
+                    plane,
+                } => Some(diagonal(s_in, *plane, |c| {
+                    (scale[c] as f64, shift[c] as f64)
+                })),
+                Op::Normalize { mean, std, plane } => Some(diagonal(s_in, *plane, |c| {
+                    let s = std[c] as f64;
+                    (1.0 / s, -(mean[c] as f64) / s)
+                })),
+            };
+            if let Some(map) = map {
+                current = current.then(&map);
+            }
+            if op.relu() {
+                let n = current.d_out;
+                chain.push(std::mem::replace(&mut current, AffineMap::identity(n)));
+            }
+        }
+        chain.push(current);
+        Ok(chain)
+    }
+}
+
+/// A per-channel map `x·s_c + t_c` on `size` values in planes of `plane`.
+fn diagonal(size: usize, plane: usize, st: impl Fn(usize) -> (f64, f64)) -> AffineMap {
+    let mut map = AffineMap::identity(size);
+    for k in 0..size {
+        let (s, t) = st(k / plane.max(1));
+        map.w[k * size + k] = s;
+        map.b[k] = t;
+    }
+    map
+}
+
+/// A convolution as the dense matrix it applies: row `(o, oy, ox)`, column `(c, iy, ix)`.
+fn dense_conv(w: &[f32], b: &[f32], c_out: usize, g: &ConvShape) -> AffineMap {
+    let (d_in, plane) = (g.c_in * g.h * g.w, g.oh * g.ow);
+    let d_out = c_out * plane;
+    let mut dense = vec![0.0; d_out * d_in];
+    for o in 0..c_out {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let row = &mut dense[(o * plane + oy * g.ow + ox) * d_in..][..d_in];
+                for c in 0..g.c_in {
+                    for ky in 0..g.k {
+                        for kx in 0..g.k {
+                            let (iy, ix) = (oy * g.stride + ky, ox * g.stride + kx);
+                            let (Some(iy), Some(ix)) =
+                                (iy.checked_sub(g.pad), ix.checked_sub(g.pad))
+                            else {
+                                continue;
+                            };
+                            if iy < g.h && ix < g.w {
+                                row[(c * g.h + iy) * g.w + ix] +=
+                                    w[((o * g.c_in + c) * g.k + ky) * g.k + kx] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let b = (0..d_out).map(|i| b[i / plane] as f64).collect();
+    AffineMap {
+        w: dense,
+        b,
+        d_in,
+        d_out,
+    }
 }
 
 /// How an affine op is applied: as it is (bias and any fused ReLU), its affine map alone (the
