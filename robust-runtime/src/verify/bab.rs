@@ -107,7 +107,7 @@ pub(super) fn search(
             let alpha = (row..row + goal.rows)
                 .flat_map(|p| slice_rows(&relax.alpha, p, relax.rows))
                 .collect();
-            let pick = best.map(|p| branch_choice(&root, &relax, p, &[]));
+            let pick = best.map(|p| branch_candidates(&root, &relax, p, 1).first().copied());
             open.push((g, alpha, pick));
         }
         row += goal.rows;
@@ -123,6 +123,7 @@ pub(super) fn search(
     // The hardest goal first: if it cannot be proved, neither can the property.
     open.sort_by(|a, b| root_bounds[a.0].total_cmp(&root_bounds[b.0]));
     let mut branches = 0;
+    let mut proved;
     let mut exhausted = false;
     for (g, alpha, pick) in open {
         let Some(Some(next)) = pick else {
@@ -130,6 +131,7 @@ pub(super) fn search(
             continue;
         };
         let goal = &goals[g];
+        proved = 0.0;
         let mut stack = vec![Domain {
             splits: Vec::new(),
             alpha,
@@ -138,6 +140,14 @@ pub(super) fn search(
         }];
         while !stack.is_empty() {
             if out_of_time() || options.max_branches.is_some_and(|m| branches >= m) {
+                if std::env::var_os("ROBUST_VERIFY_TRACE").is_some() {
+                    eprintln!(
+                        "goal {g}: {:.3e} of the space left, {} open, depth ≤ {}",
+                        1.0 - proved,
+                        stack.len(),
+                        stack.iter().map(|d| d.splits.len()).max().unwrap_or(0)
+                    );
+                }
                 return Search {
                     verdict: Verdict::Unknown,
                     branches,
@@ -149,6 +159,7 @@ pub(super) fn search(
             let parents: Vec<Domain> = stack.split_off(stack.len() - take);
             let step = expand(net, (lo, hi), (&lower, &upper), goal, parents, options);
             branches += step.children.len() + step.closed;
+            proved += step.share;
             if let Some(x) = step.counterexample.filter(|x| violates(net, property, x)) {
                 return Search {
                     verdict: Verdict::Falsified(x),
@@ -187,6 +198,9 @@ fn slice_rows(v: &[Vec<f64>], p: usize, rows: usize) -> Vec<f32> {
 struct Expanded {
     children: Vec<Domain>,
     closed: usize,
+    /// The share of the goal's input space the closed children cover, if the splits cut it in
+    /// halves (`2^-depth` each): 1 once every branch is closed.
+    share: f64,
     /// A box corner where some child's relaxation is tightest, violating the property's
     /// disjunct in the relaxed network: a candidate to check on the network itself.
     counterexample: Option<Vec<f64>>,
@@ -244,6 +258,11 @@ fn expand(
             }
         }
     }
+    let infeasible = if options.refine {
+        refine(net, (lo, hi), &mut relax, &children, per)
+    } else {
+        vec![false; children.len()]
+    };
     let c = goal.c.repeat(children.len());
     let k = goal.k.repeat(children.len());
     let obj = Objective {
@@ -261,25 +280,33 @@ fn expand(
     let mut out = Expanded {
         children: Vec::new(),
         closed: 0,
+        share: 0.0,
         counterexample: None,
         exhausted: false,
     };
     let d0 = net.inputs();
+    let mut open = Vec::new();
     for (ci, splits) in children.into_iter().enumerate() {
         let best = (ci * per..(ci + 1) * per)
             .max_by(|&a, &b| pass.bound[a].total_cmp(&pass.bound[b]))
             .expect("a goal has rows");
-        if pass.bound[best] > 0.0 {
+        if pass.bound[best] > 0.0 || infeasible[ci] {
             out.closed += 1;
+            out.share += 0.5f64.powi(splits.len() as i32);
             continue;
         }
         if out.counterexample.is_none() {
             out.counterexample = Some(pass.corner[best * d0..(best + 1) * d0].to_vec());
         }
-        let Some(next) = branch_choice(&pass, &relax, best, &splits) else {
+        let candidates = branch_candidates(&pass, &relax, best, options.candidates.max(1));
+        if candidates.is_empty() {
             out.exhausted = true;
             continue;
-        };
+        }
+        open.push((ci, splits, best, candidates));
+    }
+    let choices = filtered_smart_branching(net, (lo, hi), &relax, goal, &open);
+    for ((ci, splits, _, _), next) in open.into_iter().zip(choices) {
         let alpha = (ci * per..(ci + 1) * per)
             .flat_map(|p| slice_rows(&relax.alpha, p, rows))
             .collect();
@@ -302,36 +329,200 @@ fn expand(
     out
 }
 
-/// The unstable, unsplit neuron to split next in row `p` of a pass: BaBSR's estimate (Bunel
-/// et al. 2020) of what the bound loses to its relaxation, the upper chord's intercept
-/// weighted by the coefficient on it, with the neuron's interval width weighted by its
-/// coefficient breaking ties. `None` when every neuron is stable or split.
-fn branch_choice(
-    pass: &bounds::Pass,
-    relax: &Relax,
-    p: usize,
-    splits: &[(u32, u32, bool)],
-) -> Option<(usize, usize)> {
-    let mut best: Option<((usize, usize), f64)> = None;
-    for (r, gamma) in pass.gamma.iter().enumerate() {
-        let n = gamma.len() / relax.rows;
-        for j in 0..n {
-            let k = p * n + j;
-            let (l, u) = (relax.lower[r][k], relax.upper[r][k]);
-            if !(l < 0.0 && u > 0.0) || relax.split[r][k] != 0 {
+/// Tightens each child's bounds on the neurons its splits leave unstable, layer by layer after
+/// its first split, by CROWN on the child's own relaxation (a split neuron's side narrows every
+/// later layer's bounds). Returns whether each child's region is empty: a neuron's bounds
+/// crossed by more than rounding.
+fn refine(
+    net: &Net,
+    (lo, hi): (&[f64], &[f64]),
+    relax: &mut Relax,
+    children: &[Vec<(u32, u32, bool)>],
+    per: usize,
+) -> Vec<bool> {
+    let widths = net.widths();
+    let mut empty = vec![false; children.len()];
+    for m in 1..widths.len() {
+        let n = widths[m];
+        // (child, neuron) pairs to bound at layer m.
+        let mut todo = Vec::new();
+        for (ci, splits) in children.iter().enumerate() {
+            let first = splits
+                .iter()
+                .map(|s| s.0 as usize)
+                .min()
+                .unwrap_or(usize::MAX);
+            if first >= m {
                 continue;
             }
-            debug_assert!(!splits.contains(&(r as u32, j as u32, true)));
-            let g = gamma[k];
-            let intercept = -u * l / (u - l);
-            let score = (-g).max(0.0) * intercept + 1e-4 * g.abs() * (u - l);
-            if best.is_none_or(|(_, s)| score > s) {
-                best = Some(((r, j), score));
+            let p = ci * per;
+            for j in 0..n {
+                let k = p * n + j;
+                if relax.lower[m][k] < 0.0 && relax.upper[m][k] > 0.0 {
+                    todo.push((ci, j));
+                }
+            }
+        }
+        for part in todo.chunks(REFINE_ROWS / 2) {
+            let rows = 2 * part.len();
+            let mut sub = Relax {
+                rows,
+                lower: Vec::with_capacity(m),
+                upper: Vec::with_capacity(m),
+                alpha: Vec::with_capacity(m),
+                beta: Vec::with_capacity(m),
+                split: Vec::with_capacity(m),
+            };
+            for r in 0..m {
+                let w = widths[r];
+                let pick = |v: &Vec<f64>| -> Vec<f64> {
+                    (0..rows)
+                        .flat_map(|q| {
+                            let p = part[q / 2].0 * per;
+                            v[p * w..(p + 1) * w].iter().copied()
+                        })
+                        .collect()
+                };
+                let (l, u) = (pick(&relax.lower[r]), pick(&relax.upper[r]));
+                sub.alpha.push(
+                    (l.iter().zip(&u))
+                        .map(|(&l, &u)| bounds::adaptive(l, u))
+                        .collect(),
+                );
+                sub.beta.push(vec![0.0; rows * w]);
+                sub.split.push(vec![0; rows * w]);
+                sub.lower.push(l);
+                sub.upper.push(u);
+            }
+            let mut c = vec![0.0; rows * n];
+            for (q, &(_, j)) in part.iter().enumerate() {
+                c[2 * q * n + j] = 1.0;
+                c[(2 * q + 1) * n + j] = -1.0;
+            }
+            let k = vec![0.0; rows];
+            let pass = bounds::back_substitute(
+                net,
+                &Objective {
+                    depth: m + 1,
+                    c: &c,
+                    k: &k,
+                },
+                &sub,
+                (lo, hi),
+            );
+            for (q, &(ci, j)) in part.iter().enumerate() {
+                let (lb, ub) = (pass.bound[2 * q], -pass.bound[2 * q + 1]);
+                for p in ci * per..(ci + 1) * per {
+                    let k = p * n + j;
+                    let l = relax.lower[m][k].max(lb);
+                    let u = relax.upper[m][k].min(ub);
+                    if l > u + 1e-6 * (1.0 + l.abs().max(u.abs())) {
+                        empty[ci] = true;
+                    }
+                    relax.lower[m][k] = l;
+                    relax.upper[m][k] = u;
+                    if !(l < 0.0 && u > 0.0) {
+                        relax.alpha[m][k] = bounds::adaptive(l, u);
+                    }
+                }
             }
         }
     }
-    best.map(|(at, _)| at)
+    empty
 }
+
+/// Rows per product in [`refine`].
+const REFINE_ROWS: usize = 2048;
+
+/// The `k` unstable, unsplit neurons of row `p` of a pass most worth splitting, best first, by
+/// BaBSR's estimate (Bunel et al. 2020) of what the bound loses to their relaxation: the upper
+/// chord's intercept weighted by the coefficient on it, the interval width weighted by the
+/// coefficient breaking ties. Empty when every neuron is stable or split.
+fn branch_candidates(
+    pass: &bounds::Pass,
+    relax: &Relax,
+    p: usize,
+    k: usize,
+) -> Vec<(usize, usize)> {
+    let mut scored = Vec::new();
+    for (r, gamma) in pass.gamma.iter().enumerate() {
+        let n = gamma.len() / relax.rows;
+        for j in 0..n {
+            let at = p * n + j;
+            let (l, u) = (relax.lower[r][at], relax.upper[r][at]);
+            if !(l < 0.0 && u > 0.0) || relax.split[r][at] != 0 {
+                continue;
+            }
+            let g = gamma[at];
+            let intercept = -u * l / (u - l);
+            let score = (-g).max(0.0) * intercept + 1e-4 * g.abs() * (u - l);
+            scored.push(((r, j), score));
+        }
+    }
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.truncate(k);
+    scored.into_iter().map(|(at, _)| at).collect()
+}
+
+/// Filtered smart branching (De Palma et al. 2021): of each domain's candidates, the one whose
+/// worse child has the best bound, each child bounded by one back-substitution on the
+/// domain's relaxation (row `best` of `relax`) with the candidate split.
+fn filtered_smart_branching(
+    net: &Net,
+    (lo, hi): (&[f64], &[f64]),
+    relax: &Relax,
+    goal: &Goal,
+    open: &[(usize, Vec<(u32, u32, bool)>, usize, Vec<(usize, usize)>)],
+) -> Vec<(usize, usize)> {
+    let mut choice: Vec<(usize, usize)> = open.iter().map(|o| o.3[0]).collect();
+    let trials: Vec<(usize, usize, usize, bool)> = (open.iter().enumerate())
+        .filter(|(_, o)| o.3.len() > 1)
+        .flat_map(|(d, o)| {
+            (o.3.iter()).flat_map(move |&(r, j)| [true, false].map(|side| (d, r, j, side)))
+        })
+        .collect();
+    let outputs = net.outputs();
+    let mut scores = vec![f64::INFINITY; trials.len()];
+    for (part_at, part) in trials.chunks(FSB_ROWS).enumerate() {
+        let rows: Vec<usize> = part.iter().map(|t| open[t.0].2).collect();
+        let mut sub = relax.select(&rows);
+        let mut c = Vec::with_capacity(part.len() * outputs);
+        let mut k = Vec::with_capacity(part.len());
+        for (q, &(d, r, j, side)) in part.iter().enumerate() {
+            let n = sub.lower[r].len() / sub.rows;
+            let at = q * n + j;
+            if side {
+                sub.lower[r][at] = 0.0;
+            } else {
+                sub.upper[r][at] = 0.0;
+            }
+            let row = open[d].2 % goal.rows;
+            c.extend_from_slice(&goal.c[row * outputs..(row + 1) * outputs]);
+            k.push(goal.k[row]);
+        }
+        let obj = Objective {
+            depth: net.layers.len(),
+            c: &c,
+            k: &k,
+        };
+        let pass = bounds::back_substitute(net, &obj, &sub, (lo, hi));
+        scores[part_at * FSB_ROWS..][..part.len()].copy_from_slice(&pass.bound);
+    }
+    // Per domain: the candidate maximising the smaller of its two children's bounds.
+    let mut best = vec![f64::NEG_INFINITY; open.len()];
+    for (t, pair) in trials.chunks(2).zip(scores.chunks(2)) {
+        let (d, r, j, _) = t[0];
+        let worse = pair[0].min(pair[1]);
+        if worse > best[d] {
+            best[d] = worse;
+            choice[d] = (r, j);
+        }
+    }
+    choice
+}
+
+/// Rows per back-substitution in [`filtered_smart_branching`].
+const FSB_ROWS: usize = 2048;
 
 /// Whether `x` violates the property on the f64 network: in the box, and some disjunct's
 /// constraints all hold at its output.

@@ -174,6 +174,30 @@ impl Relax {
     }
 }
 
+impl Relax {
+    /// The relaxation of rows `rows` (in that order; a row may repeat).
+    pub fn select(&self, rows: &[usize]) -> Relax {
+        fn pick<T: Copy>(v: &[Vec<T>], rows: &[usize], all: usize) -> Vec<Vec<T>> {
+            v.iter()
+                .map(|layer| {
+                    let n = layer.len() / all.max(1);
+                    rows.iter()
+                        .flat_map(|&p| layer[p * n..(p + 1) * n].iter().copied())
+                        .collect()
+                })
+                .collect()
+        }
+        Relax {
+            rows: rows.len(),
+            lower: pick(&self.lower, rows, self.rows),
+            upper: pick(&self.upper, rows, self.rows),
+            alpha: pick(&self.alpha, rows, self.rows),
+            beta: pick(&self.beta, rows, self.rows),
+            split: pick(&self.split, rows, self.rows),
+        }
+    }
+}
+
 /// CROWN's choice of lower slope for a neuron in `[l, u]`.
 pub(crate) fn adaptive(l: f64, u: f64) -> f64 {
     if u >= -l {

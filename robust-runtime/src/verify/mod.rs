@@ -74,6 +74,10 @@ pub struct Options {
     pub lr_beta: f64,
     /// Branches split per step (each gives two).
     pub batch: usize,
+    /// Candidates filtered smart branching bounds per split (1: BaBSR's choice alone).
+    pub candidates: usize,
+    /// Whether each branch's later layers get CROWN bounds of their own (tighter, costlier).
+    pub refine: bool,
     /// PGD's random starts per disjunct and steps per start.
     pub restarts: usize,
     /// See `restarts`.
@@ -87,11 +91,13 @@ impl Default for Options {
         Options {
             timeout: Duration::from_secs(120),
             max_branches: None,
-            alpha_iterations: 20,
-            bab_iterations: 10,
+            alpha_iterations: 100,
+            bab_iterations: 30,
             lr_alpha: 0.1,
             lr_beta: 0.05,
             batch: 256,
+            refine: true,
+            candidates: 1,
             restarts: 10,
             steps: 100,
             seed: 0,
