@@ -215,6 +215,48 @@ impl Property {
         })
     }
 
+    /// "Some class other than `label` reaches `label`'s logit somewhere in the L∞ ball of
+    /// radius `eps` around `x`, clipped to `[lo, hi]`": the robustness property VNN-COMP's MNIST
+    /// benchmarks write, as one disjunct `Y_j − Y_label ≥ 0` per other class.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `eps` that is not finite and ≥ 0, or `label ≥ classes`.
+    pub fn misclassified(
+        x: &[f64],
+        eps: f64,
+        (lo, hi): (f64, f64),
+        label: usize,
+        classes: usize,
+    ) -> Result<Property> {
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::param("eps", eps, "a finite radius ≥ 0"));
+        }
+        if label >= classes {
+            return Err(Error::param(
+                "label",
+                label,
+                format!("a class below {classes}"),
+            ));
+        }
+        let violation = (0..classes)
+            .filter(|&j| j != label)
+            .map(|j| {
+                let mut coefficients = vec![0.0; classes];
+                (coefficients[j], coefficients[label]) = (1.0, -1.0);
+                vec![Constraint {
+                    coefficients,
+                    constant: 0.0,
+                }]
+            })
+            .collect();
+        Ok(Property {
+            lower: x.iter().map(|&v| (v - eps).max(lo)).collect(),
+            upper: x.iter().map(|&v| (v + eps).min(hi)).collect(),
+            outputs: classes,
+            violation,
+        })
+    }
+
     /// Whether outputs `y` lie in the unsafe region (a counterexample's outputs do).
     pub fn violated(&self, y: &[f64]) -> bool {
         (self.violation.iter()).any(|conj| conj.iter().all(|c| c.value(y) >= 0.0))

@@ -435,13 +435,20 @@ fn check_certify(spec: &Spec, written: &[&str], has: &dyn Fn(&str) -> bool, issu
     if bounds && !has("eps") {
         issues.at(
             At::Whole,
-            "missing `eps`: IBP and CROWN certify the L∞ ball of radius `eps`, e.g. `eps = 0.1`",
+            "missing `eps`: IBP, CROWN, α-CROWN and BaB certify the L∞ ball of radius `eps`, \
+             e.g. `eps = 0.1`",
         );
     }
     if !bounds && written.contains(&"eps") {
         issues.at(
             At::Key("eps"),
             "`eps` is the L∞ radius of `ibp` and `crown`; smoothing certifies L2 `radius = ...`",
+        );
+    }
+    if written.contains(&"timeout") && !certifiers.contains(&"bab") {
+        issues.at(
+            At::Key("timeout"),
+            "`timeout` is the per-sample budget of `certify = \"bab\"`, which this test does not run",
         );
     }
     if smoothing {

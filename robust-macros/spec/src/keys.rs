@@ -302,6 +302,8 @@ keys! {
         max_degrees: f64 = Ty::AtMost(180.0), [Scope::Family(&["rotation"])], "15";
         /// side of the `occlusion` square, in pixels
         patch: usize = Ty::Count(1), [Scope::Family(&["occlusion"])], "6";
+        /// `bab`: seconds of branch and bound per sample before it counts as not certified
+        timeout: f64 = Ty::Positive, [CERTIFY], "10";
         /// share of samples correct **and** certified must be ≥ this
         min_certified_acc: f64 = Ty::Fraction, [CERTIFY], "required";
         /// smoothing's noisy copies that choose the class (n0 ≤ n)

@@ -29,12 +29,19 @@ pub const SMOOTHING_N0: usize = 100;
 /// See [`SMOOTHING_N0`].
 pub const SMOOTHING_N: usize = 100_000;
 
-/// `certify = "…"`: bound propagation at L∞ `eps` (`ibp`, `crown`), or randomized smoothing at
-/// L2 `radius`.
-pub const CERTIFIERS: &[&str] = &["ibp", "crown", "smoothing"];
+/// `certify = "…"`: bound propagation at L∞ `eps` (`ibp`, `crown`), optimised bounds and complete
+/// verification at L∞ `eps` (`alpha-crown`, `bab`), or randomized smoothing at L2 `radius`.
+pub const CERTIFIERS: &[&str] = &["ibp", "crown", "alpha-crown", "bab", "smoothing"];
 
 /// The certifiers that bound the network over an L∞ ball (`robust_runtime::certify::Method`).
 pub const BOUND_CERTIFIERS: &[&str] = &["ibp", "crown"];
+
+/// The certifiers of `robust_runtime::verify`: α-CROWN alone, and branch and bound on it
+/// (`timeout` per sample).
+pub const VERIFIERS: &[&str] = &["alpha-crown", "bab"];
+
+/// `bab`'s budget per sample, in seconds, when `timeout` is not written.
+pub const BAB_TIMEOUT: f64 = 10.0;
 
 /// `perturbation = "…"`: the perturbation families; `"rotation+brightness"` composes several.
 pub const PERTURBATIONS: &[&str] = &[

@@ -603,6 +603,96 @@ pub fn bound_case(
     ))
 }
 
+/// Certifies every sample of `case` over the L∞ ball of radius `eps` with [`crate::verify`]:
+/// α-CROWN alone when `options.max_branches` is `Some(0)` (what `certify = "alpha-crown"`
+/// runs), else the complete search within `options.timeout` per sample (`certify = "bab"`). A
+/// sample counts as certified when it is classified correctly and every other class is proved
+/// unable to reach its label's logit; its margin is the smallest α-CROWN bound at the root, and
+/// a counterexample found (PGD or a branch) leaves it uncertified.
+///
+/// # Errors
+/// What [`crate::verify::verify`] gives for the model (a network that is not a chain of affine
+/// layers and ReLUs), and bad `eps`.
+pub fn verify_case(
+    case: &RobustnessCase,
+    eps: f64,
+    options: &crate::verify::Options,
+) -> Result<CertificationReport> {
+    check_eps(eps)?;
+    case.check_shape()?;
+    case.check_domain()?;
+    let started = std::time::Instant::now();
+    let model = case.model();
+    let domain = model.domain();
+    let alpha_only = options.max_branches == Some(0);
+    let mut per_sample = Vec::with_capacity(case.data().len());
+    let mut clean_correct = 0;
+    let mut progress = crate::progress::Progress::new(model.name(), case.data().len());
+    for batch in case.data().batches(1, &Device::Cpu) {
+        let batch = batch?;
+        let (index, label) = (batch.range.start, case.data().labels()[batch.range.start]);
+        let x = batch.inputs.to_dtype(DType::F32)?;
+        let prediction = model.predict(&x)?[0];
+        let correct = prediction == label;
+        clean_correct += usize::from(correct);
+        let x: Vec<f64> = x
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let property = crate::vnnlib::Property::misclassified(
+            &x,
+            eps,
+            (f64::from(domain.lo()), f64::from(domain.hi())),
+            label as usize,
+            model_classes(model, &batch.inputs)?,
+        )?;
+        let (certified, margin) = if correct {
+            let outcome = crate::verify::verify(model, &property, options)?;
+            let margin = outcome
+                .root_bounds
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let proved = outcome.verdict == crate::verify::Verdict::Verified;
+            (proved, margin.is_finite().then_some(margin as f32))
+        } else {
+            (false, None)
+        };
+        per_sample.push(CertifiedSample {
+            index,
+            label,
+            prediction: Some(prediction),
+            certified,
+            margin,
+            radius: None,
+            p_a_lower: None,
+        });
+        progress.advance(1);
+    }
+    progress.finish();
+    let label = if alpha_only {
+        "α-CROWN"
+    } else {
+        "BaB (α,β-CROWN)"
+    };
+    Ok(CertificationReport::from_samples(
+        case,
+        label.into(),
+        "L∞",
+        eps,
+        per_sample,
+        clean_correct,
+        started,
+    ))
+}
+
+/// The number of classes `model` gives for `x`.
+fn model_classes(model: &crate::Model, x: &Tensor) -> Result<usize> {
+    Ok(model.logits(&x.to_dtype(DType::F32)?)?.dim(1)?)
+}
+
 /// Certifies every sample of `case` with randomized smoothing (CERTIFY), asserting about L2
 /// radius `radius`; `curve_radii` adds certified accuracy at other radii to the report. Each
 /// sample draws its noise from its own fork of `Rng::seed_from_u64(seed)`, in data order.

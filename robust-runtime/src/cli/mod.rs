@@ -7,6 +7,8 @@
 //! cargo robust run [SUITE.toml] [--junit FILE] [--json FILE] [--filter WORD] [--include-ignored]
 //!                                           run a declarative suite: exit 0 pass, 1 fail, 2 could not run
 //! cargo robust report [--filter WORD]       target/robust/index.html over every test's last run
+//! cargo robust verify MODEL.onnx PROPERTY.vnnlib [--timeout S] [--counterexample FILE]
+//!                                           decide a VNN-LIB property: prints sat, unsat or unknown
 //! ```
 //!
 //! It works on the crate in the current folder (the nearest `Cargo.toml` above it) and its
@@ -33,7 +35,8 @@ pub const DEFAULT_SUITE: &str = "tests/robustness.toml";
 const USAGE: &str = "usage: cargo robust review
        cargo robust bless [--reject] [FILTER]
        cargo robust run [SUITE.toml] [--junit FILE] [--json FILE] [--filter WORD] [--include-ignored]
-       cargo robust report [--filter WORD]";
+       cargo robust report [--filter WORD]
+       cargo robust verify MODEL.onnx PROPERTY.vnnlib [--timeout S] [--counterexample FILE]";
 
 /// Where a command works: the crate in the current folder and its workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +347,13 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             }
             0
         }),
+        Some("verify") => match parse_verify(&args[1..]) {
+            Ok(options) => verify(&options, stdout),
+            Err(message) => {
+                eprintln!("error: {message}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(0)
@@ -360,6 +370,98 @@ pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// What `cargo robust verify` was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOptions {
+    /// The ONNX network.
+    pub model: PathBuf,
+    /// The VNN-LIB property.
+    pub property: PathBuf,
+    /// The budget in seconds (VNN-COMP's per-instance timeout).
+    pub timeout: f64,
+    /// Where to write the counterexample of a `sat` verdict.
+    pub counterexample: Option<PathBuf>,
+}
+
+fn parse_verify(args: &[String]) -> std::result::Result<VerifyOptions, String> {
+    let (mut files, mut timeout, mut counterexample) = (Vec::new(), 120.0, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--timeout" => {
+                let v = it.next().ok_or("`--timeout` needs a value")?;
+                timeout = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t > 0.0)
+                    .ok_or_else(|| {
+                        format!("`--timeout {v}`: expected seconds, a positive number")
+                    })?;
+            }
+            "--counterexample" => {
+                counterexample = Some(it.next().ok_or("`--counterexample` needs a file")?.into())
+            }
+            flag if flag.starts_with("--") => {
+                return Err(format!(
+                    "unknown option `{flag}`; expected --timeout or --counterexample"
+                ))
+            }
+            file => files.push(PathBuf::from(file)),
+        }
+    }
+    match <[PathBuf; 2]>::try_from(files) {
+        Ok([model, property]) => Ok(VerifyOptions {
+            model,
+            property,
+            timeout,
+            counterexample,
+        }),
+        Err(files) => Err(format!(
+            "expected MODEL.onnx and PROPERTY.vnnlib, got {} file(s)",
+            files.len()
+        )),
+    }
+}
+
+/// `cargo robust verify`: decides the property on the network with [`crate::verify::verify`],
+/// prints `sat`, `unsat` or `unknown` (VNN-COMP's words) and, for `sat`, writes the
+/// counterexample as VNN-COMP's scripts read it (`((X_0 v) … (Y_0 v) …)`). Exit 0 for any
+/// verdict.
+pub fn verify(options: &VerifyOptions, out: &mut impl std::io::Write) -> Result<u8> {
+    use crate::verify::{self, Verdict};
+    let graph = crate::nn::Graph::from_onnx(&options.model, &candle_core::Device::Cpu)?;
+    let model = crate::Model::new(graph).named(options.model.display().to_string());
+    let property = crate::vnnlib::Property::from_file(&options.property)?;
+    let run = verify::Options {
+        timeout: std::time::Duration::from_secs_f64(options.timeout),
+        ..verify::Options::default()
+    };
+    let outcome = verify::verify(&model, &property, &run)?;
+    writeln!(out, "{}", outcome.verdict.vnncomp()).map_err(|e| Error::io("standard output", e))?;
+    eprintln!(
+        "{} in {:.2} s ({}, {} branches)",
+        outcome.verdict.vnncomp(),
+        outcome.time.as_secs_f64(),
+        outcome.stage,
+        outcome.branches
+    );
+    if let (Verdict::Falsified(x), Some(file)) = (&outcome.verdict, &options.counterexample) {
+        let y = verify::outputs(&model, x)?;
+        std::fs::write(file, counterexample_text(x, &y)).map_err(|e| Error::io(file, e))?;
+    }
+    Ok(0)
+}
+
+/// A counterexample as VNN-COMP's result files give it: `sat`, then `((X_i v) … (Y_j v))`.
+pub fn counterexample_text(x: &[f64], y: &[f64]) -> String {
+    let mut text = String::from("sat\n(");
+    let pairs = (x.iter().enumerate().map(|(i, v)| format!("(X_{i} {v:e})")))
+        .chain(y.iter().enumerate().map(|(j, v)| format!("(Y_{j} {v:e})")));
+    text.push_str(&pairs.collect::<Vec<_>>().join("\n "));
+    text.push_str(")\n");
+    text
 }
 
 /// The `--filter` of `cargo robust report`, the only option it takes.

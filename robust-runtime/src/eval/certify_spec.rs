@@ -9,6 +9,7 @@ use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
 use crate::device;
 use crate::{Error, Result, RobustnessCase};
+use robust_spec::names::{BAB_TIMEOUT, VERIFIERS};
 
 /// Certifiers `certify = "…"` accepts.
 pub use robust_spec::names::CERTIFIERS;
@@ -90,8 +91,13 @@ impl CertifySpec {
                 Some(s)
             }
             other => {
-                Method::from_name(other)?;
+                if !VERIFIERS.contains(&other) {
+                    Method::from_name(other)?;
+                }
                 crate::check::check_positive_as("eps", self.radius, "a finite radius > 0")?;
+                if let Some(t) = o.timeout {
+                    crate::check::check_positive_as("timeout", t, "seconds, finite and > 0")?;
+                }
                 None
             }
         };
@@ -123,6 +129,21 @@ impl CertifySpec {
         };
         let mut report = match smoothing {
             Some(s) => self.shared_smoothing(&case, &s, seed, &device)?,
+            None if VERIFIERS.contains(&self.certifier) => {
+                let options = crate::verify::Options {
+                    timeout: std::time::Duration::from_secs_f64(o.timeout.unwrap_or(BAB_TIMEOUT)),
+                    // α-CROWN alone: no attack, no branches.
+                    max_branches: (self.certifier == "alpha-crown").then_some(0),
+                    restarts: if self.certifier == "alpha-crown" {
+                        0
+                    } else {
+                        10
+                    },
+                    seed,
+                    ..crate::verify::Options::default()
+                };
+                certify::verify_case(&case, self.radius, &options)?
+            }
             None => {
                 let method = Method::from_name(self.certifier)?;
                 certify::bound_case(&case, method, self.radius, o.batch_size.unwrap_or(100))?

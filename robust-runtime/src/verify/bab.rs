@@ -17,6 +17,21 @@ struct Goal {
 }
 
 impl Goal {
+    /// The row whose objective is largest at outputs `y`: the constraint furthest from holding.
+    fn worst_row(&self, y: &[f64]) -> usize {
+        let o = y.len();
+        (0..self.rows)
+            .map(|q| {
+                let c = &self.c[q * o..(q + 1) * o];
+                (
+                    q,
+                    c.iter().zip(y).map(|(c, y)| c * y).sum::<f64>() + self.k[q],
+                )
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(q, _)| q)
+    }
+
     fn of(property: &Property) -> Vec<Goal> {
         (property.violation.iter())
             .map(|conj| Goal {
@@ -90,11 +105,36 @@ pub(super) fn search(
         },
         &mut relax,
         (lo, hi),
+        // All its steps, proved or not: the bounds are reported (certified margins), and
+        // should be no looser than CROWN's.
+        schedule,
+    );
+    // Never looser than CROWN (its own intermediate bounds and slopes: tighter intermediate
+    // bounds can turn CROWN's adaptive slopes the wrong way) or than interval bounds.
+    let (crown_lower, crown_upper) = bounds::layer_bounds(
+        net,
+        (lo, hi),
         Schedule {
-            stop_above: Some(0.0),
+            iterations: 0,
             ..schedule
         },
+        512,
     );
+    let crown = bounds::back_substitute(
+        net,
+        &Objective {
+            depth,
+            c: &c,
+            k: &k,
+        },
+        &Relax::replicate(&crown_lower, &crown_upper, k.len()),
+        (lo, hi),
+    );
+    let interval = bounds::interval_objective(net, &lower, &upper, &c, &k);
+    let mut root = root;
+    for ((b, cr), i) in root.bound.iter_mut().zip(crown.bound).zip(interval) {
+        *b = b.max(cr).max(i);
+    }
     let mut root_bounds = Vec::with_capacity(goals.len());
     let mut open = Vec::new();
     let mut row = 0;
@@ -107,7 +147,23 @@ pub(super) fn search(
             let alpha = (row..row + goal.rows)
                 .flat_map(|p| slice_rows(&relax.alpha, p, relax.rows))
                 .collect();
-            let pick = best.map(|p| branch_candidates(&root, &relax, p, 1).first().copied());
+            let pick = best.and_then(|p| branch_candidates(&root, &relax, p, 1).first().copied());
+            if pick.is_none() {
+                // Nothing to split: the network is affine on the box and the bound is tight up
+                // to the optimiser, so a counterexample lies near the bound's corner.
+                let d0 = net.inputs();
+                let corner = best.map(|p| root.corner[p * d0..(p + 1) * d0].to_vec());
+                let mut xs: Vec<Vec<f64>> = corner.into_iter().collect();
+                xs.extend(local_search(net, (lo, hi), goal, &xs.clone(), 200));
+                if let Some(x) = first_violation(net, property, &xs) {
+                    return Search {
+                        verdict: Verdict::Falsified(x),
+                        branches: 0,
+                        root_bounds,
+                        stage: "alpha-crown",
+                    };
+                }
+            }
             open.push((g, alpha, pick));
         }
         row += goal.rows;
@@ -126,7 +182,7 @@ pub(super) fn search(
     let mut proved;
     let mut exhausted = false;
     for (g, alpha, pick) in open {
-        let Some(Some(next)) = pick else {
+        let Some(next) = pick else {
             exhausted = true;
             continue;
         };
@@ -160,7 +216,7 @@ pub(super) fn search(
             let step = expand(net, (lo, hi), (&lower, &upper), goal, parents, options);
             branches += step.children.len() + step.closed;
             proved += step.share;
-            if let Some(x) = step.counterexample.filter(|x| violates(net, property, x)) {
+            if let Some(x) = first_violation(net, property, &step.candidates) {
                 return Search {
                     verdict: Verdict::Falsified(x),
                     branches,
@@ -201,9 +257,9 @@ struct Expanded {
     /// The share of the goal's input space the closed children cover, if the splits cut it in
     /// halves (`2^-depth` each): 1 once every branch is closed.
     share: f64,
-    /// A box corner where some child's relaxation is tightest, violating the property's
-    /// disjunct in the relaxed network: a candidate to check on the network itself.
-    counterexample: Option<Vec<f64>>,
+    /// Inputs to check on the network: for each child left open, the box corner its bound is
+    /// attained at, and for a child with nothing left to split, PGD's best point from there.
+    candidates: Vec<Vec<f64>>,
     /// A child left open with no unstable neuron left to split.
     exhausted: bool,
 }
@@ -281,7 +337,7 @@ fn expand(
         children: Vec::new(),
         closed: 0,
         share: 0.0,
-        counterexample: None,
+        candidates: Vec::new(),
         exhausted: false,
     };
     let d0 = net.inputs();
@@ -295,14 +351,19 @@ fn expand(
             out.share += 0.5f64.powi(splits.len() as i32);
             continue;
         }
-        if out.counterexample.is_none() {
-            out.counterexample = Some(pass.corner[best * d0..(best + 1) * d0].to_vec());
-        }
+        let corner = pass.corner[best * d0..(best + 1) * d0].to_vec();
         let candidates = branch_candidates(&pass, &relax, best, options.candidates.max(1));
         if candidates.is_empty() {
+            // Every neuron is fixed: the network is affine on this branch, and a bound that stays
+            // at or below zero is the relaxation's, or a counterexample near its corner.
+            let start = [corner.clone()];
+            out.candidates
+                .extend(local_search(net, (lo, hi), goal, &start, 200));
+            out.candidates.push(corner);
             out.exhausted = true;
             continue;
         }
+        out.candidates.push(corner);
         open.push((ci, splits, best, candidates));
     }
     let choices = filtered_smart_branching(net, (lo, hi), &relax, goal, &open);
@@ -524,11 +585,52 @@ fn filtered_smart_branching(
 /// Rows per back-substitution in [`filtered_smart_branching`].
 const FSB_ROWS: usize = 2048;
 
-/// Whether `x` violates the property on the f64 network: in the box, and some disjunct's
-/// constraints all hold at its output.
-pub(super) fn violates(net: &Net, property: &Property, x: &[f64]) -> bool {
-    let y = net.forward(x, 1).pop().unwrap_or_default();
-    property.contains(x) && property.violated(&y)
+/// The first of `xs` that violates the property on the f64 network: in the box, and some
+/// disjunct's constraints all hold at its output.
+fn first_violation(net: &Net, property: &Property, xs: &[Vec<f64>]) -> Option<Vec<f64>> {
+    if xs.is_empty() {
+        return None;
+    }
+    let flat: Vec<f64> = xs.iter().flatten().copied().collect();
+    let y = net.forward(&flat, xs.len()).pop().unwrap_or_default();
+    let o = net.outputs();
+    (xs.iter().enumerate())
+        .find(|(i, x)| property.contains(x) && property.violated(&y[i * o..(i + 1) * o]))
+        .map(|(_, x)| x.clone())
+}
+
+/// Signed-gradient descent on `goal`'s least satisfied row from each of `starts`, in the box,
+/// `steps` steps from a tenth of the box's width decaying linearly; the end points.
+fn local_search(
+    net: &Net,
+    (lo, hi): (&[f64], &[f64]),
+    goal: &Goal,
+    starts: &[Vec<f64>],
+    steps: usize,
+) -> Vec<Vec<f64>> {
+    let (d0, outputs, n) = (net.inputs(), net.outputs(), starts.len());
+    let mut x: Vec<f64> = starts.iter().flatten().copied().collect();
+    for t in 0..steps {
+        let z = net.forward(&x, n);
+        let y = z.last().expect("a layer");
+        let mut rows = vec![0.0; n * outputs];
+        for i in 0..n {
+            let yi = &y[i * outputs..(i + 1) * outputs];
+            let worst = goal.worst_row(yi);
+            (rows[i * outputs..(i + 1) * outputs].iter_mut())
+                .zip(&goal.c[worst * outputs..(worst + 1) * outputs])
+                .for_each(|(o, c)| *o = *c);
+        }
+        let g = net.input_gradient(&z, &rows, n);
+        let frac = 0.1 * (1.0 - t as f64 / steps as f64) + 0.001;
+        for i in 0..n {
+            for j in 0..d0 {
+                let k = i * d0 + j;
+                x[k] = (x[k] - frac * (hi[j] - lo[j]) * g[k].signum()).clamp(lo[j], hi[j]);
+            }
+        }
+    }
+    x.chunks(d0.max(1)).map(<[f64]>::to_vec).collect()
 }
 
 /// PGD on each disjunct: `options.restarts` random starts in the box, `options.steps` signed
@@ -563,15 +665,7 @@ fn attack(
             if property.violated(yi) {
                 return Some(x[i * d0..(i + 1) * d0].to_vec());
             }
-            let worst = (0..goal.rows)
-                .map(|q| {
-                    let c = &goal.c[q * outputs..(q + 1) * outputs];
-                    // −(c·y + k) for the goal's row: the violation constraint's value, negated.
-                    let v: f64 = c.iter().zip(yi).map(|(c, y)| c * y).sum::<f64>() + goal.k[q];
-                    (q, v)
-                })
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map_or(0, |(q, _)| q);
+            let worst = goal.worst_row(yi);
             // Descend the row's objective (ascend the constraint).
             for (o, c) in rows[i * outputs..(i + 1) * outputs]
                 .iter_mut()

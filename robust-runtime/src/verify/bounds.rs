@@ -467,9 +467,9 @@ fn adam(
 }
 
 /// The pre-activation bounds of every ReLU layer over the box `[lo, hi]`: the first layer's
-/// exactly (an affine map of a box), each later one by α-CROWN on its neurons (each neuron's
-/// lower and upper bound its own objective, `schedule.iterations` steps), intersected with
-/// the interval bound from the layer before. `chunk` rows run at a time.
+/// exactly (an affine map of a box), each later one by the interval bound from the layer
+/// before, tightened by α-CROWN on the neurons that leaves unstable (each neuron's lower and
+/// upper bound its own objective, `schedule.iterations` steps). `chunk` rows run at a time.
 pub(crate) fn layer_bounds(
     net: &Net,
     (lo, hi): (&[f64], &[f64]),
@@ -490,10 +490,11 @@ pub(crate) fn layer_bounds(
         };
         let (mut l, mut u) = interval(&net.layers[m], &in_lo, &in_hi);
         if m > 0 {
-            // Rows `±e_j`: the lower bound of z_j and of −z_j.
-            let rows_all: Vec<(usize, f64)> = (0..n)
-                .map(|j| (j, 1.0))
-                .chain((0..n).map(|j| (j, -1.0)))
+            // Rows `±e_j`: the lower bound of z_j and of −z_j, for the neurons the interval
+            // leaves unstable (a stable one's relaxation is exact whatever its bounds).
+            let unstable: Vec<usize> = (0..n).filter(|&j| l[j] < 0.0 && u[j] > 0.0).collect();
+            let rows_all: Vec<(usize, f64)> = (unstable.iter().map(|&j| (j, 1.0)))
+                .chain(unstable.iter().map(|&j| (j, -1.0)))
                 .collect();
             for part in rows_all.chunks(chunk.max(1)) {
                 let rows = part.len();
@@ -522,6 +523,39 @@ pub(crate) fn layer_bounds(
         upper.push(u);
     }
     (lower, upper)
+}
+
+/// Lower bounds of the objective rows `c·y + k` (on the network's output) from the last ReLU
+/// layer's pre-activation bounds alone: the objective's coefficients on that layer's outputs
+/// against the box `[relu(l), relu(u)]` (interval bound propagation's last step, with the
+/// objective folded into the last layer).
+pub(crate) fn interval_objective(
+    net: &Net,
+    lower: &[Vec<f64>],
+    upper: &[Vec<f64>],
+    c: &[f64],
+    k: &[f64],
+) -> Vec<f64> {
+    let last = net.layers.last().expect("a layer");
+    let (lo, hi): (Vec<f64>, Vec<f64>) = match (lower.last(), upper.last()) {
+        (Some(l), Some(u)) => (
+            l.iter().map(|v| v.max(0.0)).collect(),
+            u.iter().map(|v| v.max(0.0)).collect(),
+        ),
+        _ => return vec![f64::NEG_INFINITY; k.len()],
+    };
+    (c.chunks(last.d_out).zip(k))
+        .map(|(row, &k)| {
+            let mut v = k + row.iter().zip(&last.b).map(|(a, b)| a * b).sum::<f64>();
+            for j in 0..last.d_in {
+                let g: f64 = (0..last.d_out)
+                    .map(|o| row[o] * last.w[o * last.d_in + j])
+                    .sum();
+                v += if g >= 0.0 { g * lo[j] } else { g * hi[j] };
+            }
+            v
+        })
+        .collect()
 }
 
 /// The interval image of the box `[lo, hi]` under an affine layer.

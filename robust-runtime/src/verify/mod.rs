@@ -126,7 +126,7 @@ pub struct Outcome {
 ///
 /// # Errors
 /// [`Error::NotCertifiable`] for a model that is not a chain of affine layers and ReLUs the
-/// engine holds; [`Error::Param`] when the property's sizes differ from the model's.
+/// engine holds; [`Error::InvalidParameter`] when the property's sizes differ from the model's.
 pub fn verify(model: &Model, property: &Property, options: &Options) -> Result<Outcome> {
     let started = Instant::now();
     let net = bounds::Net::new(model.affine_chain()?);
@@ -147,7 +147,9 @@ pub fn verify(model: &Model, property: &Property, options: &Options) -> Result<O
     }
     let search = bab::search(&net, property, options, started);
     let verdict = match search.verdict {
-        Verdict::Falsified(x) if !violates_f32(model, property, &x)? => Verdict::Unknown,
+        Verdict::Falsified(x) => {
+            checked_f32(model, property, &x)?.map_or(Verdict::Unknown, Verdict::Falsified)
+        }
         v => v,
     };
     Ok(Outcome {
@@ -159,18 +161,36 @@ pub fn verify(model: &Model, property: &Property, options: &Options) -> Result<O
     })
 }
 
-/// Whether `x` violates `property` on the model's own forward pass, in f32 (the input as the
-/// f32 values nearest to it, kept in the box).
-fn violates_f32(model: &Model, property: &Property, x: &[f64]) -> Result<bool> {
+/// The model's outputs at `x` (one sample, its values in the model's input order), in f32 as
+/// the model computes them.
+///
+/// # Errors
+/// When `x` does not have the model's input size, or the outputs are not finite.
+pub fn outputs(model: &Model, x: &[f64]) -> Result<Vec<f64>> {
     let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-    let back: Vec<f64> = x32.iter().map(|&v| f64::from(v)).collect();
-    if !property.contains(&back) {
-        return Ok(false);
-    }
     let mut shape = vec![1];
     shape.extend(model.input_shape().unwrap_or(&[x.len()]));
     let t = Tensor::from_vec(x32, shape, &Device::Cpu)?;
     let y = model.checked_logits(&t)?;
-    let y: Vec<f64> = y[0].iter().map(|&v| f64::from(v)).collect();
-    Ok(property.violated(&y))
+    Ok(y[0].iter().map(|&v| f64::from(v)).collect())
+}
+
+/// `x` as f32 values (the nearest, or the next one inside the box where the nearest is outside),
+/// when those lie in `property`'s box and violate it on the model's own forward pass.
+fn checked_f32(model: &Model, property: &Property, x: &[f64]) -> Result<Option<Vec<f64>>> {
+    // The nearest f32, stepped back inside the box where rounding left it.
+    let back: Vec<f64> = (x.iter().zip(property.lower.iter().zip(&property.upper)))
+        .map(|(&v, (&lo, &hi))| {
+            let mut r = v as f32;
+            if f64::from(r) < lo {
+                r = r.next_up();
+            }
+            if f64::from(r) > hi {
+                r = r.next_down();
+            }
+            f64::from(r)
+        })
+        .collect();
+    let holds = property.contains(&back) && property.violated(&outputs(model, &back)?);
+    Ok(holds.then_some(back))
 }
