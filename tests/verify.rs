@@ -330,3 +330,19 @@ fn refuse_what_verification_cannot_take() -> robust_runtime::Result<()> {
     assert!(Property::misclassified(&[0.5], 0.1, (0.0, 1.0), 2, 2).is_err());
     Ok(())
 }
+
+/// The attribute's way in: `certify = ["alpha-crown", "bab"]` on the shipped MLP, `bab` with
+/// its per-sample `timeout` (two tests: `alpha_crown_eps_0_03` and `bab_eps_0_03`).
+#[robustness_test(
+    certify = ["alpha-crown", "bab"],
+    eps = 0.03,
+    min_certified_acc = 0.7,
+    samples = 10,
+    timeout = 1.0
+)]
+fn mnist_mlp_verified() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::from_model(
+        common::mlp()?,
+        common::test_digits(10)?,
+    ))
+}

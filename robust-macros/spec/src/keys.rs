@@ -251,7 +251,7 @@ keys! {
         /// certifiers; one test each per radius
         "certify": Ty::Names("certifier", crate::names::CERTIFIERS), [CERTIFY], "required", false;
         /// radius in input units (L∞ for `ibp`/`crown`); one test each (one value for `linf`/`l2` perturbations)
-        "eps": Ty::Radii, [Scope::Family(crate::names::EPS_FAMILIES), ATTACK, CERTIFY], "required for attacks, ibp and crown", false;
+        "eps": Ty::Radii, [Scope::Family(crate::names::EPS_FAMILIES), ATTACK, CERTIFY], "required for attacks and L∞ certifiers", false;
         /// L2 radius smoothing certifies; one test each
         "radius": Ty::Radii, [SMOOTHING], "required for smoothing", false;
         /// where the runtime is, for a renamed dependency

@@ -168,7 +168,7 @@ impl Spec {
                         ("eps", &self.eps)
                     };
                     list.iter().map(move |r| Case {
-                        name: format!("{certifier}_{key}_{}", r.name_part()),
+                        name: format!("{}_{key}_{}", identifier_chars(certifier), r.name_part()),
                         test: CaseKind::Certify {
                             certifier,
                             radius: r,
