@@ -507,6 +507,48 @@ mod should {
     use super::*;
 
     #[test]
+    fn read_the_verify_options_and_refuse_bad_ones() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = parse_verify(&args(
+            "m.onnx p.vnnlib --timeout 30 --counterexample ce.txt",
+        ))
+        .unwrap();
+        assert_eq!(
+            o,
+            VerifyOptions {
+                model: "m.onnx".into(),
+                property: "p.vnnlib".into(),
+                timeout: 30.0,
+                counterexample: Some("ce.txt".into()),
+            }
+        );
+        assert_eq!(
+            parse_verify(&args("m.onnx p.vnnlib")).unwrap().timeout,
+            120.0
+        );
+        for (bad, says) in [
+            ("m.onnx", "got 1 file"),
+            ("m.onnx p.vnnlib q.vnnlib", "got 3 file"),
+            ("m.onnx p.vnnlib --timeout", "needs a value"),
+            ("m.onnx p.vnnlib --timeout -3", "positive"),
+            ("m.onnx p.vnnlib --timeout inf", "positive"),
+            ("m.onnx p.vnnlib --fast", "unknown option `--fast`"),
+        ] {
+            let e = parse_verify(&args(bad)).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn write_counterexamples_as_vnncomp_reads_them() {
+        let text = counterexample_text(&[0.5, 0.25], &[1.0, -2.0]);
+        assert_eq!(
+            text,
+            "sat\n((X_0 5e-1)\n (X_1 2.5e-1)\n (Y_0 1e0)\n (Y_1 -2e0))\n"
+        );
+    }
+
+    #[test]
     fn read_the_run_options_and_refuse_unknown_ones() {
         let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
         let o = parse_run(&args("s.toml --junit j.xml --filter pgd --include-ignored")).unwrap();

@@ -153,9 +153,8 @@ pub(super) fn search(
                 // to the optimiser, so a counterexample lies near the bound's corner.
                 let d0 = net.inputs();
                 let corner = best.map(|p| root.corner[p * d0..(p + 1) * d0].to_vec());
-                let mut xs: Vec<Vec<f64>> = corner.into_iter().collect();
-                xs.extend(local_search(net, (lo, hi), goal, &xs.clone(), 200));
-                if let Some(x) = first_violation(net, property, &xs) {
+                let found = corner.and_then(|x| descend(net, property, x, |_| goal, 200, 0.1));
+                if let Some(x) = found {
                     return Search {
                         verdict: Verdict::Falsified(x),
                         branches: 0,
@@ -213,7 +212,7 @@ pub(super) fn search(
             }
             let take = stack.len().min(options.batch);
             let parents: Vec<Domain> = stack.split_off(stack.len() - take);
-            let step = expand(net, (lo, hi), (&lower, &upper), goal, parents, options);
+            let step = expand(net, property, (&lower, &upper), goal, parents, options);
             branches += step.children.len() + step.closed;
             proved += step.share;
             if let Some(x) = first_violation(net, property, &step.candidates) {
@@ -268,12 +267,13 @@ struct Expanded {
 /// from the parent) and keeps those the bound does not close.
 fn expand(
     net: &Net,
-    (lo, hi): (&[f64], &[f64]),
+    property: &Property,
     (lower, upper): (&[Vec<f64>], &[Vec<f64>]),
     goal: &Goal,
     parents: Vec<Domain>,
     options: &Options,
 ) -> Expanded {
+    let (lo, hi) = (&property.lower[..], &property.upper[..]);
     let widths = net.widths();
     let children: Vec<Vec<(u32, u32, bool)>> = parents
         .iter()
@@ -356,9 +356,8 @@ fn expand(
         if candidates.is_empty() {
             // Every neuron is fixed: the network is affine on this branch, and a bound that stays
             // at or below zero is the relaxation's, or a counterexample near its corner.
-            let start = [corner.clone()];
             out.candidates
-                .extend(local_search(net, (lo, hi), goal, &start, 200));
+                .extend(descend(net, property, corner.clone(), |_| goal, 200, 0.1));
             out.candidates.push(corner);
             out.exhausted = true;
             continue;
@@ -599,43 +598,9 @@ fn first_violation(net: &Net, property: &Property, xs: &[Vec<f64>]) -> Option<Ve
         .map(|(_, x)| x.clone())
 }
 
-/// Signed-gradient descent on `goal`'s least satisfied row from each of `starts`, in the box,
-/// `steps` steps from a tenth of the box's width decaying linearly; the end points.
-fn local_search(
-    net: &Net,
-    (lo, hi): (&[f64], &[f64]),
-    goal: &Goal,
-    starts: &[Vec<f64>],
-    steps: usize,
-) -> Vec<Vec<f64>> {
-    let (d0, outputs, n) = (net.inputs(), net.outputs(), starts.len());
-    let mut x: Vec<f64> = starts.iter().flatten().copied().collect();
-    for t in 0..steps {
-        let z = net.forward(&x, n);
-        let y = z.last().expect("a layer");
-        let mut rows = vec![0.0; n * outputs];
-        for i in 0..n {
-            let yi = &y[i * outputs..(i + 1) * outputs];
-            let worst = goal.worst_row(yi);
-            (rows[i * outputs..(i + 1) * outputs].iter_mut())
-                .zip(&goal.c[worst * outputs..(worst + 1) * outputs])
-                .for_each(|(o, c)| *o = *c);
-        }
-        let g = net.input_gradient(&z, &rows, n);
-        let frac = 0.1 * (1.0 - t as f64 / steps as f64) + 0.001;
-        for i in 0..n {
-            for j in 0..d0 {
-                let k = i * d0 + j;
-                x[k] = (x[k] - frac * (hi[j] - lo[j]) * g[k].signum()).clamp(lo[j], hi[j]);
-            }
-        }
-    }
-    x.chunks(d0.max(1)).map(<[f64]>::to_vec).collect()
-}
-
-/// PGD on each disjunct: `options.restarts` random starts in the box, `options.steps` signed
-/// gradient steps on the disjunct's least satisfied constraint, a step from a quarter of the
-/// box's width decaying linearly. Returns an input that violates the property.
+/// PGD on each disjunct: `options.restarts` random starts in the box, then [`descend`] from
+/// each, a step from a quarter of the box's width down. Returns an input that violates the
+/// property.
 fn attack(
     net: &Net,
     property: &Property,
@@ -644,48 +609,61 @@ fn attack(
     rng: &mut Rng,
 ) -> Option<Vec<f64>> {
     let (lo, hi) = (&property.lower, &property.upper);
-    let d0 = net.inputs();
-    let outputs = net.outputs();
     let n = goals.len() * options.restarts;
+    let starts: Vec<f64> = (0..n)
+        .flat_map(|_| lo.iter().zip(hi.iter()))
+        .map(|(&l, &h)| if h > l { rng.uniform(l, h) } else { l })
+        .collect();
+    descend(
+        net,
+        property,
+        starts,
+        |i| &goals[i / options.restarts],
+        options.steps,
+        0.25,
+    )
+}
+
+/// Signed-gradient descent from each start (`n × d_0`, in the box) on its goal's least
+/// satisfied row (the violation constraint furthest from holding), `steps` steps from `first`
+/// of the box's width decaying linearly, kept in the box. Returns the first point found to
+/// violate the property on the network, checked before each step and at the end.
+fn descend<'g>(
+    net: &Net,
+    property: &Property,
+    mut x: Vec<f64>,
+    goal_of: impl Fn(usize) -> &'g Goal,
+    steps: usize,
+    first: f64,
+) -> Option<Vec<f64>> {
+    let (lo, hi) = (&property.lower, &property.upper);
+    let (d0, outputs) = (net.inputs(), net.outputs());
+    let n = x.len() / d0.max(1);
     if n == 0 {
         return None;
     }
-    let mut x: Vec<f64> = (0..n)
-        .flat_map(|_| (0..d0).map(|j| (lo[j], hi[j])).collect::<Vec<_>>())
-        .map(|(l, h)| if h > l { rng.uniform(l, h) } else { l })
-        .collect();
-    for t in 0..options.steps {
+    for t in 0..=steps {
         let z = net.forward(&x, n);
         let y = z.last().expect("a layer");
-        // The constraint furthest from holding, per start: its gradient ascends.
+        if let Some(i) = (0..n).find(|&i| property.violated(&y[i * outputs..(i + 1) * outputs])) {
+            return Some(x[i * d0..(i + 1) * d0].to_vec());
+        }
+        if t == steps {
+            break;
+        }
         let mut rows = vec![0.0; n * outputs];
         for i in 0..n {
-            let goal = &goals[i / options.restarts];
-            let yi = &y[i * outputs..(i + 1) * outputs];
-            if property.violated(yi) {
-                return Some(x[i * d0..(i + 1) * d0].to_vec());
-            }
-            let worst = goal.worst_row(yi);
-            // Descend the row's objective (ascend the constraint).
-            for (o, c) in rows[i * outputs..(i + 1) * outputs]
-                .iter_mut()
-                .zip(&goal.c[worst * outputs..(worst + 1) * outputs])
-            {
-                *o = -c;
-            }
+            let goal = goal_of(i);
+            let worst = goal.worst_row(&y[i * outputs..(i + 1) * outputs]);
+            rows[i * outputs..(i + 1) * outputs]
+                .copy_from_slice(&goal.c[worst * outputs..(worst + 1) * outputs]);
         }
         let g = net.input_gradient(&z, &rows, n);
-        let frac = 0.25 * (1.0 - t as f64 / options.steps as f64) + 0.01;
-        for i in 0..n {
-            for j in 0..d0 {
-                let k = i * d0 + j;
-                let step = frac * (hi[j] - lo[j]);
-                x[k] = (x[k] + step * g[k].signum()).clamp(lo[j], hi[j]);
-            }
+        let frac = first * (1.0 - t as f64 / steps as f64) + first / 25.0;
+        for (k, x) in x.iter_mut().enumerate() {
+            let j = k % d0;
+            *x = (*x - frac * (hi[j] - lo[j]) * g[k].signum()).clamp(lo[j], hi[j]);
         }
     }
-    let y = net.forward(&x, n).pop().unwrap_or_default();
-    (0..n)
-        .find(|&i| property.violated(&y[i * outputs..(i + 1) * outputs]))
-        .map(|i| x[i * d0..(i + 1) * d0].to_vec())
+    None
 }
