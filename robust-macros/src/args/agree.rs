@@ -62,7 +62,7 @@ fn base(scope: Scope) -> Vec<(&'static str, String)> {
             ("min_invariance", s("0.9")),
         ],
         Scope::Certify => vec![
-            ("certify", s(r#"["ibp", "crown"]"#)),
+            ("certify", s(r#"["ibp", "crown", "bab"]"#)),
             ("eps", s("[8e-3, 0.1]")),
             ("min_certified_acc", s("0.5")),
         ],
