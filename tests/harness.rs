@@ -298,7 +298,7 @@ fn base(scope: Scope) -> Vec<(&'static str, String)> {
             ("min_invariance", s("0.9")),
         ],
         Scope::Certify => vec![
-            ("certify", s("\"ibp\"")),
+            ("certify", s("\"bab\"")),
             ("eps", s("0.1")),
             ("min_certified_acc", s("0.5")),
         ],
