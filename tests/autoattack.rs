@@ -100,12 +100,12 @@ fn the_cascade_reports_each_stage_and_beats_each_member() -> R {
     let ensemble = Ensemble::autoattack(0.05, &params)?;
     let report = run(&ensemble, 200)?;
     println!("{report}");
-    assert_eq!(report.stages.len(), 3, "APGD-CE, APGD-T, Square");
+    assert_eq!(report.stages.len(), 4, "APGD-CE, APGD-T, FAB-T, Square");
     assert!(report
         .stages
         .windows(2)
         .all(|w| w[0].robust_correct >= w[1].robust_correct));
-    assert_eq!(report.stages[2].robust_correct, report.robust_correct);
+    assert_eq!(report.stages[3].robust_correct, report.robust_correct);
     assert!(report.stages[0].robust_correct <= report.clean_correct);
     for member in ensemble.members() {
         let alone = run(member.as_ref(), 200)?;

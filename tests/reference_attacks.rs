@@ -56,6 +56,7 @@ fn attack_for(case: &Value) -> Option<Box<dyn Attack>> {
                 norm: Norm::Linf,
                 queries: int("n_queries", 5000),
                 p_init: args["p_init"].as_f64().unwrap_or(0.8),
+                ..SquareConfig::default()
             })
             .ok()?,
         ),

@@ -171,12 +171,21 @@ impl Model {
     /// twin, with the same forward pass, normalisation, domain and name (`<name> (BPDA)`);
     /// `None` otherwise.
     pub fn adaptive(&self) -> Option<Model> {
+        self.adaptive_with_draws(None)
+    }
+
+    /// [`Model::adaptive`], its gradients averaged over `draws` instead of the twin's own when
+    /// the twin is randomized (AutoAttack's `rand` version takes 20).
+    pub(crate) fn adaptive_with_draws(&self, draws: Option<usize>) -> Option<Model> {
         let twin = self.adaptive.clone()?;
         let mut model = Model::new(Shared(twin.module))
             .with_domain(self.domain)
             .named(format!("{} ({})", self.name, twin.method));
         model.normalize = self.normalize.clone();
-        model.eot = twin.eot;
+        model.eot = match draws {
+            Some(d) if twin.eot > 1 => d,
+            _ => twin.eot,
+        };
         Some(model)
     }
 

@@ -322,6 +322,7 @@ fn check(spec: &Spec, written: &[&'static str], has: &dyn Fn(&str) -> bool, issu
         Kind::Attack => {
             check_attack(has, issues);
             check_norm(spec, issues);
+            check_attack_only_keys(spec, written, issues);
         }
     }
     // With neither `attack` nor `perturbation`, or both, the kind of test is unknown: its
@@ -362,6 +363,30 @@ fn check_attack(has: &dyn Fn(&str) -> bool, issues: &mut Issues) {
              assert, the lowest acceptable robust accuracy (`min_acc = 0.6`) and/or the \
              largest acceptable drop from clean accuracy (`max_drop = 0.2`)",
         );
+    }
+}
+
+/// The keys of one attack (`version` of `autoattack`, `rescale_schedule` of `square`) are
+/// not written beside attacks that would ignore them. Each generated test checks the keys written
+/// for the whole list, so one listed attack that takes the key is enough.
+fn check_attack_only_keys(spec: &Spec, written: &[&str], issues: &mut Issues) {
+    for (key, attack, what) in [
+        ("version", "autoattack", "AutoAttack's version"),
+        (
+            "rescale_schedule",
+            "square",
+            "the Square attack's schedule of square sizes",
+        ),
+    ] {
+        if written.contains(&key) && !spec.attacks.contains(&attack) {
+            issues.at(
+                At::Key(key),
+                format!(
+                    "`{key}` sets {what}; it needs `attack = \"{attack}\"`, which this test \
+                     does not run"
+                ),
+            );
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! tests it belongs to, its default and a one-line doc. The attribute, the TOML suite, the
 //! runtime's builders and the README's key table all come from this table.
 
-use crate::names::{DEVICES, LOSSES, MASKING, NORMS};
+use crate::names::{AUTOATTACK_VERSIONS, DEVICES, LOSSES, MASKING, NORMS};
 use crate::ty::{self, Given, Ty};
 use crate::value::Value;
 
@@ -272,12 +272,16 @@ keys! {
         targeted: bool = Ty::Bool, [ATTACK], "false";
         /// cross-entropy, Carlini–Wagner margin, or DLR
         loss: &'static str = Ty::Name("loss", LOSSES), [ATTACK], "`\"ce\"`";
-        /// APGD-T / autoattack: wrong classes targeted
+        /// APGD-T / FAB-T / autoattack: wrong classes targeted
         target_classes: usize = Ty::Count(1), [ATTACK], "9";
         /// Square: forward passes per sample
         queries: usize = Ty::Count(1), [ATTACK], "5000";
         /// Square: initial square size, as a fraction of the pixels
         p_init: f64 = Ty::AtMost(1.0), [ATTACK], "0.8";
+        /// Square: fit the schedule of square sizes to `queries` (`autoattack`'s Square never does, as AutoAttack)
+        rescale_schedule: bool = Ty::Bool, [ATTACK], "true";
+        /// autoattack: `standard` (APGD-CE, APGD-T, FAB-T, Square) or `rand` (APGD-CE, APGD-DLR with EOT over 20 draws)
+        version: &'static str = Ty::Name("version", AUTOATTACK_VERSIONS), [ATTACK], "`\"standard\"`; `rand` for a randomized model's adaptive run";
         /// C&W: logit margin κ
         kappa: f64 = Ty::NonNegative, [ATTACK], "0";
         /// C&W: rounds of binary search over c

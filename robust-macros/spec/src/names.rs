@@ -12,7 +12,13 @@ pub const ATTACKS: &[&str] = &[
     "square",
     "cw",
     "deepfool",
+    "fab",
+    "fab-t",
 ];
+
+/// `version = "…"` of `autoattack`: AutoAttack's standard cascade, or its version for
+/// randomized defences.
+pub const AUTOATTACK_VERSIONS: &[&str] = &["standard", "rand"];
 
 /// The attacks that exist for one norm only, with that norm: `norm = "linf"` beside them is a
 /// mistake the attribute reports at compile time.
@@ -80,4 +86,5 @@ pub const ALL: &[(&str, &[&str])] = &[
     ("loss", LOSSES),
     ("device", DEVICES),
     ("masking_checks", MASKING),
+    ("version", AUTOATTACK_VERSIONS),
 ];

@@ -317,17 +317,7 @@ fn mask(values: &[u8], like: &Tensor) -> Result<Tensor> {
 
 impl Attack for Apgd {
     fn check_classes(&self, num_classes: usize) -> Result<()> {
-        if self.cfg.target_classes >= num_classes {
-            return Err(Error::param(
-                "target_classes",
-                self.cfg.target_classes,
-                format!(
-                    "at most {} (the model's classes minus one)",
-                    num_classes.saturating_sub(1)
-                ),
-            ));
-        }
-        Ok(())
+        super::check_target_classes(self.cfg.target_classes, num_classes)
     }
 
     fn id(&self) -> &'static str {

@@ -1,14 +1,24 @@
 //! Ensembles run as a per-sample cascade, as AutoAttack does (Croce & Hein, ICML 2020): each
 //! member attacks only the samples that every earlier member failed to break, and the report
-//! gives the robust accuracy after each stage. `autoattack` is the standard version: APGD-CE,
-//! then APGD-T (9 target classes), then the black-box Square attack (5,000 queries), all in the
-//! same threat model (AutoAttack's FAB-T is not included).
+//! gives the robust accuracy after each stage.
+//!
+//! `autoattack` comes in AutoAttack's versions ([`Version`]), with the reference code's settings
+//! (`autoattack.py`, `set_version`):
+//!
+//! | version | members |
+//! |---|---|
+//! | `standard` (default) | APGD-CE (1 restart) → APGD-T (9 targets) → FAB-T (9 targets) → Square (5,000 queries, schedule of 10,000) |
+//! | `rand`, for randomized defences | APGD-CE → APGD-DLR, each with the gradient averaged over 20 draws (EOT) |
+//!
+//! A model the runtime knows is randomized (the EOT twin of a random preprocessing) is attacked
+//! with the `rand` version in its adaptive run ([`Attack::randomized_version`]), as the reference
+//! code's authors ask of randomized defences.
 
 use candle_core::Tensor;
 
 use super::{
-    kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Loss, Square, SquareConfig,
-    ThreatModel,
+    kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Fab, FabConfig, Loss, Square,
+    SquareConfig, ThreatModel,
 };
 use crate::model::Model;
 use crate::rng::Rng;
@@ -18,6 +28,37 @@ use crate::{Error, Result};
 pub struct Ensemble {
     name: &'static str,
     members: Vec<Box<dyn Attack>>,
+    /// AutoAttack's `rand` version, for a randomized model (with its EOT draws).
+    randomized: Option<(Box<Ensemble>, usize)>,
+}
+
+/// Gradient draws of AutoAttack's `rand` version (`eot_iter = 20`).
+pub const RAND_EOT_DRAWS: usize = 20;
+
+/// Which AutoAttack `autoattack` runs (`version = "…"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Version {
+    /// APGD-CE → APGD-T → FAB-T → Square, as papers and RobustBench report; a randomized
+    /// model's adaptive run gets the `rand` version.
+    #[default]
+    Standard,
+    /// APGD-CE → APGD-DLR with EOT over 20 draws, for randomized defences.
+    Rand,
+}
+
+impl Version {
+    /// Names accepted by [`Version::from_name`].
+    pub const NAMES: &'static [&'static str] = robust_spec::names::AUTOATTACK_VERSIONS;
+
+    /// `"standard"` or `"rand"`.
+    pub fn from_name(name: &str) -> crate::Result<Self> {
+        match name {
+            "standard" => Ok(Version::Standard),
+            "rand" => Ok(Version::Rand),
+            other => Err(Error::unknown("version", other, Self::NAMES)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -56,13 +97,18 @@ impl Ensemble {
                 "members with the same norm and ε",
             ));
         }
-        Ok(Ensemble { name, members })
+        Ok(Ensemble {
+            name,
+            members,
+            randomized: None,
+        })
     }
 
-    /// The standard AutoAttack cascade at `eps`: APGD-CE, APGD-T (DLR, 9 targets), Square,
-    /// with `params.steps` / `params.restarts` / `params.target_classes` / `params.queries`
-    /// overriding the defaults (100 steps, 1 restart, 9 targets, 5,000 queries). APGD-T's DLR loss needs a model with at least 4
-    /// classes: on fewer, the run stops with a typed error saying so.
+    /// AutoAttack at `eps` in the version `params.version` (see the module docs), with
+    /// `params.steps` / `params.restarts` / `params.target_classes` / `params.queries`
+    /// overriding the defaults (100 steps, 1 restart, 9 targets, 5,000 queries). APGD-T's DLR
+    /// loss needs a model with at least 4 classes, the `rand` version's APGD-DLR 3: on fewer, the
+    /// run stops with a typed error saying so.
     pub fn autoattack(eps: f64, params: &AttackParams) -> Result<Self> {
         let d = ApgdConfig::default();
         let cfg = ApgdConfig {
@@ -72,20 +118,53 @@ impl Ensemble {
             restarts: params.restarts.unwrap_or(d.restarts),
             ..d
         };
+        // The rand version: APGD-CE then APGD-DLR, with EOT over 20 draws on a randomized model.
+        let rand = || -> Result<Ensemble> {
+            Ensemble::new(
+                "autoattack",
+                vec![
+                    Box::new(Apgd::new(ApgdConfig {
+                        loss: Loss::CrossEntropy,
+                        ..cfg
+                    })?),
+                    Box::new(Apgd::new(ApgdConfig {
+                        loss: Loss::Dlr,
+                        ..cfg
+                    })?),
+                ],
+            )
+        };
+        if params.version == Version::Rand {
+            let mut version = rand()?;
+            version.randomized = Some((Box::new(rand()?), RAND_EOT_DRAWS));
+            return Ok(version);
+        }
+        let targets = params.target_classes.unwrap_or(9);
+        let fab = FabConfig {
+            eps,
+            norm: params.norm,
+            steps: params.steps.unwrap_or(FabConfig::default().steps),
+            restarts: params.restarts.unwrap_or(1),
+            ..FabConfig::default()
+        };
         let members: Vec<Box<dyn Attack>> = vec![
             Box::new(Apgd::new(ApgdConfig {
                 loss: Loss::CrossEntropy,
                 ..cfg
             })?),
-            Box::new(Apgd::targeted(cfg, params.target_classes.unwrap_or(9))?),
+            Box::new(Apgd::targeted(cfg, targets)?),
+            Box::new(Fab::targeted(fab, targets)?),
             Box::new(Square::new(SquareConfig {
                 eps,
                 norm: params.norm,
                 queries: params.queries.unwrap_or(SquareConfig::default().queries),
                 p_init: params.p_init.unwrap_or(SquareConfig::default().p_init),
+                rescale_schedule: false,
             })?),
         ];
-        Ensemble::new("autoattack", members)
+        let mut standard = Ensemble::new("autoattack", members)?;
+        standard.randomized = Some((Box::new(rand()?), RAND_EOT_DRAWS));
+        Ok(standard)
     }
 
     /// The members, in order.
@@ -169,6 +248,12 @@ impl Attack for Ensemble {
 
     fn as_ensemble(&self) -> Option<&Ensemble> {
         Some(self)
+    }
+
+    fn randomized_version(&self) -> Option<(&dyn Attack, usize)> {
+        self.randomized
+            .as_ref()
+            .map(|(e, draws)| (e.as_ref() as &dyn Attack, *draws))
     }
 
     fn check_classes(&self, num_classes: usize) -> Result<()> {

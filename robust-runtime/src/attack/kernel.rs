@@ -115,6 +115,28 @@ pub(crate) fn logits_and_class_grads(model: &Model, x: &Tensor) -> Result<(Tenso
     Ok((logits.detach(), Tensor::stack(&grads, 1)?))
 }
 
+/// The logits at `x` (`N × C`, f32) and the input gradient of `Σ_n ⟨cotangent_n, z(x_n)⟩`: per
+/// sample, the gradient of its own weighted sum of logits (FAB-T's `∇(z_t − z_y)`). One forward
+/// and one backward pass.
+pub(crate) fn logits_and_vjp(
+    model: &Model,
+    x: &Tensor,
+    cotangent: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    if let Some(engine) = model.engine_for(x) {
+        let (logits, (), grad) = engine.forward_backward(x, |_| Ok(((), cotangent.clone())))?;
+        return Ok((logits, grad));
+    }
+    let var = Var::from_tensor(&x.detach())?;
+    let logits = model.logits(var.as_tensor())?.to_dtype(DType::F32)?;
+    let g = (&logits * cotangent)?.sum_all()?.backward()?;
+    let grad = match g.get(var.as_tensor()) {
+        Some(g) => g.to_dtype(DType::F32)?,
+        None => x.zeros_like()?.to_dtype(DType::F32)?,
+    };
+    Ok((logits.detach(), grad))
+}
+
 /// One ascent step of size `alpha` along `grad` in the geometry of `norm`.
 pub(crate) fn ascend(x: &Tensor, grad: &Tensor, norm: Norm, alpha: f64) -> Result<Tensor> {
     let step = match norm {

@@ -14,10 +14,11 @@
 //! | [`Square`] | `square.rs` | Andriushchenko, Croce, Flammarion & Hein 2020 |
 //! | [`CarliniWagner`] | `cw.rs` | Carlini & Wagner 2017 |
 //! | [`DeepFool`] | `deepfool.rs` | Moosavi-Dezfooli, Fawzi & Frossard 2016 |
+//! | [`Fab`] (`fab`, `fab-t`) | `fab.rs` | Croce & Hein 2020 (FAB) |
 //!
 //! The forward pass, input gradient and projection that they share live in `kernel.rs`.
 //!
-//! C&W and DeepFool are *minimal-perturbation* attacks: they look for the smallest perturbation
+//! C&W, DeepFool and FAB are *minimal-perturbation* attacks: they look for the smallest perturbation
 //! that changes the prediction, with no ε bound ([`Attack::minimal_perturbation`]). Their
 //! [`Attack::perturb`] keeps a sample's adversarial input only when its norm is within ε, so
 //! ε keeps meaning the budget, and one unbounded run gives the whole ε-sweep.
@@ -42,6 +43,7 @@ mod apgd;
 mod cw;
 mod deepfool;
 mod ensemble;
+mod fab;
 mod fgsm;
 pub(crate) mod kernel;
 mod loss;
@@ -53,7 +55,8 @@ use candle_core::Tensor;
 pub use apgd::{Apgd, ApgdConfig};
 pub use cw::{CarliniWagner, CwConfig};
 pub use deepfool::{DeepFool, DeepFoolConfig};
-pub use ensemble::{CascadeOutcome, Ensemble};
+pub use ensemble::{CascadeOutcome, Ensemble, Version, RAND_EOT_DRAWS};
+pub use fab::{Fab, FabConfig};
 pub use fgsm::{Fgsm, FgsmConfig};
 pub use loss::Loss;
 pub use pgd::{Pgd, PgdConfig};
@@ -245,6 +248,13 @@ pub trait Attack {
         None
     }
 
+    /// The attack to run instead on a randomized model (the EOT twin of a random defence), with
+    /// the gradient draws it averages over: AutoAttack's `rand` version for `autoattack`.
+    /// `None`: the attack itself, with the twin's draws.
+    fn randomized_version(&self) -> Option<(&dyn Attack, usize)> {
+        None
+    }
+
     /// Rejects a configuration that cannot run on a model with `num_classes` outputs
     /// (APGD-T's `target_classes`), before any sample is attacked: an ensemble checks every
     /// member, including those that no sample may reach.
@@ -273,6 +283,22 @@ pub trait Attack {
         let _ = (model, batch, rng);
         Ok(None)
     }
+}
+
+/// A targeted attack against the `target_classes` most likely wrong classes needs that many
+/// wrong classes (0: untargeted, always fine).
+pub(crate) fn check_target_classes(target_classes: usize, num_classes: usize) -> Result<()> {
+    if target_classes >= num_classes.max(1) {
+        return Err(Error::param(
+            "target_classes",
+            target_classes,
+            format!(
+                "at most {} (the model's classes minus one)",
+                num_classes.saturating_sub(1)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `perturb` of a minimal-perturbation attack: its unbounded result, kept per sample only where
@@ -333,6 +359,11 @@ pub struct AttackParams {
     pub learning_rate: Option<f64>,
     /// Factor by which the last step overshoots the boundary (DeepFool, default 0.02; ≥ 0).
     pub overshoot: Option<f64>,
+    /// Fit Square's schedule of square sizes to `queries` (standalone Square, default true;
+    /// `autoattack`'s Square never does, as AutoAttack).
+    pub rescale_schedule: Option<bool>,
+    /// Which AutoAttack `autoattack` runs (default [`Version::Standard`]).
+    pub version: Version,
 }
 
 /// The attack called `name` at radius `eps`. `"cw"` is an L2 attack: with `norm` L∞ it is an
@@ -380,6 +411,7 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
                 norm: params.norm,
                 queries: params.queries.unwrap_or(d.queries),
                 p_init: params.p_init.unwrap_or(d.p_init),
+                rescale_schedule: params.rescale_schedule.unwrap_or(d.rescale_schedule),
             })?))
         }
         "cw" => {
@@ -399,6 +431,21 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
                 initial_const: params.initial_const.unwrap_or(d.initial_const),
                 learning_rate: params.learning_rate.unwrap_or(d.learning_rate),
             })?))
+        }
+        "fab" | "fab-t" => {
+            let d = FabConfig::default();
+            let cfg = FabConfig {
+                eps,
+                norm: params.norm,
+                steps: params.steps.unwrap_or(d.steps),
+                restarts: params.restarts.unwrap_or(d.restarts),
+                ..d
+            };
+            Ok(Box::new(if name == "fab" {
+                Fab::new(cfg)?
+            } else {
+                Fab::targeted(cfg, params.target_classes.unwrap_or(9))?
+            }))
         }
         "deepfool" => {
             let d = DeepFoolConfig::default();
@@ -461,7 +508,7 @@ mod should {
         let err = build("pgdd", 0.1, &AttackParams::default()).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "unknown attack `pgdd`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack, square, cw, deepfool"
+            "unknown attack `pgdd`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack, square, cw, deepfool, fab, fab-t"
         );
     }
 

@@ -13,8 +13,10 @@
 //!
 //! The side of the square follows the schedule of `p`, the fraction of the pixels it covers:
 //! `p_init` halved at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of a
-//! 10,000-query run, rescaled to the query budget (AutoAttack's `rescale_schedule`). Each
-//! sample draws its own windows and signs (the authors' code); one restart.
+//! 10,000-query run, rescaled to the query budget by default (the reference code's
+//! `resc_schedule`, torchattacks' default). AutoAttack's standard version runs Square with the
+//! schedule *not* rescaled (`rescale_schedule: false`): at 5,000 queries `p` then stops at
+//! `p_init/128`, and the squares stay larger. Each sample draws its own windows and signs (the authors' code); one restart.
 //!
 //! Samples that are misclassified before the attack are returned unchanged. The initialisation
 //! costs one query; a sample stops consuming queries as soon as it is misclassified, and only
@@ -45,6 +47,9 @@ pub struct SquareConfig {
     /// Initial fraction of the pixels a square covers (default 0.8, AutoAttack's value for
     /// L∞ and L2; in (0, 1]).
     pub p_init: f64,
+    /// Fit the schedule of `p` to `queries` (default true). False: the iteration numbers of a
+    /// 10,000-query run, as AutoAttack's standard version.
+    pub rescale_schedule: bool,
 }
 
 impl Default for SquareConfig {
@@ -54,6 +59,7 @@ impl Default for SquareConfig {
             norm: Norm::Linf,
             queries: 5000,
             p_init: 0.8,
+            rescale_schedule: true,
         }
     }
 }
@@ -77,7 +83,11 @@ impl Square {
 
     /// The fraction of pixels covered at iteration `it` (0-based, after the initialisation).
     fn p_selection(&self, it: usize) -> f64 {
-        let it = (it as u128 * 10_000 / self.cfg.queries as u128) as usize;
+        let it = if self.cfg.rescale_schedule {
+            (it as u128 * 10_000 / self.cfg.queries as u128) as usize
+        } else {
+            it
+        };
         let halvings = match it {
             0..=10 => 0,
             11..=50 => 1,
@@ -237,11 +247,16 @@ impl Attack for Square {
 
     fn describe(&self) -> String {
         format!(
-            "Square-{} (ε = {}, {} queries, p_init = {})",
+            "Square-{} (ε = {}, {} queries, p_init = {}{})",
             self.cfg.norm.symbol(),
             self.cfg.eps,
             self.cfg.queries,
-            self.cfg.p_init
+            self.cfg.p_init,
+            if self.cfg.rescale_schedule {
+                ""
+            } else {
+                ", schedule of 10,000 queries"
+            }
         )
     }
 
@@ -515,6 +530,17 @@ mod should {
         assert_eq!(at(1_000, 1)?, 1.0);
         assert_eq!(at(1_000, 2)?, 0.5);
         assert_eq!(at(1_000, 999)?, 1.0 / 512.0);
+        // Not rescaled (AutoAttack's standard version): the 10,000-query numbers at any budget.
+        let fixed = |it| {
+            Square::new(SquareConfig {
+                rescale_schedule: false,
+                ..SquareConfig::default()
+            })
+            .map(|s| s.p_selection(it) / 0.8)
+        };
+        assert_eq!(fixed(11)?, 0.5);
+        assert_eq!(fixed(4001)?, 1.0 / 128.0);
+        assert_eq!(fixed(4999)?, 1.0 / 128.0);
         Ok(())
     }
 

@@ -115,8 +115,22 @@ pub fn evaluate(
     let Some(twin) = case.model().adaptive() else {
         return Ok(plain);
     };
-    let adaptive = attack_model(&twin, &data, attack, cfg)?;
     let method = case.model().adaptive_method().unwrap_or("adaptive");
+    // A randomized twin gets the attack's own version for randomized models (AutoAttack's
+    // `rand`), with that version's draws.
+    if let Some((randomized, draws)) = attack.randomized_version().filter(|_| twin.eot_draws() > 1)
+    {
+        let twin = case
+            .model()
+            .adaptive_with_draws(Some(draws))
+            .expect("the model has a twin");
+        let adaptive = attack_model(&twin, &data, randomized, cfg)?;
+        let method = format!("{method} over {draws} draws, {}", randomized.describe());
+        return Ok(report::combine_adaptive(
+            plain, adaptive, attack, cfg, &method,
+        ));
+    }
+    let adaptive = attack_model(&twin, &data, attack, cfg)?;
     Ok(report::combine_adaptive(
         plain, adaptive, attack, cfg, method,
     ))

@@ -245,6 +245,12 @@ impl TestSpec {
             initial_const: o.initial_const,
             learning_rate: o.learning_rate,
             overshoot: o.overshoot,
+            rescale_schedule: o.rescale_schedule,
+            version: o
+                .version
+                .map(attack::Version::from_name)
+                .transpose()?
+                .unwrap_or_default(),
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         for &e in &self.sweep {
