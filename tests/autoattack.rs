@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::Tensor;
 use robust_runtime::attack::{
-    Apgd, ApgdConfig, Attack, AttackParams, Ensemble, Fgsm, FgsmConfig, Loss, Norm,
+    Apgd, ApgdConfig, Attack, AttackParams, Ensemble, Fgsm, FgsmConfig, Loss, Norm, Version,
 };
 use robust_runtime::eval::{evaluate, RobustnessReport, RunConfig};
 use robust_runtime::prelude::*;
@@ -239,6 +239,52 @@ fn apgd_rejects_bad_hyper_parameters() {
 /// The macro runs the cascade like any other attack.
 #[robustness_test(attack = ["apgd", "autoattack"], eps = 0.02, min_acc = 0.6, samples = 100, steps = 20, target_classes = 3, queries = 100)]
 fn mnist_mlp() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::from_model(
+        common::mlp()?,
+        Dataset::mnist_sample()?.test_split(),
+    ))
+}
+
+/// `version = "custom"`: the listed members, in the order written, each with the standard
+/// version's settings; no member, or one AutoAttack does not have, is a typed error.
+#[test]
+fn a_custom_autoattack_runs_the_listed_members_in_order() -> R {
+    let custom = |members: &[&str]| {
+        Ensemble::autoattack(
+            0.05,
+            &AttackParams {
+                version: Version::Custom,
+                members: members.iter().map(|m| m.to_string()).collect(),
+                steps: Some(20),
+                ..AttackParams::default()
+            },
+        )
+    };
+    let ensemble = custom(&["fab", "apgd-dlr"])?;
+    let ids: Vec<&str> = ensemble.members().iter().map(|m| m.id()).collect();
+    assert_eq!(ids, ["fab", "apgd"]);
+    let report = run(&ensemble, 100)?;
+    println!("{report}");
+    assert_eq!(report.stages.len(), 2);
+    assert!(report.stages[0].attack.starts_with("FAB-L∞"), "{report}");
+    assert!(report.stages[1].attack.contains("DLR loss"), "{report}");
+    assert!(report.stages[1].robust_correct <= report.stages[0].robust_correct);
+    for (members, says) in [
+        (&[][..], "invalid value for `attacks`"),
+        (
+            &["apgd-ce", "deepfool"][..],
+            "unknown AutoAttack member `deepfool`",
+        ),
+    ] {
+        let err = custom(members).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    Ok(())
+}
+
+/// The attribute's custom version: `attacks` lists the members.
+#[robustness_test(attack = "autoattack", version = "custom", attacks = ["apgd-ce", "fab-t"], eps = 0.02, min_acc = 0.6, samples = 50, steps = 10, target_classes = 2)]
+fn mnist_mlp_custom() -> robust_runtime::Result<RobustnessCase> {
     Ok(RobustnessCase::from_model(
         common::mlp()?,
         Dataset::mnist_sample()?.test_split(),

@@ -42,6 +42,7 @@ fn literal(setting: Setting) -> TokenStream {
         Setting::U64(v) => v.into_token_stream(),
         Setting::F64(v) => v.into_token_stream(),
         Setting::Bool(v) => v.into_token_stream(),
+        Setting::Names(names) => quote!(&[#(#names),*]),
     }
 }
 

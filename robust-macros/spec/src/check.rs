@@ -116,6 +116,17 @@ pub fn parse(entries: &[Entry]) -> Result<Spec, Vec<Issue>> {
                     spec.radius = list;
                 }
             }
+            // attacks = ["apgd-ce", "square"]: each member checked where it is written
+            "attacks" => {
+                let Ty::Names(what, names) = k.ty else {
+                    unreachable!("`attacks` takes names")
+                };
+                if let Some(list) = list(name, value, &mut issues, |g| {
+                    g.name(what, names).map_err(|m| vec![m])
+                }) {
+                    spec.options.attacks = Some(Box::leak(list.into_boxed_slice()));
+                }
+            }
             // crate = "my_runtime"
             "crate" => match (Given { key: name, value }).string("::robust_runtime") {
                 Ok(path) => spec.krate = Some(path.to_owned()),
@@ -323,6 +334,7 @@ fn check(spec: &Spec, written: &[&'static str], has: &dyn Fn(&str) -> bool, issu
             check_attack(has, issues);
             check_norm(spec, issues);
             check_attack_only_keys(spec, written, issues);
+            check_custom_version(spec, written, issues);
         }
     }
     // With neither `attack` nor `perturbation`, or both, the kind of test is unknown: its
@@ -373,6 +385,11 @@ fn check_attack_only_keys(spec: &Spec, written: &[&str], issues: &mut Issues) {
     for (key, attack, what) in [
         ("version", "autoattack", "AutoAttack's version"),
         (
+            "attacks",
+            "autoattack",
+            "the members of a custom AutoAttack",
+        ),
+        (
             "rescale_schedule",
             "square",
             "the Square attack's schedule of square sizes",
@@ -387,6 +404,30 @@ fn check_attack_only_keys(spec: &Spec, written: &[&str], issues: &mut Issues) {
                 ),
             );
         }
+    }
+}
+
+/// `version = "custom"` and `attacks = […]` go together: the custom version runs the listed
+/// members, and the other versions have theirs.
+fn check_custom_version(spec: &Spec, written: &[&str], issues: &mut Issues) {
+    let custom = spec.options.version == Some("custom");
+    if custom && !written.contains(&"attacks") {
+        issues.at(
+            At::Value("version", None),
+            "`version = \"custom\"` runs the members listed in `attacks`, which is missing; \
+             expected e.g. `attacks = [\"apgd-ce\", \"square\"]`"
+                .to_string(),
+        );
+    }
+    if !custom && written.contains(&"attacks") {
+        issues.at(
+            At::Key("attacks"),
+            format!(
+                "`attacks` lists the members of a custom AutoAttack; it needs \
+                 `version = \"custom\"` (the {} version has its own members)",
+                spec.options.version.unwrap_or("standard")
+            ),
+        );
     }
 }
 

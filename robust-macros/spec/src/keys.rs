@@ -2,7 +2,7 @@
 //! tests it belongs to, its default and a one-line doc. The attribute, the TOML suite, the
 //! runtime's builders and the README's key table all come from this table.
 
-use crate::names::{AUTOATTACK_VERSIONS, DEVICES, LOSSES, MASKING, NORMS};
+use crate::names::{AUTOATTACK_MEMBERS, AUTOATTACK_VERSIONS, DEVICES, LOSSES, MASKING, NORMS};
 use crate::ty::{self, Given, Ty};
 use crate::value::Value;
 
@@ -77,6 +77,8 @@ pub enum Setting {
     F64(f64),
     /// A flag.
     Bool(bool),
+    /// Names from one of the lists, in order.
+    Names(&'static [&'static str]),
 }
 
 /// How a field's Rust type is read from a written value and checked when set from Rust.
@@ -104,6 +106,55 @@ impl Field for &'static str {
     }
     fn setting(self) -> Setting {
         Setting::Name(self)
+    }
+}
+
+/// A list of names (`attacks = ["apgd-ce", "square"]`). A written list is read once per test
+/// declaration and kept for the process (leaked: a few words per key written).
+impl Field for &'static [&'static str] {
+    fn read(given: &Given<'_>, ty: Ty) -> Result<Self, String> {
+        let Ty::Names(what, names) = ty else {
+            return Err(format!("`{}` is not a list of names", given.key));
+        };
+        let items = match given.value {
+            Value::List(items) => items.iter().collect::<Vec<_>>(),
+            _ => vec![given.value],
+        };
+        if items.is_empty() {
+            return Err(format!(
+                "`{}` is an empty list; expected one or more of {}",
+                given.key,
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let list = items
+            .into_iter()
+            .map(|value| {
+                Given {
+                    key: given.key,
+                    value,
+                }
+                .name(what, names)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::leak(list.into_boxed_slice()))
+    }
+    fn check(self, key: &str, ty: Ty) -> Result<(), String> {
+        let Ty::Names(what, names) = ty else {
+            return Ok(());
+        };
+        if self.is_empty() {
+            return Err(format!("`{key}` is an empty list"));
+        }
+        self.iter()
+            .try_for_each(|name| ty::check_name(what, name, names).map(|_| ()))
+    }
+    fn setting(self) -> Setting {
+        Setting::Names(self)
     }
 }
 
@@ -280,8 +331,10 @@ keys! {
         p_init: f64 = Ty::AtMost(1.0), [ATTACK], "0.8";
         /// Square: fit the schedule of square sizes to `queries` (`autoattack`'s Square never does, as AutoAttack)
         rescale_schedule: bool = Ty::Bool, [ATTACK], "true";
-        /// autoattack: `standard` (APGD-CE, APGD-T, FAB-T, Square) or `rand` (APGD-CE, APGD-DLR with EOT over 20 draws)
+        /// autoattack: `standard` (APGD-CE, APGD-T, FAB-T, Square), `rand` (APGD-CE, APGD-DLR with EOT over 20 draws) or `custom` (the members in `attacks`)
         version: &'static str = Ty::Name("version", AUTOATTACK_VERSIONS), [ATTACK], "`\"standard\"`; `rand` for a randomized model's adaptive run";
+        /// autoattack with `version = "custom"`: its members, in order
+        attacks: &'static [&'static str] = Ty::Names("AutoAttack member", AUTOATTACK_MEMBERS), [ATTACK], "required with `custom`";
         /// C&W: logit margin κ
         kappa: f64 = Ty::NonNegative, [ATTACK], "0";
         /// C&W: rounds of binary search over c

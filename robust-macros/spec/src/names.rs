@@ -16,9 +16,14 @@ pub const ATTACKS: &[&str] = &[
     "fab-t",
 ];
 
-/// `version = "…"` of `autoattack`: AutoAttack's standard cascade, or its version for
-/// randomized defences.
-pub const AUTOATTACK_VERSIONS: &[&str] = &["standard", "rand"];
+/// `version = "…"` of `autoattack`: AutoAttack's standard cascade, its version for
+/// randomized defences, or the cascade of the members listed in `attacks`.
+pub const AUTOATTACK_VERSIONS: &[&str] = &["standard", "rand", "custom"];
+
+/// `attacks = […]` of `autoattack` with `version = "custom"`: AutoAttack's members, by the
+/// names of the reference code (`attacks_to_run`).
+pub const AUTOATTACK_MEMBERS: &[&str] =
+    &["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"];
 
 /// The attacks that exist for one norm only, with that norm: `norm = "linf"` beside them is a
 /// mistake the attribute reports at compile time.
@@ -87,4 +92,5 @@ pub const ALL: &[(&str, &[&str])] = &[
     ("device", DEVICES),
     ("masking_checks", MASKING),
     ("version", AUTOATTACK_VERSIONS),
+    ("AutoAttack member", AUTOATTACK_MEMBERS),
 ];

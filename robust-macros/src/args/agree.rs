@@ -75,6 +75,25 @@ fn base(scope: Scope) -> Vec<(&'static str, String)> {
     }
 }
 
+/// Adds what a key needs beside it in an attack test: the attack it belongs to (`square` for
+/// `rescale_schedule`, `autoattack` for `version` and `attacks`) and, for `attacks`, the custom
+/// version.
+fn with_prerequisites(key: &str, lines: &mut Vec<(&'static str, String)>) {
+    let attack = match key {
+        "rescale_schedule" => "square",
+        "version" | "attacks" => "autoattack",
+        _ => return,
+    };
+    for (k, v) in lines.iter_mut() {
+        if *k == "attack" {
+            *v = format!(r#"["pgd", "{attack}"]"#);
+        }
+    }
+    if key == "attacks" && lines.iter().any(|(k, _)| *k == "attack") {
+        lines.push(("version", r#""custom""#.to_string()));
+    }
+}
+
 /// Values to write for a key of type `ty`: good ones, and every kind of bad one.
 fn samples(ty: Ty) -> Vec<String> {
     let mut out: Vec<String> = [
@@ -137,6 +156,7 @@ fn accept_every_key_alike_with_the_same_messages_and_test_names() {
             for value in samples(key.ty) {
                 let mut lines = base(scope);
                 lines.retain(|(k, _)| *k != key.name);
+                with_prerequisites(key.name, &mut lines);
                 lines.push((key.name, value.clone()));
                 let attribute = through_the_attribute(&lines);
                 let suite = through_the_suite(&lines);
@@ -151,6 +171,7 @@ fn accept_every_key_alike_with_the_same_messages_and_test_names() {
         let scope = key.scopes[0];
         let mut lines = base(scope);
         lines.retain(|(k, _)| *k != key.name);
+        with_prerequisites(key.name, &mut lines);
         let good = samples(key.ty).into_iter().find(|v| {
             let mut lines = lines.clone();
             lines.push((key.name, v.clone()));

@@ -6,7 +6,7 @@ use super::*;
 use robust_spec::suggest::edit_distance;
 use robust_spec::{Options, Scope};
 
-const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `rescale_schedule`, `version`, `kappa`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `timeout`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`, `confidence`, `baseline`, `tolerance`";
+const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `rescale_schedule`, `version`, `attacks`, `kappa`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `timeout`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`, `confidence`, `baseline`, `tolerance`";
 
 fn spec(tokens: TokenStream) -> Spec {
     parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
@@ -152,7 +152,7 @@ fn reject_a_confidence_level_outside_the_open_unit_interval() {
 #[test]
 fn accept_every_option_with_its_type() {
     let spec = spec(quote!(
-        attack = "pgd",
+        attack = ["pgd", "square", "autoattack"],
         eps = 0.1,
         norm = "l2",
         steps = 40,
@@ -164,6 +164,9 @@ fn accept_every_option_with_its_type() {
         target_classes = 9,
         queries = 100,
         p_init = 0.5,
+        rescale_schedule = false,
+        version = "custom",
+        attacks = ["fab-t", "square"],
         kappa = 0.0,
         binary_search_steps = 3,
         initial_const = 0.1,
@@ -191,6 +194,9 @@ fn accept_every_option_with_its_type() {
     assert_eq!(o.target_classes, Some(9));
     assert_eq!(o.queries, Some(100));
     assert_eq!(o.p_init, Some(0.5));
+    assert_eq!(o.rescale_schedule, Some(false));
+    assert_eq!(o.version, Some("custom"));
+    assert_eq!(o.attacks, Some(&["fab-t", "square"][..]));
     assert_eq!(o.kappa, Some(0.0));
     assert_eq!(o.binary_search_steps, Some(3));
     assert_eq!(o.initial_const, Some(0.1));
@@ -627,6 +633,48 @@ fn list_the_keys_when_none_is_close() {
 }
 
 #[test]
+fn a_custom_autoattack_lists_its_members_and_nothing_else_does() {
+    let s = spec(quote!(
+        attack = "autoattack",
+        eps = 0.1,
+        min_acc = 0.5,
+        version = "custom",
+        attacks = ["apgd-ce", "square"]
+    ));
+    assert_eq!(s.options.attacks, Some(&["apgd-ce", "square"][..]));
+    assert_eq!(
+        error(quote!(
+            attack = "autoattack",
+            eps = 0.1,
+            min_acc = 0.5,
+            version = "custom"
+        )),
+        "`version = \"custom\"` runs the members listed in `attacks`, which is missing; \
+         expected e.g. `attacks = [\"apgd-ce\", \"square\"]`"
+    );
+    assert_eq!(
+        error(quote!(
+            attack = "autoattack",
+            eps = 0.1,
+            min_acc = 0.5,
+            attacks = ["square"]
+        )),
+        "`attacks` lists the members of a custom AutoAttack; it needs `version = \"custom\"` \
+         (the standard version has its own members)"
+    );
+    assert_eq!(
+        error(quote!(
+            attack = "autoattack",
+            eps = 0.1,
+            min_acc = 0.5,
+            version = "custom",
+            attacks = ["apgd-ce", "sqare"]
+        )),
+        "unknown AutoAttack member `sqare`; did you mean `square`?"
+    );
+}
+
+#[test]
 fn suggest_the_closest_attack() {
     assert_eq!(
         error(quote!(attack = ["fgsm", "pdg"], eps = 0.1, min_acc = 0.5)),
@@ -642,7 +690,7 @@ fn suggest_the_closest_attack() {
 fn list_the_attacks_when_none_is_close() {
     assert_eq!(
         error(quote!(attack = "boundary", eps = 0.1, min_acc = 0.5)),
-        "unknown attack `boundary`; expected one of `fgsm`, `pgd`, `apgd`, `apgd-t`, `autoattack`, `square`, `cw`, `deepfool`"
+        "unknown attack `boundary`; expected one of `fgsm`, `pgd`, `apgd`, `apgd-t`, `autoattack`, `square`, `cw`, `deepfool`, `fab`, `fab-t`"
     );
 }
 

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `standard` (default) | APGD-CE (1 restart) → APGD-T (9 targets) → FAB-T (9 targets) → Square (5,000 queries, schedule of 10,000) |
 //! | `rand`, for randomized defences | APGD-CE → APGD-DLR, each with the gradient averaged over 20 draws (EOT) |
+//! | `custom` | the members listed in `attacks` ([`MEMBERS`]: `apgd-ce`, `apgd-dlr`, `apgd-t`, `fab`, `fab-t`, `square`), in that order, with the standard version's settings (the reference code's custom version keeps its constructors' 5 restarts for APGD and FAB) |
 //!
 //! A model the runtime knows is randomized (the EOT twin of a random preprocessing) is attacked
 //! with the `rand` version in its adaptive run ([`Attack::randomized_version`]), as the reference
@@ -35,6 +36,13 @@ pub struct Ensemble {
 /// Gradient draws of AutoAttack's `rand` version (`eot_iter = 20`).
 pub const RAND_EOT_DRAWS: usize = 20;
 
+/// The members a custom AutoAttack may list (`attacks = […]`), by the reference code's names.
+pub const MEMBERS: &[&str] = robust_spec::names::AUTOATTACK_MEMBERS;
+/// The standard version's members.
+const STANDARD: &[&str] = &["apgd-ce", "apgd-t", "fab-t", "square"];
+/// The rand version's members.
+const RAND: &[&str] = &["apgd-ce", "apgd-dlr"];
+
 /// Which AutoAttack `autoattack` runs (`version = "…"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
@@ -45,17 +53,21 @@ pub enum Version {
     Standard,
     /// APGD-CE → APGD-DLR with EOT over 20 draws, for randomized defences.
     Rand,
+    /// The members in [`AttackParams::members`], in order, with the standard version's
+    /// settings.
+    Custom,
 }
 
 impl Version {
     /// Names accepted by [`Version::from_name`].
     pub const NAMES: &'static [&'static str] = robust_spec::names::AUTOATTACK_VERSIONS;
 
-    /// `"standard"` or `"rand"`.
+    /// `"standard"`, `"rand"` or `"custom"`.
     pub fn from_name(name: &str) -> crate::Result<Self> {
         match name {
             "standard" => Ok(Version::Standard),
             "rand" => Ok(Version::Rand),
+            "custom" => Ok(Version::Custom),
             other => Err(Error::unknown("version", other, Self::NAMES)),
         }
     }
@@ -108,37 +120,51 @@ impl Ensemble {
     /// `params.steps` / `params.restarts` / `params.target_classes` / `params.queries`
     /// overriding the defaults (100 steps, 1 restart, 9 targets, 5,000 queries). APGD-T's DLR
     /// loss needs a model with at least 4 classes, the `rand` version's APGD-DLR 3: on fewer, the
-    /// run stops with a typed error saying so.
+    /// run stops with a typed error saying so. [`Version::Custom`] runs `params.members`.
     pub fn autoattack(eps: f64, params: &AttackParams) -> Result<Self> {
+        let rand = || -> Result<Ensemble> {
+            let mut version = Ensemble::of_members(eps, params, RAND)?;
+            version.randomized = Some((
+                Box::new(Ensemble::of_members(eps, params, RAND)?),
+                RAND_EOT_DRAWS,
+            ));
+            Ok(version)
+        };
+        match params.version {
+            Version::Rand => rand(),
+            Version::Standard => {
+                let mut standard = Ensemble::of_members(eps, params, STANDARD)?;
+                standard.randomized = rand()?.randomized;
+                Ok(standard)
+            }
+            Version::Custom => {
+                if params.members.is_empty() {
+                    return Err(Error::param(
+                        "attacks",
+                        "[]",
+                        format!(
+                            "one or more of {} for `version = \"custom\"`",
+                            MEMBERS.join(", ")
+                        ),
+                    ));
+                }
+                let names: Vec<&str> = params.members.iter().map(String::as_str).collect();
+                Ensemble::of_members(eps, params, &names)
+            }
+        }
+    }
+
+    /// The cascade of AutoAttack's members named so (the reference code's `attacks_to_run`),
+    /// with the standard version's settings.
+    fn of_members(eps: f64, params: &AttackParams, names: &[&str]) -> Result<Self> {
         let d = ApgdConfig::default();
-        let cfg = ApgdConfig {
+        let apgd = ApgdConfig {
             eps,
             norm: params.norm,
             steps: params.steps.unwrap_or(d.steps),
             restarts: params.restarts.unwrap_or(d.restarts),
             ..d
         };
-        // The rand version: APGD-CE then APGD-DLR, with EOT over 20 draws on a randomized model.
-        let rand = || -> Result<Ensemble> {
-            Ensemble::new(
-                "autoattack",
-                vec![
-                    Box::new(Apgd::new(ApgdConfig {
-                        loss: Loss::CrossEntropy,
-                        ..cfg
-                    })?),
-                    Box::new(Apgd::new(ApgdConfig {
-                        loss: Loss::Dlr,
-                        ..cfg
-                    })?),
-                ],
-            )
-        };
-        if params.version == Version::Rand {
-            let mut version = rand()?;
-            version.randomized = Some((Box::new(rand()?), RAND_EOT_DRAWS));
-            return Ok(version);
-        }
         let targets = params.target_classes.unwrap_or(9);
         let fab = FabConfig {
             eps,
@@ -147,24 +173,33 @@ impl Ensemble {
             restarts: params.restarts.unwrap_or(1),
             ..FabConfig::default()
         };
-        let members: Vec<Box<dyn Attack>> = vec![
-            Box::new(Apgd::new(ApgdConfig {
-                loss: Loss::CrossEntropy,
-                ..cfg
-            })?),
-            Box::new(Apgd::targeted(cfg, targets)?),
-            Box::new(Fab::targeted(fab, targets)?),
-            Box::new(Square::new(SquareConfig {
-                eps,
-                norm: params.norm,
-                queries: params.queries.unwrap_or(SquareConfig::default().queries),
-                p_init: params.p_init.unwrap_or(SquareConfig::default().p_init),
-                rescale_schedule: false,
-            })?),
-        ];
-        let mut standard = Ensemble::new("autoattack", members)?;
-        standard.randomized = Some((Box::new(rand()?), RAND_EOT_DRAWS));
-        Ok(standard)
+        let members = names
+            .iter()
+            .map(|&name| -> Result<Box<dyn Attack>> {
+                Ok(match name {
+                    "apgd-ce" => Box::new(Apgd::new(ApgdConfig {
+                        loss: Loss::CrossEntropy,
+                        ..apgd
+                    })?),
+                    "apgd-dlr" => Box::new(Apgd::new(ApgdConfig {
+                        loss: Loss::Dlr,
+                        ..apgd
+                    })?),
+                    "apgd-t" => Box::new(Apgd::targeted(apgd, targets)?),
+                    "fab" => Box::new(Fab::new(fab)?),
+                    "fab-t" => Box::new(Fab::targeted(fab, targets)?),
+                    "square" => Box::new(Square::new(SquareConfig {
+                        eps,
+                        norm: params.norm,
+                        queries: params.queries.unwrap_or(SquareConfig::default().queries),
+                        p_init: params.p_init.unwrap_or(SquareConfig::default().p_init),
+                        rescale_schedule: false,
+                    })?),
+                    other => return Err(Error::unknown("AutoAttack member", other, MEMBERS)),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ensemble::new("autoattack", members)
     }
 
     /// The members, in order.

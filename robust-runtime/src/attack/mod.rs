@@ -55,7 +55,7 @@ use candle_core::Tensor;
 pub use apgd::{Apgd, ApgdConfig};
 pub use cw::{CarliniWagner, CwConfig};
 pub use deepfool::{DeepFool, DeepFoolConfig};
-pub use ensemble::{CascadeOutcome, Ensemble, Version, RAND_EOT_DRAWS};
+pub use ensemble::{CascadeOutcome, Ensemble, Version, MEMBERS, RAND_EOT_DRAWS};
 pub use fab::{Fab, FabConfig};
 pub use fgsm::{Fgsm, FgsmConfig};
 pub use loss::Loss;
@@ -364,6 +364,9 @@ pub struct AttackParams {
     pub rescale_schedule: Option<bool>,
     /// Which AutoAttack `autoattack` runs (default [`Version::Standard`]).
     pub version: Version,
+    /// The members of a custom AutoAttack ([`Version::Custom`]), by the names of
+    /// [`MEMBERS`], in order.
+    pub members: Vec<String>,
 }
 
 /// The attack called `name` at radius `eps`. `"cw"` is an L2 attack: with `norm` L∞ it is an

@@ -251,6 +251,12 @@ impl TestSpec {
                 .map(attack::Version::from_name)
                 .transpose()?
                 .unwrap_or_default(),
+            members: o
+                .attacks
+                .unwrap_or_default()
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
         };
         let attack = attack::build(self.attack, self.eps, &params)?;
         for &e in &self.sweep {
