@@ -18,8 +18,8 @@
 use candle_core::Tensor;
 
 use super::{
-    kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Fab, FabConfig, Loss, Square,
-    SquareConfig, ThreatModel,
+    kernel, Apgd, ApgdConfig, Attack, AttackBatch, AttackParams, Fab, Loss, Square, SquareConfig,
+    ThreatModel,
 };
 use crate::model::Model;
 use crate::rng::Rng;
@@ -157,22 +157,9 @@ impl Ensemble {
     /// The cascade of AutoAttack's members named so (the reference code's `attacks_to_run`),
     /// with the standard version's settings.
     fn of_members(eps: f64, params: &AttackParams, names: &[&str]) -> Result<Self> {
-        let d = ApgdConfig::default();
-        let apgd = ApgdConfig {
-            eps,
-            norm: params.norm,
-            steps: params.steps.unwrap_or(d.steps),
-            restarts: params.restarts.unwrap_or(d.restarts),
-            ..d
-        };
+        let apgd = params.apgd(eps);
         let targets = params.target_classes.unwrap_or(9);
-        let fab = FabConfig {
-            eps,
-            norm: params.norm,
-            steps: params.steps.unwrap_or(FabConfig::default().steps),
-            restarts: params.restarts.unwrap_or(1),
-            ..FabConfig::default()
-        };
+        let fab = params.fab(eps);
         let members = names
             .iter()
             .map(|&name| -> Result<Box<dyn Attack>> {
@@ -188,12 +175,10 @@ impl Ensemble {
                     "apgd-t" => Box::new(Apgd::targeted(apgd, targets)?),
                     "fab" => Box::new(Fab::new(fab)?),
                     "fab-t" => Box::new(Fab::targeted(fab, targets)?),
+                    // The official schedule (AutoAttack's `resc_schedule=False`).
                     "square" => Box::new(Square::new(SquareConfig {
-                        eps,
-                        norm: params.norm,
-                        queries: params.queries.unwrap_or(SquareConfig::default().queries),
-                        p_init: params.p_init.unwrap_or(SquareConfig::default().p_init),
                         rescale_schedule: false,
+                        ..params.square(eps)
                     })?),
                     other => return Err(Error::unknown("AutoAttack member", other, MEMBERS)),
                 })

@@ -369,6 +369,45 @@ pub struct AttackParams {
     pub members: Vec<String>,
 }
 
+impl AttackParams {
+    /// APGD's configuration at `eps`: these parameters over its defaults.
+    pub(crate) fn apgd(&self, eps: f64) -> ApgdConfig {
+        let d = ApgdConfig::default();
+        ApgdConfig {
+            eps,
+            norm: self.norm,
+            loss: self.loss,
+            steps: self.steps.unwrap_or(d.steps),
+            restarts: self.restarts.unwrap_or(d.restarts),
+            ..d
+        }
+    }
+
+    /// FAB's configuration at `eps`.
+    pub(crate) fn fab(&self, eps: f64) -> FabConfig {
+        let d = FabConfig::default();
+        FabConfig {
+            eps,
+            norm: self.norm,
+            steps: self.steps.unwrap_or(d.steps),
+            restarts: self.restarts.unwrap_or(d.restarts),
+            ..d
+        }
+    }
+
+    /// Square's configuration at `eps`.
+    pub(crate) fn square(&self, eps: f64) -> SquareConfig {
+        let d = SquareConfig::default();
+        SquareConfig {
+            eps,
+            norm: self.norm,
+            queries: self.queries.unwrap_or(d.queries),
+            p_init: self.p_init.unwrap_or(d.p_init),
+            rescale_schedule: self.rescale_schedule.unwrap_or(d.rescale_schedule),
+        }
+    }
+}
+
 /// The attack called `name` at radius `eps`. `"cw"` is an L2 attack: with `norm` L∞ it is an
 /// [`Error::InvalidParameter`].
 pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Attack>> {
@@ -391,15 +430,7 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
             })?))
         }
         "apgd" | "apgd-t" => {
-            let d = ApgdConfig::default();
-            let cfg = ApgdConfig {
-                eps,
-                norm: params.norm,
-                loss: params.loss,
-                steps: params.steps.unwrap_or(d.steps),
-                restarts: params.restarts.unwrap_or(d.restarts),
-                ..d
-            };
+            let cfg = params.apgd(eps);
             Ok(Box::new(if name == "apgd" {
                 Apgd::new(cfg)?
             } else {
@@ -407,16 +438,7 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
             }))
         }
         "autoattack" => Ok(Box::new(Ensemble::autoattack(eps, params)?)),
-        "square" => {
-            let d = SquareConfig::default();
-            Ok(Box::new(Square::new(SquareConfig {
-                eps,
-                norm: params.norm,
-                queries: params.queries.unwrap_or(d.queries),
-                p_init: params.p_init.unwrap_or(d.p_init),
-                rescale_schedule: params.rescale_schedule.unwrap_or(d.rescale_schedule),
-            })?))
-        }
+        "square" => Ok(Box::new(Square::new(params.square(eps))?)),
         "cw" => {
             if params.norm != Norm::L2 {
                 return Err(Error::param(
@@ -436,14 +458,7 @@ pub fn build(name: &str, eps: f64, params: &AttackParams) -> Result<Box<dyn Atta
             })?))
         }
         "fab" | "fab-t" => {
-            let d = FabConfig::default();
-            let cfg = FabConfig {
-                eps,
-                norm: params.norm,
-                steps: params.steps.unwrap_or(d.steps),
-                restarts: params.restarts.unwrap_or(d.restarts),
-                ..d
-            };
+            let cfg = params.fab(eps);
             Ok(Box::new(if name == "fab" {
                 Fab::new(cfg)?
             } else {
