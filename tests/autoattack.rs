@@ -6,6 +6,7 @@ use candle_core::Tensor;
 use robust_runtime::attack::{
     Apgd, ApgdConfig, Attack, AttackParams, Ensemble, Fgsm, FgsmConfig, Loss, Norm, Version,
 };
+use robust_runtime::defense::{Preprocessed, Preprocessor};
 use robust_runtime::eval::{evaluate, RobustnessReport, RunConfig};
 use robust_runtime::prelude::*;
 use robust_runtime::Error;
@@ -288,5 +289,70 @@ fn mnist_mlp_custom() -> robust_runtime::Result<RobustnessCase> {
     Ok(RobustnessCase::from_model(
         common::mlp()?,
         Dataset::mnist_sample()?.test_split(),
+    ))
+}
+
+/// The Gaussian-noise CNN behind fresh noise σ = 0.25 on every forward pass: a randomized
+/// defence, which AutoAttack evaluates with its rand version.
+fn noisy_cnn() -> robust_runtime::Result<Model> {
+    Ok(Model::from(
+        Preprocessed::new(
+            vec![Preprocessor::GaussianNoise { sigma: 0.25 }],
+            Model::new(common::noise_net()?),
+        )?
+        .with_seed(1),
+    )
+    .named("mnist_noise"))
+}
+
+/// On a randomized model the standard version's adaptive run is the rand version over 20 draws
+/// (APGD-CE → APGD-DLR), as AutoAttack's authors ask; on a deterministic one there is no such run.
+#[test]
+fn a_randomized_model_gets_the_rand_version_over_20_draws() -> R {
+    let params = AttackParams {
+        steps: Some(5),
+        target_classes: Some(2),
+        queries: Some(50),
+        ..AttackParams::default()
+    };
+    let standard = Ensemble::autoattack(0.1, &params)?;
+    let case = RobustnessCase::from_model(noisy_cnn()?, common::test_digits(20)?);
+    let report = evaluate(&case, &standard, &RunConfig::default())?;
+    println!("{report}");
+    let adaptive = report.adaptive.as_ref().expect("the EOT twin was attacked");
+    assert!(
+        adaptive
+            .method
+            .starts_with("EOT over 20 draws, autoattack cascade [APGD-L∞ (CE loss")
+            && adaptive.method.contains("DLR loss")
+            && !adaptive.method.contains("FAB"),
+        "{}",
+        adaptive.method
+    );
+    // The stages shown are the rand version's; the plain run was the standard version.
+    assert_eq!(report.stages.len(), 2, "{report}");
+    assert!(
+        report.attack_description.contains("FAB-T"),
+        "{}",
+        report.attack_description
+    );
+    let plain = run(&standard, 20)?;
+    assert!(plain.adaptive.is_none());
+    Ok(())
+}
+
+/// The attribute's rand version on the randomized CNN.
+#[robustness_test(
+    attack = "autoattack",
+    version = "rand",
+    eps = 0.1,
+    min_acc = 0.2,
+    samples = 20,
+    steps = 10
+)]
+fn mnist_noise() -> robust_runtime::Result<RobustnessCase> {
+    Ok(RobustnessCase::from_model(
+        noisy_cnn()?,
+        common::test_digits(20)?,
     ))
 }

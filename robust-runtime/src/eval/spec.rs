@@ -345,7 +345,16 @@ impl TestSpec {
             report
                 .masking
                 .extend(masking::diagnose_eps(judged, attack.threat(), &cfg)?);
-            if let Some(ensemble) = attack.as_ensemble() {
+            // The stages are those of the run the report shows: on a randomized model, the
+            // attack's randomized version (AutoAttack's rand).
+            let staged = attack
+                .randomized_version()
+                .map(|(version, _)| version)
+                .filter(|_| report.adaptive.is_some())
+                .and_then(|version| version.as_ensemble())
+                .filter(|version| version.members().len() == report.stages.len())
+                .or(attack.as_ensemble());
+            if let Some(ensemble) = staged {
                 let black_box: Vec<bool> = ensemble
                     .members()
                     .iter()
