@@ -193,7 +193,7 @@ fn unknown_names_list_what_is_known() {
         .unwrap();
     assert_eq!(
         err.to_string(),
-        "unknown attack `deepfool2`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack, square, cw, deepfool"
+        "unknown attack `deepfool2`; expected one of: fgsm, pgd, apgd, apgd-t, autoattack, square, cw, deepfool, fab, fab-t"
     );
     let spec = TestSpec::new("t", "pgd", 0.1).norm("l3").min_acc(0.5);
     let err = spec

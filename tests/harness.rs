@@ -344,6 +344,23 @@ fn accept_every_key_of_the_attribute_with_its_checks_and_messages() {
         let (good, bad) = good_and_bad(key.ty);
         let mut lines = base(key.scopes[0]);
         lines.retain(|(k, _)| *k != key.name);
+        // The keys of one attack need it: `rescale_schedule` Square, `version` and `attacks`
+        // AutoAttack (`attacks` its custom version).
+        let attack = match key.name {
+            "rescale_schedule" => Some("square"),
+            "version" | "attacks" => Some("autoattack"),
+            _ => None,
+        };
+        if let Some(attack) = attack {
+            for (k, v) in lines.iter_mut() {
+                if *k == "attack" {
+                    *v = format!("{attack:?}");
+                }
+            }
+        }
+        if key.name == "attacks" {
+            lines.push(("version", "\"custom\"".into()));
+        }
         lines.push((key.name, good.clone()));
         if let Err(e) = parse(&suite_text(&lines)) {
             panic!("`{} = {good}` is refused: {e}", key.name);
