@@ -42,7 +42,10 @@ pub(crate) fn objective_grad_logits(
     objective: &Objective,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     // A randomized model (the EOT twin of a randomized defence) is differentiated in
-    // expectation: objective, gradient and logits averaged over its draws.
+    // expectation: the gradient is averaged over its draws. The objective and the logits are
+    // the last draw's, as AutoAttack's EOT has them (`autopgd_base.py`): an attack judges its
+    // iterate by one forward pass of the randomized model, the pass a user's model makes, not
+    // by the average of 20 that no single prediction sees.
     let draws = model.eot_draws().max(1);
     if draws == 1 {
         if let Some(engine) = model.engine_for(x) {
@@ -80,15 +83,14 @@ pub(crate) fn objective_grad_logits(
         let (v, l) = (per_sample.detach(), logits.detach());
         total = Some(match total {
             None => (v, grad, l),
-            Some((tv, tg, tl)) => ((tv + v)?, (tg + grad)?, (tl + l)?),
+            Some((_, tg, _)) => (v, (tg + grad)?, l),
         });
     }
     let (v, g, l) = total.expect("at least one draw");
     if draws == 1 {
         return Ok((v, g, l));
     }
-    let n = draws as f64;
-    Ok(((v / n)?, (g / n)?, (l / n)?))
+    Ok((v, (g / draws as f64)?, l))
 }
 
 /// The logits at `x` (`N × C`, f32) and the input gradient of every class logit, stacked as
