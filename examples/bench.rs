@@ -68,6 +68,11 @@ impl Row {
     /// Units of work per run (the throughput's numerator).
     fn work(&self) -> f64 {
         match self.kind {
+            // FAB's rows count images: a sample stops costing once broken.
+            Kind::Attack {
+                name: "fab" | "fab-t",
+                ..
+            } => self.batch as f64,
             Kind::Attack { steps, .. } => (self.batch * steps) as f64,
             Kind::Bounds(_) | Kind::Smoothing { .. } => self.batch as f64,
         }
@@ -311,11 +316,26 @@ fn rows(
         &images,
         &Tensor::from_slice(&classes, resnet_batch, &cpu)?,
     )?;
+    let thousand = Dataset::mnist_sample()?.test_split().take(1000)?;
+    let mnist_1000 = scratch.join("mnist_1000.safetensors");
+    save(
+        &mnist_1000,
+        thousand.inputs(),
+        &Tensor::from_slice(thousand.labels(), thousand.len(), &cpu)?,
+    )?;
     let smoothing_samples = 20.min(batch);
     let row = |key: &str, title: String, kind, model, weights: PathBuf, inputs: &Path, batch| {
         let (eps, alpha, unit) = match (model, kind) {
             ("resnet18", _) => (8.0 / 255.0, 2.0 / 255.0, "step·images/s"),
             (_, Kind::Attack { name: "fgsm", .. }) => (0.1, 0.1, "images/s"),
+            // FAB as AutoAttack's standard version runs it at the MLP's ε.
+            (
+                _,
+                Kind::Attack {
+                    name: "fab" | "fab-t",
+                    ..
+                },
+            ) => (0.05, 0.0, "images/s"),
             (_, Kind::Attack { .. }) => (0.1, 0.01, "step·images/s"),
             ("mnist_cnn" | "mnist_resnet_onnx", _) => (0.005, 0.0, "samples/s"),
             _ => (0.1, 0.0, "samples/s"),
@@ -332,7 +352,14 @@ fn rows(
             alpha,
             unit,
             once: matches!(model, "mnist_cnn" | "mnist_resnet_onnx")
-                && matches!(kind, Kind::Bounds(_)),
+                && matches!(kind, Kind::Bounds(_))
+                || matches!(
+                    kind,
+                    Kind::Attack {
+                        name: "fab" | "fab-t",
+                        ..
+                    }
+                ),
         }
     };
     let pgd = Kind::Attack {
@@ -390,6 +417,30 @@ fn rows(
             fixtures.join("mnist_cnn.safetensors"),
             &mnist,
             batch,
+        ),
+        row(
+            "fab_t_mlp",
+            "FAB-T-L∞ (9 targets, 100 steps) ε = 0.05, 1,000 digits, MNIST MLP".into(),
+            Kind::Attack {
+                name: "fab-t",
+                steps: 100,
+            },
+            "mnist_mlp",
+            fixtures.join("mnist_mlp.safetensors"),
+            &mnist_1000,
+            1000,
+        ),
+        row(
+            "fab_mlp",
+            "FAB-L∞ (100 steps) ε = 0.05, 1,000 digits, MNIST MLP".into(),
+            Kind::Attack {
+                name: "fab",
+                steps: 100,
+            },
+            "mnist_mlp",
+            fixtures.join("mnist_mlp.safetensors"),
+            &mnist_1000,
+            1000,
         ),
         row(
             "ibp_small_cnn",

@@ -5,7 +5,7 @@ of the project.
 
     python tests/reference/bench_torch.py --device cpu --threads 2 --reps 3 '{"key": "pgd_cnn", ...}'
 
-Each plan argument is a JSON object: key, kind (pgd, fgsm, apgd, ibp, crown, smoothing), model
+Each plan argument is a JSON object: key, kind (pgd, fgsm, apgd, fab, fab-t, ibp, crown, smoothing), model
 (mnist_mlp, mnist_cnn, resnet18, mnist_ibp, mnist_noise), weights, inputs, batch, eps, alpha,
 steps, n0, n, sigma, once. Prints `RESULT <key> <throughput>` per row (the best of at least
 `--reps` timed runs after a warm-up, and of more until they took `--min-time` seconds together,
@@ -15,13 +15,16 @@ step·images/s for attacks (images/s for FGSM), samples/s for bounds and smoothi
 peer library is missing prints `SKIPPED <key> <why>`. With `--rss`, runs the rows and prints
 `RESULT <key>_rss <peak resident KiB>` instead.
 
-APGD is torchattacks' `APGD` (Croce & Hein's reference port); CROWN is auto_LiRPA's, imported
+APGD is torchattacks' `APGD` (Croce & Hein's reference port); FAB and FAB-T are the official
+AutoAttack code's `FABAttack_PT` (fra31/auto-attack, its source folder in `ROBUST_AUTOATTACK_SRC`); CROWN is auto_LiRPA's, imported
 from `PYTHONPATH` (its PyPI release pins an old torch: run the upstream source, see README.md).
 IBP and smoothing are written here, as their papers define them.
 """
 import argparse
 import json
+import os
 import resource
+import sys
 import time
 
 import torch
@@ -193,6 +196,19 @@ def main():
                 continue
             atk = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
             run, work = (lambda: atk(x, y)), batch * steps
+        elif kind in ("fab", "fab-t"):
+            # The official FAB of AutoAttack (fra31/auto-attack), from ROBUST_AUTOATTACK_SRC.
+            src = os.environ.get("ROBUST_AUTOATTACK_SRC")
+            if src:
+                sys.path.insert(0, src)
+            try:
+                from autoattack.fab_pt import FABAttack_PT
+            except ImportError as e:
+                print(f"SKIPPED {key} autoattack not importable ({e.name}; set ROBUST_AUTOATTACK_SRC)")
+                continue
+            atk = FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=steps, eps=eps, seed=0,
+                               targeted=kind == "fab-t", device=dev, n_target_classes=9)
+            run, work = (lambda: atk.perturb(x, y)), batch
         elif kind == "ibp":
             run, work = (lambda: ibp_margins(model, x, y, eps)), batch
         elif kind == "crown":
@@ -227,7 +243,7 @@ def main():
                 run()  # warm-up
                 sync()
             best = best_of_runs(run, sync, 1 if r.get("once") else a.reps, 0.0 if r.get("once") else a.min_time)
-        unit = "images/s" if kind == "fgsm" else ("step·images/s" if kind in ("pgd", "apgd") else "samples/s")
+        unit = "images/s" if kind in ("fgsm", "fab", "fab-t") else ("step·images/s" if kind in ("pgd", "apgd") else "samples/s")
         print(f"  torch   {key:<44} {work / best:>10.1f} {unit} ({1e3 * best:.2f} ms per run)")
         if a.breakdown and kind == "pgd":
             def best_of(f):
