@@ -563,6 +563,18 @@ impl fmt::Display for RobustnessReport {
                 stage.attack
             )?;
         }
+        let randomized = self
+            .adaptive
+            .as_ref()
+            .is_some_and(|a| a.method.starts_with("EOT"));
+        if randomized && !self.stages.is_empty() {
+            writeln!(
+                f,
+                "  {:<18} (each stage judges an example by one noisy forward pass, as AutoAttack \
+                 does; the accuracies above judge it again with fresh noise)",
+                ""
+            )?;
+        }
         write!(
             f,
             "  {:<18} {:.2} s on {}, seed {}",
