@@ -122,8 +122,8 @@ impl Ensemble {
     /// loss needs a model with at least 4 classes, the `rand` version's APGD-DLR 3: on fewer, the
     /// run stops with a typed error saying so. [`Version::Custom`] runs `params.members`.
     pub fn autoattack(eps: f64, params: &AttackParams) -> Result<Self> {
-        let rand = || -> Result<Ensemble> {
-            let mut version = Ensemble::of_members(eps, params, RAND)?;
+        // What a randomized model's adaptive run gets: the rand version over its draws.
+        let with_rand = |mut version: Ensemble| -> Result<Ensemble> {
             version.randomized = Some((
                 Box::new(Ensemble::of_members(eps, params, RAND)?),
                 RAND_EOT_DRAWS,
@@ -131,12 +131,8 @@ impl Ensemble {
             Ok(version)
         };
         match params.version {
-            Version::Rand => rand(),
-            Version::Standard => {
-                let mut standard = Ensemble::of_members(eps, params, STANDARD)?;
-                standard.randomized = rand()?.randomized;
-                Ok(standard)
-            }
+            Version::Rand => with_rand(Ensemble::of_members(eps, params, RAND)?),
+            Version::Standard => with_rand(Ensemble::of_members(eps, params, STANDARD)?),
             Version::Custom => {
                 if params.members.is_empty() {
                     return Err(Error::param(
