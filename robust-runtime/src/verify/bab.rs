@@ -1,7 +1,7 @@
 //! Branch and bound over unstable ReLUs, with β-CROWN bounds on every branch and a PGD search
 //! for a counterexample first.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::bounds::{self, Net, Objective, Relax, Schedule};
 use super::{Options, Verdict};
@@ -90,7 +90,22 @@ pub(super) fn search(
         lr_beta: options.lr_beta,
         stop_above: None,
     };
+    let t0 = Instant::now();
     let (lower, upper) = bounds::layer_bounds(net, (lo, hi), schedule, 512);
+    trace(|| {
+        let unstable: Vec<usize> = (lower.iter().zip(&upper))
+            .map(|(l, u)| {
+                l.iter()
+                    .zip(u)
+                    .filter(|(l, u)| **l < 0.0 && **u > 0.0)
+                    .count()
+            })
+            .collect();
+        format!(
+            "root layer bounds {:.2?}, unstable per layer {unstable:?}",
+            t0.elapsed()
+        )
+    });
     let depth = net.layers.len();
     // α-CROWN on every goal's rows at once.
     let c: Vec<f64> = goals.iter().flat_map(|g| g.c.iter().copied()).collect();
@@ -180,6 +195,15 @@ pub(super) fn search(
     let mut branches = 0;
     let mut proved;
     let mut exhausted = false;
+    let mut spent = [Duration::ZERO; 3];
+    let report = |spent: &[Duration; 3], branches: usize| {
+        trace(|| {
+            format!(
+                "branch and bound: {branches} branches; refine {:.2?}, β-CROWN {:.2?}, branching {:.2?}",
+                spent[0], spent[1], spent[2]
+            )
+        })
+    };
     for (g, alpha, pick) in open {
         let Some(next) = pick else {
             exhausted = true;
@@ -195,14 +219,15 @@ pub(super) fn search(
         }];
         while !stack.is_empty() {
             if out_of_time() || options.max_branches.is_some_and(|m| branches >= m) {
-                if std::env::var_os("ROBUST_VERIFY_TRACE").is_some() {
-                    eprintln!(
+                trace(|| {
+                    format!(
                         "goal {g}: {:.3e} of the space left, {} open, depth ≤ {}",
                         1.0 - proved,
                         stack.len(),
                         stack.iter().map(|d| d.splits.len()).max().unwrap_or(0)
-                    );
-                }
+                    )
+                });
+                report(&spent, branches);
                 return Search {
                     verdict: Verdict::Unknown,
                     branches,
@@ -224,9 +249,13 @@ pub(super) fn search(
                 };
             }
             exhausted |= step.exhausted;
+            for (total, t) in spent.iter_mut().zip(step.spent) {
+                *total += t;
+            }
             stack.extend(step.children);
         }
     }
+    report(&spent, branches);
     Search {
         verdict: if exhausted {
             Verdict::Unknown
@@ -236,6 +265,13 @@ pub(super) fn search(
         branches,
         root_bounds,
         stage: "bab",
+    }
+}
+
+/// Prints `line()` to stderr when `ROBUST_VERIFY_TRACE` is set.
+fn trace(line: impl FnOnce() -> String) {
+    if std::env::var_os("ROBUST_VERIFY_TRACE").is_some() {
+        eprintln!("{}", line());
     }
 }
 
@@ -261,6 +297,9 @@ struct Expanded {
     candidates: Vec<Vec<f64>>,
     /// A child left open with no unstable neuron left to split.
     exhausted: bool,
+    /// Time in the children's refined layer bounds, their β-CROWN bounds and the branching
+    /// choice.
+    spent: [Duration; 3],
 }
 
 /// Splits each parent on its chosen neuron, bounds both children with β-CROWN (warm-started
@@ -314,11 +353,13 @@ fn expand(
             }
         }
     }
+    let clock = Instant::now();
     let infeasible = if options.refine {
         refine(net, (lo, hi), &mut relax, &children, per)
     } else {
         vec![false; children.len()]
     };
+    let refined = clock.elapsed();
     let c = goal.c.repeat(children.len());
     let k = goal.k.repeat(children.len());
     let obj = Objective {
@@ -339,6 +380,7 @@ fn expand(
         share: 0.0,
         candidates: Vec::new(),
         exhausted: false,
+        spent: [refined, clock.elapsed() - refined, Duration::ZERO],
     };
     let d0 = net.inputs();
     let mut open = Vec::new();
@@ -365,7 +407,9 @@ fn expand(
         out.candidates.push(corner);
         open.push((ci, splits, best, candidates));
     }
+    let clock = Instant::now();
     let choices = filtered_smart_branching(net, (lo, hi), &relax, goal, &open);
+    out.spent[2] = clock.elapsed();
     for ((ci, splits, _, _), next) in open.into_iter().zip(choices) {
         let alpha = (ci * per..(ci + 1) * per)
             .flat_map(|p| slice_rows(&relax.alpha, p, rows))
