@@ -47,13 +47,32 @@ impl Goal {
 }
 
 /// A branch: the splits that define it, its relaxation's optimised slopes and multipliers
-/// (per goal row, f32: any value in range is sound, these only warm-start the children), its
-/// bound and the neuron to split next.
+/// (per goal row, f32: any value in range is sound, these only warm-start the children), the
+/// pre-activation bounds of each ReLU layer on its region (split sides applied; rounded
+/// outwards to f32), and the neuron to split next.
 struct Domain {
     splits: Vec<(u32, u32, bool)>,
     alpha: Vec<f32>,
     beta: Vec<f32>,
+    lower: Vec<Vec<f32>>,
+    upper: Vec<Vec<f32>>,
     next: (usize, usize),
+}
+
+/// `v` rounded down (`down`) or up to an f32 that bounds it on that side.
+fn outward(v: &[f64], down: bool) -> Vec<f32> {
+    v.iter()
+        .map(|&x| {
+            let r = x as f32;
+            if down && f64::from(r) > x {
+                r.next_down()
+            } else if !down && f64::from(r) < x {
+                r.next_up()
+            } else {
+                r
+            }
+        })
+        .collect()
 }
 
 /// What one property's search found, before the counterexample is checked in f32.
@@ -89,6 +108,7 @@ pub(super) fn search(
         lr_alpha: options.lr_alpha,
         lr_beta: options.lr_beta,
         stop_above: None,
+        deadline: Some(started + options.timeout),
     };
     let t0 = Instant::now();
     let (lower, upper) = bounds::layer_bounds(net, (lo, hi), schedule, 512);
@@ -190,6 +210,7 @@ pub(super) fn search(
             stage: "alpha-crown",
         };
     }
+    trace(|| format!("α-CROWN bounds per disjunct {root_bounds:.4?}"));
     // The hardest goal first: if it cannot be proved, neither can the property.
     open.sort_by(|a, b| root_bounds[a.0].total_cmp(&root_bounds[b.0]));
     let mut branches = 0;
@@ -215,6 +236,8 @@ pub(super) fn search(
             splits: Vec::new(),
             alpha,
             beta: Vec::new(),
+            lower: lower.iter().map(|l| outward(l, true)).collect(),
+            upper: upper.iter().map(|u| outward(u, false)).collect(),
             next,
         }];
         while !stack.is_empty() {
@@ -237,7 +260,7 @@ pub(super) fn search(
             }
             let take = stack.len().min(options.batch);
             let parents: Vec<Domain> = stack.split_off(stack.len() - take);
-            let step = expand(net, property, (&lower, &upper), goal, parents, options);
+            let step = expand(net, property, goal, parents, options, started);
             branches += step.children.len() + step.closed;
             proved += step.share;
             if let Some(x) = first_violation(net, property, &step.candidates) {
@@ -254,6 +277,7 @@ pub(super) fn search(
             }
             stack.extend(step.children);
         }
+        trace(|| format!("goal {g}: closed at {branches} branches"));
     }
     report(&spent, branches);
     Search {
@@ -307,10 +331,10 @@ struct Expanded {
 fn expand(
     net: &Net,
     property: &Property,
-    (lower, upper): (&[Vec<f64>], &[Vec<f64>]),
     goal: &Goal,
     parents: Vec<Domain>,
     options: &Options,
+    started: Instant,
 ) -> Expanded {
     let (lo, hi) = (&property.lower[..], &property.upper[..]);
     let widths = net.widths();
@@ -327,7 +351,17 @@ fn expand(
         .collect();
     let per = goal.rows;
     let rows = children.len() * per;
-    let mut relax = Relax::replicate(lower, upper, rows);
+    // Each child starts from its parent's bounds: its region is inside the parent's.
+    let tile = |of: fn(&Domain) -> &Vec<Vec<f32>>| -> Vec<Vec<f64>> {
+        (0..widths.len())
+            .map(|r| {
+                (0..rows)
+                    .flat_map(|p| of(&parents[p / per / 2])[r].iter().map(|&v| f64::from(v)))
+                    .collect()
+            })
+            .collect()
+    };
+    let mut relax = Relax::of(tile(|d| &d.lower), tile(|d| &d.upper), rows);
     for (ci, splits) in children.iter().enumerate() {
         let parent = &parents[ci / 2];
         for q in 0..per {
@@ -372,6 +406,7 @@ fn expand(
         lr_alpha: options.lr_alpha,
         lr_beta: options.lr_beta,
         stop_above: Some(0.0),
+        deadline: Some(started + options.timeout),
     };
     let pass = bounds::optimise(net, &obj, &mut relax, (lo, hi), schedule);
     let mut out = Expanded {
@@ -423,20 +458,29 @@ fn expand(
             })
             .map(|(r, k)| relax.beta[r][k] as f32)
             .collect();
+        let p = ci * per;
+        let row = |v: &[Vec<f64>], down: bool| -> Vec<Vec<f32>> {
+            (v.iter().zip(widths.iter()))
+                .map(|(layer, &n)| outward(&layer[p * n..(p + 1) * n], down))
+                .collect()
+        };
         out.children.push(Domain {
             splits,
             alpha,
             beta,
+            lower: row(&relax.lower, true),
+            upper: row(&relax.upper, false),
             next,
         });
     }
     out
 }
 
-/// Tightens each child's bounds on the neurons its splits leave unstable, layer by layer after
-/// its first split, by CROWN on the child's own relaxation (a split neuron's side narrows every
-/// later layer's bounds). Returns whether each child's region is empty: a neuron's bounds
-/// crossed by more than rounding.
+/// Tightens each child's bounds on the neurons left unstable in the layers after its newest
+/// split (the earlier splits' effect is in the bounds it inherited), layer by layer, by CROWN
+/// on the child's own relaxation (a split neuron's side narrows every later layer's bounds).
+/// Returns whether each child's region is empty: a neuron's bounds crossed by more than
+/// rounding.
 fn refine(
     net: &Net,
     (lo, hi): (&[f64], &[f64]),
@@ -451,12 +495,8 @@ fn refine(
         // (child, neuron) pairs to bound at layer m.
         let mut todo = Vec::new();
         for (ci, splits) in children.iter().enumerate() {
-            let first = splits
-                .iter()
-                .map(|s| s.0 as usize)
-                .min()
-                .unwrap_or(usize::MAX);
-            if first >= m {
+            let newest = splits.last().map_or(usize::MAX, |s| s.0 as usize);
+            if newest >= m {
                 continue;
             }
             let p = ci * per;

@@ -13,8 +13,10 @@
 //! 3. **Branch and bound** on what is left: split an unstable ReLU (chosen by BaBSR's score)
 //!    into `z ≥ 0` and `z ≤ 0`, bound both branches with β-CROWN (Wang et al. 2021, the split
 //!    constraints as Lagrange multipliers optimised with the slopes, warm-started from the
-//!    parent), batched on one matrix product per layer, until every branch is proved, a
-//!    branch's tightest point violates the property on the network, or the budget runs out.
+//!    parent; a row proved leaves the products), on layer bounds each branch inherits from its
+//!    parent and tightens after its newest split, batched on one matrix product per layer,
+//!    until every branch is proved, a branch's tightest point violates the property on the
+//!    network, or the budget runs out.
 //!
 //! The verdict is [`Verdict::Verified`] only when every branch was bounded above zero;
 //! [`Verdict::Falsified`] carries an input that violates the property on the f64 network and
@@ -22,7 +24,8 @@
 //!
 //! The bounds run in f64 on the network lowered to dense affine layers (convolutions,
 //! average pooling, batch norm and normalisation included); max-pooling, residual sums and
-//! concatenations are a typed [`Error::NotCertifiable`].
+//! concatenations are a typed [`Error::NotCertifiable`]. The optimiser's steps run in f32:
+//! they only choose slopes and multipliers, and the bound at the choice is computed in f64.
 
 mod bab;
 pub(crate) mod bounds;
@@ -76,7 +79,8 @@ pub struct Options {
     pub batch: usize,
     /// Candidates filtered smart branching bounds per split (1: BaBSR's choice alone).
     pub candidates: usize,
-    /// Whether each branch's later layers get CROWN bounds of their own (tighter, costlier).
+    /// Whether each branch's layers after its newest split get CROWN bounds of their own, on
+    /// top of the bounds it inherits from its parent (tighter, costlier).
     pub refine: bool,
     /// PGD's random starts per disjunct and steps per start.
     pub restarts: usize,
