@@ -389,7 +389,13 @@ fn expand(
     }
     let clock = Instant::now();
     let infeasible = if options.refine {
-        refine(net, (lo, hi), &mut relax, &children, per)
+        refine(
+            net,
+            (lo, hi),
+            &mut relax,
+            (&children, per),
+            started + options.timeout,
+        )
     } else {
         vec![false; children.len()]
     };
@@ -480,13 +486,13 @@ fn expand(
 /// split (the earlier splits' effect is in the bounds it inherited), layer by layer, by CROWN
 /// on the child's own relaxation (a split neuron's side narrows every later layer's bounds).
 /// Returns whether each child's region is empty: a neuron's bounds crossed by more than
-/// rounding.
+/// rounding. Stops at `deadline`, the bounds not yet refined left as inherited.
 fn refine(
     net: &Net,
     (lo, hi): (&[f64], &[f64]),
     relax: &mut Relax,
-    children: &[Vec<(u32, u32, bool)>],
-    per: usize,
+    (children, per): (&[Vec<(u32, u32, bool)>], usize),
+    deadline: Instant,
 ) -> Vec<bool> {
     let widths = net.widths();
     let mut empty = vec![false; children.len()];
@@ -508,6 +514,9 @@ fn refine(
             }
         }
         for part in todo.chunks(REFINE_ROWS / 2) {
+            if Instant::now() >= deadline {
+                return empty;
+            }
             let rows = 2 * part.len();
             let mut sub = Relax {
                 rows,
