@@ -94,7 +94,8 @@ pub(super) fn search(
     let (lo, hi) = (&property.lower[..], &property.upper[..]);
     let goals = Goal::of(property);
     let mut rng = Rng::seed_from_u64(options.seed);
-    let out_of_time = || started.elapsed() >= options.timeout;
+    let deadline = started + options.timeout;
+    let out_of_time = || Instant::now() >= deadline;
     if let Some(x) = attack(net, property, &goals, options, &mut rng) {
         return Search {
             verdict: Verdict::Falsified(x),
@@ -108,7 +109,7 @@ pub(super) fn search(
         lr_alpha: options.lr_alpha,
         lr_beta: options.lr_beta,
         stop_above: None,
-        deadline: Some(started + options.timeout),
+        deadline: Some(deadline),
     };
     let t0 = Instant::now();
     let (lower, upper) = bounds::layer_bounds(net, (lo, hi), schedule, 512);
@@ -260,7 +261,7 @@ pub(super) fn search(
             }
             let take = stack.len().min(options.batch);
             let parents: Vec<Domain> = stack.split_off(stack.len() - take);
-            let step = expand(net, property, goal, parents, options, started);
+            let step = expand(net, property, goal, parents, options, deadline);
             branches += step.children.len() + step.closed;
             proved += step.share;
             if let Some(x) = first_violation(net, property, &step.candidates) {
@@ -327,14 +328,14 @@ struct Expanded {
 }
 
 /// Splits each parent on its chosen neuron, bounds both children with β-CROWN (warm-started
-/// from the parent) and keeps those the bound does not close.
+/// from the parent) and keeps those the bound does not close, stopping its steps at `deadline`.
 fn expand(
     net: &Net,
     property: &Property,
     goal: &Goal,
     parents: Vec<Domain>,
     options: &Options,
-    started: Instant,
+    deadline: Instant,
 ) -> Expanded {
     let (lo, hi) = (&property.lower[..], &property.upper[..]);
     let widths = net.widths();
@@ -389,13 +390,7 @@ fn expand(
     }
     let clock = Instant::now();
     let infeasible = if options.refine {
-        refine(
-            net,
-            (lo, hi),
-            &mut relax,
-            (&children, per),
-            started + options.timeout,
-        )
+        refine(net, (lo, hi), &mut relax, &children, per, deadline)
     } else {
         vec![false; children.len()]
     };
@@ -412,7 +407,7 @@ fn expand(
         lr_alpha: options.lr_alpha,
         lr_beta: options.lr_beta,
         stop_above: Some(0.0),
-        deadline: Some(started + options.timeout),
+        deadline: Some(deadline),
     };
     let pass = bounds::optimise(net, &obj, &mut relax, (lo, hi), schedule);
     let mut out = Expanded {
@@ -491,7 +486,8 @@ fn refine(
     net: &Net,
     (lo, hi): (&[f64], &[f64]),
     relax: &mut Relax,
-    (children, per): (&[Vec<(u32, u32, bool)>], usize),
+    children: &[Vec<(u32, u32, bool)>],
+    per: usize,
     deadline: Instant,
 ) -> Vec<bool> {
     let widths = net.widths();
