@@ -49,8 +49,10 @@ impl Goal {
 /// A branch: the splits that define it, its relaxation's optimised slopes and multipliers
 /// (per goal row, f32: any value in range is sound, these only warm-start the children), the
 /// pre-activation bounds of each ReLU layer on its region (split sides applied; rounded
-/// outwards to f32), and the neuron to split next.
+/// outwards to f32), the neuron to split next, and the goal it is bounded against (an index
+/// into the search's goals).
 struct Domain {
+    goal: usize,
     splits: Vec<(u32, u32, bool)>,
     alpha: Vec<f32>,
     beta: Vec<f32>,
@@ -112,7 +114,7 @@ pub(super) fn search(
         deadline: Some(deadline),
     };
     let t0 = Instant::now();
-    let (lower, upper) = bounds::layer_bounds(net, (lo, hi), schedule, 512);
+    let (mut lower, mut upper) = bounds::layer_bounds(net, (lo, hi), schedule, 512);
     trace(|| {
         let unstable: Vec<usize> = (lower.iter().zip(&upper))
             .map(|(l, u)| {
@@ -131,20 +133,62 @@ pub(super) fn search(
     // α-CROWN on every goal's rows at once.
     let c: Vec<f64> = goals.iter().flat_map(|g| g.c.iter().copied()).collect();
     let k: Vec<f64> = goals.iter().flat_map(|g| g.k.iter().copied()).collect();
-    let mut relax = Relax::replicate(&lower, &upper, k.len());
-    let root = bounds::optimise(
-        net,
-        &Objective {
-            depth,
-            c: &c,
-            k: &k,
-        },
-        &mut relax,
-        (lo, hi),
-        // All its steps, proved or not: the bounds are reported (certified margins), and
-        // should be no looser than CROWN's.
-        schedule,
-    );
+    let alpha_crown = |lower: &[Vec<f64>], upper: &[Vec<f64>]| {
+        let mut relax = Relax::replicate(lower, upper, k.len());
+        let pass = bounds::optimise(
+            net,
+            &Objective {
+                depth,
+                c: &c,
+                k: &k,
+            },
+            &mut relax,
+            (lo, hi),
+            // All its steps, proved or not: the bounds are reported (certified margins), and
+            // should be no looser than CROWN's.
+            schedule,
+        );
+        (pass, relax)
+    };
+    let (mut root, mut relax) = alpha_crown(&lower, &upper);
+    let unproved = |root: &bounds::Pass| {
+        let mut row = 0;
+        goals.iter().any(|g| {
+            row += g.rows;
+            root.bound[row - g.rows..row].iter().all(|&b| b <= 0.0)
+        })
+    };
+    // Branches spent before the property's own branch and bound.
+    let mut branches = 0;
+    if options.stabilise > 0.0 && options.max_branches != Some(0) && unproved(&root) {
+        let now = Instant::now();
+        let until = now
+            + deadline
+                .saturating_duration_since(now)
+                .mul_f64(options.stabilise);
+        let proved;
+        (proved, branches) = stabilise(
+            net, property, &mut lower, &mut upper, options, schedule, until, &mut rng,
+        );
+        if proved.iter().any(|&p| p > 0) {
+            let (again, again_relax) = alpha_crown(&lower, &upper);
+            trace(|| {
+                format!(
+                    "stabilised {proved:?} neurons in {:.2?}, {branches} branches; α-CROWN rows {:.3?} → {:.3?}",
+                    now.elapsed(),
+                    &root.bound,
+                    &again.bound
+                )
+            });
+            // The tighter layer bounds' pass, its rows no looser than before.
+            let mut again = again;
+            for (b, &old) in again.bound.iter_mut().zip(&root.bound) {
+                *b = b.max(old);
+            }
+            root = again;
+            relax = again_relax;
+        }
+    }
     // Never looser than CROWN (its own intermediate bounds and slopes: tighter intermediate
     // bounds can turn CROWN's adaptive slopes the wrong way) or than interval bounds.
     let (crown_lower, crown_upper) = bounds::layer_bounds(
@@ -167,7 +211,6 @@ pub(super) fn search(
         (lo, hi),
     );
     let interval = bounds::interval_objective(net, &lower, &upper, &c, &k);
-    let mut root = root;
     for ((b, cr), i) in root.bound.iter_mut().zip(crown.bound).zip(interval) {
         *b = b.max(cr).max(i);
     }
@@ -193,7 +236,7 @@ pub(super) fn search(
                 if let Some(x) = found {
                     return Search {
                         verdict: Verdict::Falsified(x),
-                        branches: 0,
+                        branches,
                         root_bounds,
                         stage: "alpha-crown",
                     };
@@ -204,17 +247,17 @@ pub(super) fn search(
         row += goal.rows;
     }
     if open.is_empty() {
+        // α-CROWN's proof, on layer bounds that branch and bound tightened where it ran.
         return Search {
             verdict: Verdict::Verified,
-            branches: 0,
+            branches,
             root_bounds,
-            stage: "alpha-crown",
+            stage: if branches > 0 { "bab" } else { "alpha-crown" },
         };
     }
     trace(|| format!("α-CROWN bounds per disjunct {root_bounds:.4?}"));
     // The hardest goal first: if it cannot be proved, neither can the property.
     open.sort_by(|a, b| root_bounds[a.0].total_cmp(&root_bounds[b.0]));
-    let mut branches = 0;
     let mut proved;
     let mut exhausted = false;
     let mut spent = [Duration::ZERO; 3];
@@ -231,9 +274,9 @@ pub(super) fn search(
             exhausted = true;
             continue;
         };
-        let goal = &goals[g];
         proved = 0.0;
         let mut stack = vec![Domain {
+            goal: g,
             splits: Vec::new(),
             alpha,
             beta: Vec::new(),
@@ -261,10 +304,11 @@ pub(super) fn search(
             }
             let take = stack.len().min(options.batch);
             let parents: Vec<Domain> = stack.split_off(stack.len() - take);
-            let step = expand(net, property, goal, parents, options, deadline);
+            let step = expand(net, property, true, &goals, parents, options, deadline);
             branches += step.children.len() + step.closed;
             proved += step.share;
-            if let Some(x) = first_violation(net, property, &step.candidates) {
+            let xs: Vec<Vec<f64>> = step.candidates.into_iter().map(|(_, x)| x).collect();
+            if let Some(x) = first_violation(net, property, &xs) {
                 return Search {
                     verdict: Verdict::Falsified(x),
                     branches,
@@ -272,7 +316,7 @@ pub(super) fn search(
                     stage: "bab",
                 };
             }
-            exhausted |= step.exhausted;
+            exhausted |= !step.exhausted.is_empty();
             for (total, t) in spent.iter_mut().zip(step.spent) {
                 *total += t;
             }
@@ -317,22 +361,27 @@ struct Expanded {
     /// The share of the goal's input space the closed children cover, if the splits cut it in
     /// halves (`2^-depth` each): 1 once every branch is closed.
     share: f64,
-    /// Inputs to check on the network: for each child left open, the box corner its bound is
-    /// attained at, and for a child with nothing left to split, PGD's best point from there.
-    candidates: Vec<Vec<f64>>,
-    /// A child left open with no unstable neuron left to split.
-    exhausted: bool,
+    /// Inputs to check on the network, with their goal: for each child left open, the box
+    /// corner its bound is attained at, and for a child with nothing left to split, PGD's best
+    /// point from there.
+    candidates: Vec<(usize, Vec<f64>)>,
+    /// The goal of each child left open with no unstable neuron left to split.
+    exhausted: Vec<usize>,
     /// Time in the children's refined layer bounds, their β-CROWN bounds and the branching
     /// choice.
     spent: [Duration; 3],
 }
 
 /// Splits each parent on its chosen neuron, bounds both children with β-CROWN (warm-started
-/// from the parent) and keeps those the bound does not close, stopping its steps at `deadline`.
+/// from the parent) against the parent's goal (`goals[d.goal]`; every parent's goal has as
+/// many rows) and keeps those the bound does not close, stopping its steps at `deadline`.
+/// With `whole`, `net`'s outputs are `property`'s and PGD runs on a child with nothing left to
+/// split; without, `property` is only the box.
 fn expand(
     net: &Net,
     property: &Property,
-    goal: &Goal,
+    whole: bool,
+    goals: &[Goal],
     parents: Vec<Domain>,
     options: &Options,
     deadline: Instant,
@@ -350,7 +399,7 @@ fn expand(
             })
         })
         .collect();
-    let per = goal.rows;
+    let per = goals[parents[0].goal].rows;
     let rows = children.len() * per;
     // Each child starts from its parent's bounds: its region is inside the parent's.
     let tile = |of: fn(&Domain) -> &Vec<Vec<f32>>| -> Vec<Vec<f64>> {
@@ -395,8 +444,13 @@ fn expand(
         vec![false; children.len()]
     };
     let refined = clock.elapsed();
-    let c = goal.c.repeat(children.len());
-    let k = goal.k.repeat(children.len());
+    let goal_of = |ci: usize| &goals[parents[ci / 2].goal];
+    let c: Vec<f64> = (0..children.len())
+        .flat_map(|ci| goal_of(ci).c.iter().copied())
+        .collect();
+    let k: Vec<f64> = (0..children.len())
+        .flat_map(|ci| goal_of(ci).k.iter().copied())
+        .collect();
     let obj = Objective {
         depth: net.layers.len(),
         c: &c,
@@ -415,7 +469,7 @@ fn expand(
         closed: 0,
         share: 0.0,
         candidates: Vec::new(),
-        exhausted: false,
+        exhausted: Vec::new(),
         spent: [refined, clock.elapsed() - refined, Duration::ZERO],
     };
     let d0 = net.inputs();
@@ -429,22 +483,26 @@ fn expand(
             out.share += 0.5f64.powi(splits.len() as i32);
             continue;
         }
+        let g = parents[ci / 2].goal;
         let corner = pass.corner[best * d0..(best + 1) * d0].to_vec();
         let candidates = branch_candidates(&pass, &relax, best, options.candidates.max(1));
         if candidates.is_empty() {
             // Every neuron is fixed: the network is affine on this branch, and a bound that stays
             // at or below zero is the relaxation's, or a counterexample near its corner.
-            out.candidates
-                .extend(descend(net, property, corner.clone(), |_| goal, 200, 0.1));
-            out.candidates.push(corner);
-            out.exhausted = true;
+            if whole {
+                let found = descend(net, property, corner.clone(), |_| &goals[g], 200, 0.1);
+                out.candidates.extend(found.map(|x| (g, x)));
+            }
+            out.candidates.push((g, corner));
+            out.exhausted.push(g);
             continue;
         }
-        out.candidates.push(corner);
+        out.candidates.push((g, corner));
         open.push((ci, splits, best, candidates));
     }
     let clock = Instant::now();
-    let choices = filtered_smart_branching(net, (lo, hi), &relax, goal, &open);
+    let goal_of: Vec<&Goal> = open.iter().map(|o| goal_of(o.0)).collect();
+    let choices = filtered_smart_branching(net, (lo, hi), &relax, &goal_of, &open);
     out.spent[2] = clock.elapsed();
     for ((ci, splits, _, _), next) in open.into_iter().zip(choices) {
         let alpha = (ci * per..(ci + 1) * per)
@@ -466,6 +524,7 @@ fn expand(
                 .collect()
         };
         out.children.push(Domain {
+            goal: parents[ci / 2].goal,
             splits,
             alpha,
             beta,
@@ -615,12 +674,13 @@ fn branch_candidates(
 
 /// Filtered smart branching (De Palma et al. 2021): of each domain's candidates, the one whose
 /// worse child has the best bound, each child bounded by one back-substitution on the
-/// domain's relaxation (row `best` of `relax`) with the candidate split.
+/// domain's relaxation (row `best` of `relax`) with the candidate split, against the domain's
+/// goal (`goals[d]`).
 fn filtered_smart_branching(
     net: &Net,
     (lo, hi): (&[f64], &[f64]),
     relax: &Relax,
-    goal: &Goal,
+    goals: &[&Goal],
     open: &[(usize, Vec<(u32, u32, bool)>, usize, Vec<(usize, usize)>)],
 ) -> Vec<(usize, usize)> {
     let mut choice: Vec<(usize, usize)> = open.iter().map(|o| o.3[0]).collect();
@@ -645,6 +705,7 @@ fn filtered_smart_branching(
             } else {
                 sub.upper[r][at] = 0.0;
             }
+            let goal = goals[d];
             let row = open[d].2 % goal.rows;
             c.extend_from_slice(&goal.c[row * outputs..(row + 1) * outputs]);
             k.push(goal.k[row]);
@@ -755,4 +816,335 @@ fn descend<'g>(
         }
     }
     None
+}
+
+/// The least value of `σ·z_j` PGD reaches over the box, for each `(j, σ)` of `targets`, on
+/// the output `z` of `net` (signed-gradient descent from one random start each).
+fn reach(
+    net: &Net,
+    property: &Property,
+    targets: &[(usize, f64)],
+    steps: usize,
+    rng: &mut Rng,
+) -> Vec<f64> {
+    let (lo, hi) = (&property.lower, &property.upper);
+    let (d0, n, rows) = (net.inputs(), net.outputs(), targets.len());
+    let mut x: Vec<f64> = (0..rows)
+        .flat_map(|_| lo.iter().zip(hi.iter()))
+        .map(|(&l, &h)| if h > l { rng.uniform(l, h) } else { l })
+        .collect();
+    let mut least = vec![f64::INFINITY; rows];
+    for t in 0..=steps {
+        let z = net.forward(&x, rows);
+        let y = z.last().expect("a layer");
+        let mut seed = vec![0.0; rows * n];
+        for (q, &(j, s)) in targets.iter().enumerate() {
+            least[q] = least[q].min(s * y[q * n + j]);
+            seed[q * n + j] = s;
+        }
+        if t == steps {
+            break;
+        }
+        let g = net.input_gradient(&z, &seed, rows);
+        let frac = 0.25 * (1.0 - t as f64 / steps as f64) + 0.01;
+        for (k, x) in x.iter_mut().enumerate() {
+            let j = k % d0;
+            *x = (*x - frac * (hi[j] - lo[j]) * g[k].signum()).clamp(lo[j], hi[j]);
+        }
+    }
+    least
+}
+
+/// Tightens the root's layer bounds without a MIP solver: an unstable neuron whose one side
+/// PGD never reaches is proved stable by branch and bound over the layers before it (goal
+/// `σ·z_j > 0`, β-CROWN on each branch, at most `cap` branches per neuron), layer by layer,
+/// each layer's later bounds recomputed by α-CROWN from the tightened ones. Stops at `until`,
+/// the time shared out evenly over the layers left, or at `options.max_branches`. Returns the
+/// neurons proved stable per layer and the branches bounded.
+#[allow(clippy::too_many_arguments)]
+fn stabilise(
+    net: &Net,
+    property: &Property,
+    lower: &mut Vec<Vec<f64>>,
+    upper: &mut Vec<Vec<f64>>,
+    options: &Options,
+    schedule: Schedule,
+    until: Instant,
+    rng: &mut Rng,
+) -> (Vec<usize>, usize) {
+    let (lo, hi) = (&property.lower[..], &property.upper[..]);
+    let widths = net.widths();
+    let cap = options.stabilise_branches;
+    let mut stabilised = vec![0; widths.len()];
+    let mut branches = 0;
+    for m in 1..widths.len() {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        let layer_until = now + (until - now) / (widths.len() - m) as u32;
+        let n = widths[m];
+        let sub = net.truncated(m + 1);
+        let both: Vec<(usize, f64)> = (0..n)
+            .filter(|&j| lower[m][j] < 0.0 && upper[m][j] > 0.0)
+            .flat_map(|j| [(j, 1.0), (j, -1.0)])
+            .collect();
+        if both.is_empty() {
+            continue;
+        }
+        // Only a side PGD never reaches can be proved.
+        let least = reach(&sub, property, &both, 50, rng);
+        let targets: Vec<(usize, f64)> = (both.iter().zip(&least))
+            .filter(|(_, &v)| v > 0.0)
+            .map(|(&t, _)| t)
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let goals: Vec<Goal> = (targets.iter())
+            .map(|&(j, s)| {
+                let mut c = vec![0.0; n];
+                c[j] = s;
+                Goal {
+                    c,
+                    k: vec![0.0],
+                    rows: 1,
+                }
+            })
+            .collect();
+        let c: Vec<f64> = goals.iter().flat_map(|g| g.c.iter().copied()).collect();
+        let k = vec![0.0; goals.len()];
+        let mut relax = Relax::replicate(&lower[..m], &upper[..m], goals.len());
+        let root = bounds::optimise(
+            &sub,
+            &Objective {
+                depth: m + 1,
+                c: &c,
+                k: &k,
+            },
+            &mut relax,
+            (lo, hi),
+            Schedule {
+                deadline: Some(layer_until),
+                ..schedule
+            },
+        );
+        let mut open = vec![0usize; goals.len()];
+        let mut failed = vec![false; goals.len()];
+        let mut spent = vec![0usize; goals.len()];
+        let mut stack = Vec::new();
+        for t in 0..goals.len() {
+            if root.bound[t] > 0.0 {
+                continue;
+            }
+            let Some(next) = branch_candidates(&root, &relax, t, 1).first().copied() else {
+                failed[t] = true;
+                continue;
+            };
+            open[t] = 1;
+            stack.push(Domain {
+                goal: t,
+                splits: Vec::new(),
+                alpha: slice_rows(&relax.alpha, t, relax.rows),
+                beta: Vec::new(),
+                lower: lower[..m].iter().map(|l| outward(l, true)).collect(),
+                upper: upper[..m].iter().map(|u| outward(u, false)).collect(),
+                next,
+            });
+        }
+        let mut cut = false;
+        while !stack.is_empty() {
+            if Instant::now() >= layer_until || options.max_branches.is_some_and(|m| branches >= m)
+            {
+                cut = true;
+                break;
+            }
+            let take = stack.len().min(options.batch);
+            let mut parents = stack.split_off(stack.len() - take);
+            for d in &parents {
+                open[d.goal] -= 1;
+                spent[d.goal] += 2;
+                if spent[d.goal] > cap {
+                    failed[d.goal] = true;
+                }
+            }
+            parents.retain(|d| !failed[d.goal]);
+            if parents.is_empty() {
+                continue;
+            }
+            let step = expand(&sub, property, false, &goals, parents, options, layer_until);
+            branches += step.children.len() + step.closed;
+            for g in step.exhausted {
+                failed[g] = true;
+            }
+            // A corner where the side is reached ends its neuron's search.
+            let xs: Vec<f64> = step
+                .candidates
+                .iter()
+                .flat_map(|(_, x)| x.clone())
+                .collect();
+            let z = sub.forward(&xs, step.candidates.len());
+            let y = z.last().expect("a layer");
+            for (q, (g, _)) in step.candidates.iter().enumerate() {
+                let (j, s) = targets[*g];
+                if s * y[q * n + j] <= 0.0 {
+                    failed[*g] = true;
+                }
+            }
+            for child in step.children {
+                if !failed[child.goal] {
+                    open[child.goal] += 1;
+                    stack.push(child);
+                }
+            }
+            stack.retain(|d| !failed[d.goal]);
+        }
+        // What the cut left open is not proved; every other neuron's branches all closed.
+        if cut {
+            for d in &stack {
+                failed[d.goal] = true;
+            }
+        }
+        let mut proved = 0;
+        for (t, &(j, s)) in targets.iter().enumerate() {
+            if failed[t] || open[t] > 0 {
+                continue;
+            }
+            proved += 1;
+            if s > 0.0 {
+                lower[m][j] = lower[m][j].max(0.0);
+            } else {
+                upper[m][j] = upper[m][j].min(0.0);
+            }
+        }
+        stabilised[m] = proved;
+        trace(|| {
+            format!(
+                "stabilise layer {m}: {} unstable, {} sides PGD never reaches, {proved} proved, {} branches, {:.2?}",
+                both.len() / 2,
+                targets.len(),
+                spent.iter().sum::<usize>(),
+                now.elapsed()
+            )
+        });
+        if proved > 0 && m + 1 < widths.len() {
+            // The later layers again, from the tightened ones; each keeps its tighter side.
+            let (old_lower, old_upper) = (lower.split_off(m + 1), upper.split_off(m + 1));
+            bounds::extend_layer_bounds(
+                net,
+                (lo, hi),
+                Schedule {
+                    deadline: Some(until),
+                    ..schedule
+                },
+                512,
+                lower,
+                upper,
+            );
+            for (r, (ol, ou)) in old_lower.iter().zip(&old_upper).enumerate() {
+                let r = m + 1 + r;
+                for (v, &o) in lower[r].iter_mut().zip(ol) {
+                    *v = v.max(o);
+                }
+                for (v, &o) in upper[r].iter_mut().zip(ou) {
+                    *v = v.min(o);
+                }
+            }
+        }
+    }
+    (stabilised, branches)
+}
+
+#[cfg(test)]
+mod should {
+    use super::{stabilise, Options, Property, Rng, Schedule};
+    use crate::nn::engine::AffineMap;
+    use crate::verify::bounds::{layer_bounds, Net};
+
+    /// A random ReLU network `sizes[0] → … → sizes[last]`, weights `N(0, 1/d_in)`.
+    fn net(rng: &mut Rng, sizes: &[usize]) -> Net {
+        let maps = sizes
+            .windows(2)
+            .map(|d| AffineMap {
+                w: (0..d[0] * d[1])
+                    .map(|_| rng.normal() / (d[0] as f64).sqrt())
+                    .collect(),
+                b: (0..d[1]).map(|_| 0.1 * rng.normal()).collect(),
+                d_in: d[0],
+                d_out: d[1],
+            })
+            .collect();
+        Net::new(maps)
+    }
+
+    #[test]
+    fn prove_neurons_stable_only_where_no_sample_crosses_zero() {
+        let mut rng = Rng::seed_from_u64(5);
+        let net = net(&mut rng, &[6, 24, 24, 24, 5]);
+        let centre: Vec<f64> = (0..6).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let property = Property {
+            lower: centre.iter().map(|c| c - 0.5).collect(),
+            upper: centre.iter().map(|c| c + 0.5).collect(),
+            outputs: 5,
+            violation: Vec::new(),
+        };
+        let (lo, hi) = (&property.lower[..], &property.upper[..]);
+        let schedule = Schedule {
+            iterations: 20,
+            lr_alpha: 0.1,
+            lr_beta: 0.05,
+            stop_above: None,
+            deadline: None,
+        };
+        let (before_lower, before_upper) = layer_bounds(&net, (lo, hi), schedule, 64);
+        let (mut lower, mut upper) = (before_lower.clone(), before_upper.clone());
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let (proved, branches) = stabilise(
+            &net,
+            &property,
+            &mut lower,
+            &mut upper,
+            &Options::default(),
+            schedule,
+            until,
+            &mut rng,
+        );
+        // Not vacuous: neurons of both searched layers proved, by branching.
+        assert!(proved[1] > 0 && proved[2] > 0, "{proved:?}");
+        assert!(branches > 0);
+        // Never looser.
+        for r in 0..3 {
+            for j in 0..24 {
+                assert!(lower[r][j] >= before_lower[r][j] && upper[r][j] <= before_upper[r][j]);
+            }
+        }
+        // Every sampled pre-activation (the box's corners among them) within the bounds.
+        let n = 20_000;
+        let x: Vec<f64> = (0..n * 6)
+            .map(|i| {
+                let (l, h) = (lo[i % 6], hi[i % 6]);
+                if (i / 6) % 4 == 0 {
+                    if rng.uniform(0.0, 1.0) < 0.5 {
+                        l
+                    } else {
+                        h
+                    }
+                } else {
+                    rng.uniform(l, h)
+                }
+            })
+            .collect();
+        let z = net.forward(&x, n);
+        for r in 0..3 {
+            for (i, &v) in z[r].iter().enumerate() {
+                let j = i % 24;
+                assert!(
+                    v >= lower[r][j] - 1e-9 && v <= upper[r][j] + 1e-9,
+                    "layer {r} neuron {j}: {v} outside [{}, {}]",
+                    lower[r][j],
+                    upper[r][j]
+                );
+            }
+        }
+    }
 }

@@ -129,6 +129,14 @@ impl Net {
         Net { layers, single }
     }
 
+    /// The network's first `depth` layers (the last of them without its ReLU).
+    pub fn truncated(&self, depth: usize) -> Net {
+        Net {
+            layers: self.layers[..depth].to_vec(),
+            single: self.single[..depth].to_vec(),
+        }
+    }
+
     /// Values of the input.
     pub fn inputs(&self) -> usize {
         self.layers[0].d_in
@@ -664,13 +672,26 @@ fn adam<T: Real>(
 /// upper bound its own objective, `schedule.iterations` steps). `chunk` rows run at a time.
 pub(crate) fn layer_bounds(
     net: &Net,
-    (lo, hi): (&[f64], &[f64]),
+    bounds: (&[f64], &[f64]),
     schedule: Schedule,
     chunk: usize,
 ) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let (mut lower, mut upper) = (Vec::new(), Vec::new());
+    extend_layer_bounds(net, bounds, schedule, chunk, &mut lower, &mut upper);
+    (lower, upper)
+}
+
+/// [`layer_bounds`] of the layers after those `lower` and `upper` already hold, from them.
+pub(crate) fn extend_layer_bounds(
+    net: &Net,
+    (lo, hi): (&[f64], &[f64]),
+    schedule: Schedule,
+    chunk: usize,
+    lower: &mut Vec<Vec<f64>>,
+    upper: &mut Vec<Vec<f64>>,
+) {
     let widths = net.widths();
-    let (mut lower, mut upper): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (Vec::new(), Vec::new());
-    for (m, &n) in widths.iter().enumerate() {
+    for (m, &n) in widths.iter().enumerate().skip(lower.len()) {
         // The interval bound through layer m from the box of its input.
         let (in_lo, in_hi): (Vec<f64>, Vec<f64>) = if m == 0 {
             (lo.to_vec(), hi.to_vec())
@@ -700,7 +721,7 @@ pub(crate) fn layer_bounds(
                     c: &c,
                     k: &k,
                 };
-                let mut relax = Relax::replicate(&lower, &upper, rows);
+                let mut relax = Relax::replicate(lower, upper, rows);
                 let pass = optimise(net, &obj, &mut relax, (lo, hi), schedule);
                 for (&(j, s), b) in part.iter().zip(pass.bound) {
                     if s > 0.0 {
@@ -714,7 +735,6 @@ pub(crate) fn layer_bounds(
         lower.push(l);
         upper.push(u);
     }
-    (lower, upper)
 }
 
 /// Lower bounds of the objective rows `c·y + k` (on the network's output) from the last ReLU

@@ -10,7 +10,14 @@
 //!    become variables, raised by projected gradient ascent (Adam) on the bound, per objective
 //!    and per neuron, for every layer's bounds and the property's; each keeps its best bound,
 //!    so it is never looser than CROWN.
-//! 3. **Branch and bound** on what is left: split an unstable ReLU (chosen by BaBSR's score)
+//! 3. **Stabilisation**, when α-CROWN leaves the property open: most neurons that the root's
+//!    layer bounds call unstable are stable in fact (PGD never reaches one of their sides),
+//!    and each such one left unstable loosens every later layer. Branch and bound on the layers
+//!    before it (goal `z_j > 0` or `z_j < 0`, the same β-CROWN branches as below) proves it
+//!    stable, layer by layer, each layer's later bounds then recomputed by α-CROWN; then
+//!    α-CROWN again on the property. This stands in for the MIP solver α,β-CROWN refines its
+//!    layer bounds with (`Options::stabilise` is its share of the budget).
+//! 4. **Branch and bound** on what is left: split an unstable ReLU (chosen by BaBSR's score)
 //!    into `z ≥ 0` and `z ≤ 0`, bound both branches with β-CROWN (Wang et al. 2021, the split
 //!    constraints as Lagrange multipliers optimised with the slopes, warm-started from the
 //!    parent; a row proved leaves the products), on layer bounds each branch inherits from its
@@ -65,7 +72,8 @@ impl Verdict {
 pub struct Options {
     /// Wall time for the whole property.
     pub timeout: Duration,
-    /// Stop after this many branches (`None`: the time budget alone).
+    /// Stop after this many branches, stabilisation's included (`None`: the time budget
+    /// alone; `Some(0)`: α-CROWN alone).
     pub max_branches: Option<usize>,
     /// Adam steps of α-CROWN on each layer's bounds and on the property at the root.
     pub alpha_iterations: usize,
@@ -82,6 +90,11 @@ pub struct Options {
     /// Whether each branch's layers after its newest split get CROWN bounds of their own, on
     /// top of the bounds it inherits from its parent (tighter, costlier).
     pub refine: bool,
+    /// The share of the budget spent at the root proving unstable neurons stable by branch
+    /// and bound on the layers before them (0: none), when α-CROWN leaves the property open.
+    pub stabilise: f64,
+    /// Branches per neuron in that search.
+    pub stabilise_branches: usize,
     /// PGD's random starts per disjunct and steps per start.
     pub restarts: usize,
     /// See `restarts`.
@@ -102,6 +115,8 @@ impl Default for Options {
             batch: 256,
             refine: true,
             candidates: 1,
+            stabilise: 0.5,
+            stabilise_branches: 200,
             restarts: 10,
             steps: 100,
             seed: 0,
@@ -116,8 +131,9 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Branches bounded in branch and bound (0 when decided before it).
     pub branches: usize,
-    /// Each disjunct's α-CROWN lower bound at the root (empty when PGD decided first): above 0
-    /// proves that disjunct impossible.
+    /// Each disjunct's α-CROWN lower bound at the root, on the root's layer bounds as
+    /// stabilisation left them (empty when PGD decided first): above 0 proves that disjunct
+    /// impossible.
     pub root_bounds: Vec<f64>,
     /// What decided it: `"attack"`, `"alpha-crown"` or `"bab"`.
     pub stage: &'static str,
