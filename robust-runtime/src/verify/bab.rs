@@ -1058,24 +1058,8 @@ fn stabilise(
 #[cfg(test)]
 mod should {
     use super::{stabilise, Options, Property, Rng, Schedule};
-    use crate::nn::engine::AffineMap;
-    use crate::verify::bounds::{layer_bounds, Net};
-
-    /// A random ReLU network `sizes[0] → … → sizes[last]`, weights `N(0, 1/d_in)`.
-    fn net(rng: &mut Rng, sizes: &[usize]) -> Net {
-        let maps = sizes
-            .windows(2)
-            .map(|d| AffineMap {
-                w: (0..d[0] * d[1])
-                    .map(|_| rng.normal() / (d[0] as f64).sqrt())
-                    .collect(),
-                b: (0..d[1]).map(|_| 0.1 * rng.normal()).collect(),
-                d_in: d[0],
-                d_out: d[1],
-            })
-            .collect();
-        Net::new(maps)
-    }
+    use crate::verify::bounds::layer_bounds;
+    use crate::verify::bounds::should::net;
 
     #[test]
     fn prove_neurons_stable_only_where_no_sample_crosses_zero() {

@@ -794,13 +794,13 @@ fn interval(layer: &Layer, lo: &[f64], hi: &[f64]) -> (Vec<f64>, Vec<f64>) {
 }
 
 #[cfg(test)]
-mod should {
+pub(super) mod should {
     use super::{layer_bounds, optimise, Net, Objective, Relax, Schedule};
     use crate::nn::engine::AffineMap;
     use crate::rng::Rng;
 
     /// A random ReLU network `sizes[0] → … → sizes[last]`, weights `N(0, 1/d_in)`.
-    fn net(rng: &mut Rng, sizes: &[usize]) -> Net {
+    pub(crate) fn net(rng: &mut Rng, sizes: &[usize]) -> Net {
         let maps = sizes
             .windows(2)
             .map(|d| AffineMap {
