@@ -59,6 +59,8 @@ struct Domain {
     lower: Vec<Vec<f32>>,
     upper: Vec<Vec<f32>>,
     next: (usize, usize),
+    /// Its bound on the goal (the best row's; ≤ 0, or it would be closed).
+    bound: f64,
 }
 
 /// `v` rounded down (`down`) or up to an f32 that bounds it on that side.
@@ -166,15 +168,27 @@ pub(super) fn search(
             + deadline
                 .saturating_duration_since(now)
                 .mul_f64(options.stabilise);
-        let proved;
-        (proved, branches) = stabilise(
-            net, property, &mut lower, &mut upper, options, schedule, until, &mut rng,
-        );
-        if proved.iter().any(|&p| p > 0) {
+        // Rounds while time is left, each neuron's branch cap four times the last's: a round
+        // that finishes early leaves its share to searches deeper than its cap let it go.
+        let mut cap = options.stabilise_branches;
+        loop {
+            let (proved, tightened) = stabilise(
+                net,
+                property,
+                (&mut lower, &mut upper),
+                options,
+                schedule,
+                (cap, until),
+                &mut branches,
+                &mut rng,
+            );
+            if tightened == 0 {
+                break;
+            }
             let (again, again_relax) = alpha_crown(&lower, &upper);
             trace(|| {
                 format!(
-                    "stabilised {proved:?} neurons in {:.2?}, {branches} branches; α-CROWN rows {:.3?} → {:.3?}",
+                    "stabilised {proved:?} neurons ({tightened} tightened) at cap {cap} in {:.2?}, {branches} branches; α-CROWN rows {:.3?} → {:.3?}",
                     now.elapsed(),
                     &root.bound,
                     &again.bound
@@ -187,6 +201,13 @@ pub(super) fn search(
             }
             root = again;
             relax = again_relax;
+            if !unproved(&root)
+                || Instant::now() >= until
+                || options.max_branches.is_some_and(|m| branches >= m)
+            {
+                break;
+            }
+            cap = cap.saturating_mul(4);
         }
     }
     // Never looser than CROWN (its own intermediate bounds and slopes: tighter intermediate
@@ -283,6 +304,7 @@ pub(super) fn search(
             lower: lower.iter().map(|l| outward(l, true)).collect(),
             upper: upper.iter().map(|u| outward(u, false)).collect(),
             next,
+            bound: root_bounds[g],
         }];
         while !stack.is_empty() {
             if out_of_time() || options.max_branches.is_some_and(|m| branches >= m) {
@@ -365,8 +387,8 @@ struct Expanded {
     /// corner its bound is attained at, and for a child with nothing left to split, PGD's best
     /// point from there.
     candidates: Vec<(usize, Vec<f64>)>,
-    /// The goal of each child left open with no unstable neuron left to split.
-    exhausted: Vec<usize>,
+    /// The goal and bound of each child left open with no unstable neuron left to split.
+    exhausted: Vec<(usize, f64)>,
     /// Time in the children's refined layer bounds, their β-CROWN bounds and the branching
     /// choice.
     spent: [Duration; 3],
@@ -494,7 +516,7 @@ fn expand(
                 out.candidates.extend(found.map(|x| (g, x)));
             }
             out.candidates.push((g, corner));
-            out.exhausted.push(g);
+            out.exhausted.push((g, pass.bound[best]));
             continue;
         }
         out.candidates.push((g, corner));
@@ -504,7 +526,7 @@ fn expand(
     let goal_of: Vec<&Goal> = open.iter().map(|o| goal_of(o.0)).collect();
     let choices = filtered_smart_branching(net, (lo, hi), &relax, &goal_of, &open);
     out.spent[2] = clock.elapsed();
-    for ((ci, splits, _, _), next) in open.into_iter().zip(choices) {
+    for ((ci, splits, best, _), next) in open.into_iter().zip(choices) {
         let alpha = (ci * per..(ci + 1) * per)
             .flat_map(|p| slice_rows(&relax.alpha, p, rows))
             .collect();
@@ -531,6 +553,7 @@ fn expand(
             lower: row(&relax.lower, true),
             upper: row(&relax.upper, false),
             next,
+            bound: pass.bound[best],
         });
     }
     out
@@ -858,25 +881,26 @@ fn reach(
 /// Tightens the root's layer bounds without a MIP solver: an unstable neuron whose one side
 /// PGD never reaches is proved stable by branch and bound over the layers before it (goal
 /// `σ·z_j > 0`, β-CROWN on each branch, at most `cap` branches per neuron), layer by layer,
-/// each layer's later bounds recomputed by α-CROWN from the tightened ones. Stops at `until`,
-/// the time shared out evenly over the layers left, or at `options.max_branches`. Returns the
-/// neurons proved stable per layer and the branches bounded.
+/// each layer's later bounds recomputed by α-CROWN from the tightened ones. A neuron whose
+/// search stops short has its side's bound raised to the least over the search's open
+/// leaves. Stops at `until`, the time shared out evenly over the layers left, or once
+/// `branches` (those bounded so far, added to) reaches `options.max_branches`. Returns the
+/// neurons proved stable per layer and the number of bounds tightened.
 #[allow(clippy::too_many_arguments)]
 fn stabilise(
     net: &Net,
     property: &Property,
-    lower: &mut Vec<Vec<f64>>,
-    upper: &mut Vec<Vec<f64>>,
+    (lower, upper): (&mut Vec<Vec<f64>>, &mut Vec<Vec<f64>>),
     options: &Options,
     schedule: Schedule,
-    until: Instant,
+    (cap, until): (usize, Instant),
+    branches: &mut usize,
     rng: &mut Rng,
 ) -> (Vec<usize>, usize) {
     let (lo, hi) = (&property.lower[..], &property.upper[..]);
     let widths = net.widths();
-    let cap = options.stabilise_branches;
     let mut stabilised = vec![0; widths.len()];
-    let mut branches = 0;
+    let mut all_tightened = 0;
     for m in 1..widths.len() {
         let now = Instant::now();
         if now >= until {
@@ -932,6 +956,9 @@ fn stabilise(
         let mut open = vec![0usize; goals.len()];
         let mut failed = vec![false; goals.len()];
         let mut spent = vec![0usize; goals.len()];
+        // The least bound over each search's leaves set aside unexpanded: a lower bound on
+        // σ·z_j over the box (every other leaf is closed, its bound above zero).
+        let mut floor = vec![f64::INFINITY; goals.len()];
         let mut stack = Vec::new();
         for t in 0..goals.len() {
             if root.bound[t] > 0.0 {
@@ -939,6 +966,7 @@ fn stabilise(
             }
             let Some(next) = branch_candidates(&root, &relax, t, 1).first().copied() else {
                 failed[t] = true;
+                floor[t] = root.bound[t];
                 continue;
             };
             open[t] = 1;
@@ -950,13 +978,26 @@ fn stabilise(
                 lower: lower[..m].iter().map(|l| outward(l, true)).collect(),
                 upper: upper[..m].iter().map(|u| outward(u, false)).collect(),
                 next,
+                bound: root.bound[t],
             });
         }
-        let mut cut = false;
+        // Keeps the domains whose search goes on, each other one a leaf of its goal's search.
+        let set_aside = |domains: &mut Vec<Domain>, failed: &[bool], floor: &mut [f64]| {
+            domains.retain(|d| {
+                if failed[d.goal] {
+                    floor[d.goal] = floor[d.goal].min(d.bound);
+                }
+                !failed[d.goal]
+            })
+        };
         while !stack.is_empty() {
-            if Instant::now() >= layer_until || options.max_branches.is_some_and(|m| branches >= m)
+            if Instant::now() >= layer_until || options.max_branches.is_some_and(|m| *branches >= m)
             {
-                cut = true;
+                // What the cut left open is not proved.
+                for d in &stack {
+                    failed[d.goal] = true;
+                }
+                set_aside(&mut stack, &failed, &mut floor);
                 break;
             }
             let take = stack.len().min(options.batch);
@@ -968,14 +1009,15 @@ fn stabilise(
                     failed[d.goal] = true;
                 }
             }
-            parents.retain(|d| !failed[d.goal]);
+            set_aside(&mut parents, &failed, &mut floor);
             if parents.is_empty() {
                 continue;
             }
             let step = expand(&sub, property, false, &goals, parents, options, layer_until);
-            branches += step.children.len() + step.closed;
-            for g in step.exhausted {
+            *branches += step.children.len() + step.closed;
+            for (g, bound) in step.exhausted {
                 failed[g] = true;
+                floor[g] = floor[g].min(bound);
             }
             // A corner where the side is reached ends its neuron's search.
             let xs: Vec<f64> = step
@@ -991,43 +1033,49 @@ fn stabilise(
                     failed[*g] = true;
                 }
             }
-            for child in step.children {
-                if !failed[child.goal] {
-                    open[child.goal] += 1;
-                    stack.push(child);
-                }
+            let mut children = step.children;
+            for child in &children {
+                open[child.goal] += 1;
             }
-            stack.retain(|d| !failed[d.goal]);
+            set_aside(&mut children, &failed, &mut floor);
+            stack.extend(children);
+            set_aside(&mut stack, &failed, &mut floor);
         }
-        // What the cut left open is not proved; every other neuron's branches all closed.
-        if cut {
-            for d in &stack {
-                failed[d.goal] = true;
-            }
-        }
-        let mut proved = 0;
+        // A neuron whose branches all closed is proved stable; any other one's bound is
+        // tightened to its leaves' least.
+        let (mut proved, mut tightened) = (0, 0);
         for (t, &(j, s)) in targets.iter().enumerate() {
-            if failed[t] || open[t] > 0 {
+            let least = if failed[t] || open[t] > 0 {
+                floor[t]
+            } else {
+                proved += 1;
+                0.0
+            };
+            if !least.is_finite() {
                 continue;
             }
-            proved += 1;
-            if s > 0.0 {
-                lower[m][j] = lower[m][j].max(0.0);
+            let at = if s > 0.0 {
+                &mut lower[m][j]
             } else {
-                upper[m][j] = upper[m][j].min(0.0);
+                &mut upper[m][j]
+            };
+            if least > s * *at {
+                *at = s * least;
+                tightened += 1;
             }
         }
         stabilised[m] = proved;
+        all_tightened += tightened;
         trace(|| {
             format!(
-                "stabilise layer {m}: {} unstable, {} sides PGD never reaches, {proved} proved, {} branches, {:.2?}",
+                "stabilise layer {m}: {} unstable, {} sides PGD never reaches, {proved} proved, {tightened} tightened, {} branches, {:.2?}",
                 both.len() / 2,
                 targets.len(),
                 spent.iter().sum::<usize>(),
                 now.elapsed()
             )
         });
-        if proved > 0 && m + 1 < widths.len() {
+        if tightened > 0 && m + 1 < widths.len() {
             // The later layers again, from the tightened ones; each keeps its tighter side.
             let (old_lower, old_upper) = (lower.split_off(m + 1), upper.split_off(m + 1));
             bounds::extend_layer_bounds(
@@ -1052,7 +1100,7 @@ fn stabilise(
             }
         }
     }
-    (stabilised, branches)
+    (stabilised, all_tightened)
 }
 
 #[cfg(test)]
@@ -1063,6 +1111,19 @@ mod should {
 
     #[test]
     fn prove_neurons_stable_only_where_no_sample_crosses_zero() {
+        check_stabilised(Options::default().stabilise_branches);
+    }
+
+    /// Searches cut at two branches per neuron prove few, and the others' bounds are raised
+    /// to their leaves' least: still enclosing every sample.
+    #[test]
+    fn tighten_unproved_neurons_to_their_leaves_least_bound() {
+        check_stabilised(2);
+    }
+
+    /// Stabilises a 6→24³→5 network's layer bounds at `cap` branches per neuron, and checks
+    /// them against 20,000 samples.
+    fn check_stabilised(cap: usize) {
         let mut rng = Rng::seed_from_u64(5);
         let net = net(&mut rng, &[6, 24, 24, 24, 5]);
         let centre: Vec<f64> = (0..6).map(|_| rng.uniform(-1.0, 1.0)).collect();
@@ -1083,18 +1144,27 @@ mod should {
         let (before_lower, before_upper) = layer_bounds(&net, (lo, hi), schedule, 64);
         let (mut lower, mut upper) = (before_lower.clone(), before_upper.clone());
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let (proved, branches) = stabilise(
+        let mut branches = 0;
+        let (proved, tightened) = stabilise(
             &net,
             &property,
-            &mut lower,
-            &mut upper,
+            (&mut lower, &mut upper),
             &Options::default(),
             schedule,
-            until,
+            (cap, until),
+            &mut branches,
             &mut rng,
         );
-        // Not vacuous: neurons of both searched layers proved, by branching.
-        assert!(proved[1] > 0 && proved[2] > 0, "{proved:?}");
+        // Not vacuous: neurons of both searched layers proved, by branching, or with few
+        // branches, more tightened than proved.
+        if cap > 2 {
+            assert!(proved[1] > 0 && proved[2] > 0, "{proved:?}");
+        } else {
+            assert!(
+                tightened > proved.iter().sum::<usize>(),
+                "{tightened}, {proved:?}"
+            );
+        }
         assert!(branches > 0);
         // Never looser.
         for r in 0..3 {
