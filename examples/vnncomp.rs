@@ -11,8 +11,8 @@
 //!
 //! Flags: `--timeout S` caps every instance's budget at `S` seconds; `--filter TEXT` keeps the
 //! instances whose name contains it; `--alpha-iterations`, `--bab-iterations`, `--batch`,
-//! `--candidates`, `--no-refine`, `--stabilise SHARE`, `--stabilise-branches N` set
-//! [`Options`]. `ROBUST_VERIFY_TRACE=1` prints, per instance, the time of the root's layer
+//! `--candidates`, `--refine`, `--stabilise SHARE`, `--stabilise-branches N`, `--restarts N`
+//! (PGD's starts per disjunct) and `--steps N` set [`Options`]. `ROBUST_VERIFY_TRACE=1` prints, per instance, the time of the root's layer
 //! bounds and the unstable neurons per layer, what stabilisation proved per layer, each disjunct's
 //! α-CROWN bound, each disjunct branch and bound closes, how much of the input space it had left
 //! when a budget ran out, and where its time went (the branches' refined layer bounds, their
@@ -51,13 +51,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let filter = flag("--filter").cloned().unwrap_or_default();
     let d = Options::default();
     let base = Options {
-        refine: !args.iter().any(|a| a == "--no-refine"),
+        refine: args.iter().any(|a| a == "--refine"),
         batch: num("--batch", d.batch),
         alpha_iterations: num("--alpha-iterations", d.alpha_iterations),
         bab_iterations: num("--bab-iterations", d.bab_iterations),
         candidates: num("--candidates", d.candidates),
         stabilise: flag("--stabilise").map_or(d.stabilise, |s| s.parse().expect("a share")),
         stabilise_branches: num("--stabilise-branches", d.stabilise_branches),
+        restarts: num("--restarts", d.restarts),
+        steps: num("--steps", d.steps),
         ..d
     };
     let published_file = format!(

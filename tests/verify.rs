@@ -76,7 +76,9 @@ fn grid_margins(model: &Model, p: &Property, label: usize) -> Vec<f64> {
 #[test]
 fn decide_small_random_networks_as_exhaustive_search_does() -> robust_runtime::Result<()> {
     let mut rng = Rng::seed_from_u64(7);
-    let (mut proved, mut falsified, mut branched, mut falsified_by_bab) = (0, 0, 0, 0);
+    let (mut proved, mut falsified, mut branched) = (0, 0, 0);
+    // Counterexamples branch and bound found without PGD, without and with refined bounds.
+    let mut falsified_by_bab = [0, 0];
     for case in 0..100 {
         let net = small_net(&mut rng)?;
         let model = Model::new(net);
@@ -88,16 +90,18 @@ fn decide_small_random_networks_as_exhaustive_search_does() -> robust_runtime::R
         let p = Property::misclassified(&centre64, radius, (-10.0, 10.0), label, 3)?;
         let grid = grid_margins(&model, &p, label);
         let grid_min = grid.iter().copied().fold(f64::INFINITY, f64::min);
-        for attack in [true, false] {
+        // Branch and bound on its own, with each branch's layer bounds inherited or refined.
+        for (attack, refine) in [(true, false), (false, false), (false, true)] {
             let options = Options {
                 timeout: Duration::from_secs(60),
                 restarts: if attack { 10 } else { 0 },
+                refine,
                 seed: case as u64,
                 ..Options::default()
             };
             let out = verify::verify(&model, &p, &options)?;
             let what = format!(
-                "case {case} (radius {radius}, attack {attack}): grid margins {grid:?}, {:?} by {}",
+                "case {case} (radius {radius}, attack {attack}, refine {refine}): grid margins {grid:?}, {:?} by {}",
                 out.verdict, out.stage
             );
             match &out.verdict {
@@ -114,7 +118,8 @@ fn decide_small_random_networks_as_exhaustive_search_does() -> robust_runtime::R
                         .collect();
                     assert!(p.violated(&y), "{what}: counterexample {x:?} gives {y:?}");
                     falsified += usize::from(attack);
-                    falsified_by_bab += usize::from(!attack && out.stage == "bab");
+                    falsified_by_bab[usize::from(refine)] +=
+                        usize::from(!attack && out.stage == "bab");
                 }
                 Verdict::Unknown => panic!("{what}: undecided in 60 s"),
             }
@@ -164,7 +169,7 @@ fn decide_small_random_networks_as_exhaustive_search_does() -> robust_runtime::R
             }
         }
     }
-    eprintln!("proved {proved} ({branched} by branch and bound), falsified {falsified} ({falsified_by_bab} by branch and bound without PGD)");
+    eprintln!("proved {proved} ({branched} by branch and bound), falsified {falsified} ({falsified_by_bab:?} by branch and bound without PGD, without and with refine)");
     // Not a vacuous run: both verdicts, proofs that needed branching, counterexamples that only
     // branch and bound found.
     assert!(
@@ -176,8 +181,8 @@ fn decide_small_random_networks_as_exhaustive_search_does() -> robust_runtime::R
         "only {branched} proofs needed branch and bound"
     );
     assert!(
-        falsified_by_bab >= 10,
-        "branch and bound alone falsified {falsified_by_bab}"
+        falsified_by_bab.iter().all(|&f| f >= 10),
+        "branch and bound alone falsified {falsified_by_bab:?}"
     );
     Ok(())
 }
