@@ -15,8 +15,12 @@
 //!    and each such one left unstable loosens every later layer. Branch and bound on the layers
 //!    before it (goal `z_j > 0` or `z_j < 0`, the same β-CROWN branches as below) proves it
 //!    stable, layer by layer, each layer's later bounds then recomputed by α-CROWN; then
-//!    α-CROWN again on the property. This stands in for the MIP solver α,β-CROWN refines its
-//!    layer bounds with (`Options::stabilise` is its share of the budget).
+//!    α-CROWN again on the property. A neuron its search leaves unproved still has that side's
+//!    bound raised to the least bound over the search's open leaves. The rounds go on, each
+//!    neuron's branch cap four times the last round's, while the share of the budget lasts
+//!    and a round tightens something. This stands in for the MIP solver α,β-CROWN refines its
+//!    layer bounds with (`Options::stabilise` is its share of the budget,
+//!    `Options::stabilise_branches` the first round's cap).
 //! 4. **Branch and bound** on what is left: split an unstable ReLU (chosen by BaBSR's score)
 //!    into `z ≥ 0` and `z ≤ 0`, bound both branches with β-CROWN (Wang et al. 2021, the split
 //!    constraints as Lagrange multipliers optimised with the slopes, warm-started from the
