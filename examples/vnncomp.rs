@@ -12,11 +12,11 @@
 //! Flags: `--timeout S` caps every instance's budget at `S` seconds; `--filter TEXT` keeps the
 //! instances whose name contains it; `--alpha-iterations`, `--bab-iterations`, `--batch`,
 //! `--candidates`, `--refine`, `--stabilise SHARE`, `--stabilise-branches N`, `--restarts N`
-//! (PGD's starts per disjunct) and `--steps N` set [`Options`]. `ROBUST_VERIFY_TRACE=1` prints, per instance, the time of the root's layer
-//! bounds and the unstable neurons per layer, what stabilisation proved per layer, each disjunct's
-//! α-CROWN bound, each disjunct branch and bound closes, how much of the input space it had left
-//! when a budget ran out, and where its time went (the branches' refined layer bounds, their
-//! β-CROWN bounds, the branching choice).
+//! (PGD's starts per disjunct) and `--steps N` set [`Options`]. `ROBUST_VERIFY_TRACE=1`
+//! prints, per instance, the time of the root's layer bounds and the unstable neurons per layer,
+//! what stabilisation proved per layer, each disjunct's α-CROWN bound, each disjunct branch and
+//! bound closes, how much of the input space it had left when a budget ran out, and where its
+//! time went (the branches' refined layer bounds, their β-CROWN bounds, the branching choice).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -94,7 +94,7 @@ pub struct Options {
     /// Whether each branch's layers after its newest split get CROWN bounds of their own, on
     /// top of the bounds it inherits from its parent: tighter, and three times the cost of a
     /// branch. Off by default: on layer bounds stabilisation tightened, the cheaper branches
-    /// close searches sooner (BENCHMARKS.md, "refine").
+    /// close searches sooner (BENCHMARKS.md, "branches without refined layer bounds").
     pub refine: bool,
     /// The share of the budget spent at the root proving unstable neurons stable by branch
     /// and bound on the layers before them (0: none), when α-CROWN leaves the property open.
