@@ -12,7 +12,14 @@
 //! cargo run --release --features cuda --example bench -- --device cuda --only pgd
 //! bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] [--resnet-batch N]
 //!       [--reps N] [--min-time S] [--out FILE] [--breakdown] [--ops] [--no-engine]
+//!       [--precision default|f32|tf32]
 //! ```
+//!
+//! `--precision` sets both sides' f32 products on CUDA to the same mode: `f32` strict on both
+//! (PyTorch's `allow_tf32` off for matmul and cuDNN), `tf32` TF32 on both (robust's
+//! [`Precision::Tf32`](robust_runtime::device::Precision), PyTorch's `allow_tf32` on for
+//! both), or `default` (the default) each side's default: robust f32, PyTorch f32 matmul and
+//! TF32 cuDNN convolutions. The table's machine line says which. The CPU has no TF32.
 //!
 //! Each side's number is the best of at least `--reps` (3) timed runs after a warm-up, and of
 //! more until the timed runs took `--min-time` (1) seconds together: a row of 10 ms is then the
@@ -31,7 +38,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 use robust_runtime::attack::{self, AttackBatch, AttackParams};
 use robust_runtime::certify::{self, Method, Smoothing};
-use robust_runtime::device::DeviceChoice;
+use robust_runtime::device::{with_precision, DeviceChoice, Precision};
 use robust_runtime::prelude::*;
 
 /// What a row runs.
@@ -105,7 +112,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench [--device cpu|cuda] [--torch PYTHON|none] [--only WORD] [--batch N] \
          [--resnet-batch N] [--reps N] [--min-time S] [--out FILE] [--breakdown] [--ops] \
-         [--no-engine] [--rss-child KEY]"
+         [--no-engine] [--precision default|f32|tf32] [--rss-child KEY]"
     );
     std::process::exit(2)
 }
@@ -133,7 +140,20 @@ struct Options {
     out: Option<PathBuf>,
     breakdown: bool,
     ops: bool,
+    /// `default`, `f32` or `tf32` (see the module's docs).
+    precision: String,
     rss_child: Option<String>,
+}
+
+impl Options {
+    /// robust's side of `--precision`.
+    fn ours(&self) -> Precision {
+        if self.precision == "tf32" {
+            Precision::Tf32
+        } else {
+            Precision::F32
+        }
+    }
 }
 
 fn options() -> Options {
@@ -148,6 +168,7 @@ fn options() -> Options {
         out: None,
         breakdown: false,
         ops: false,
+        precision: "default".into(),
         rss_child: None,
     };
     let mut args = std::env::args().skip(1);
@@ -169,6 +190,9 @@ fn options() -> Options {
                     "--min-time" => o.min_time = value.parse().unwrap_or_else(|_| usage()),
                     "--out" => o.out = Some(PathBuf::from(value)),
                     "--rss-child" => o.rss_child = Some(value),
+                    "--precision" if ["default", "f32", "tf32"].contains(&value.as_str()) => {
+                        o.precision = value
+                    }
                     _ => usage(),
                 }
             }
@@ -195,7 +219,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(key) = &o.rss_child {
         // A child process: one row, then its memory (see `peak_memory`).
         let row = rows.iter().find(|r| &r.key == key).ok_or("no such row")?;
-        return rss_child(row, &dev);
+        return with_precision(&dev, o.ours(), || Ok(rss_child(row, &dev)))?;
     }
 
     let threads = candle_core::utils::get_num_threads();
@@ -216,7 +240,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut theirs: Result<HashMap<String, Result<f64, String>>, String> = Ok(HashMap::new());
     for row in &rows {
         let model = load(row, &dev)?;
-        let seconds = time_row(row, &model, &dev, timing)?;
+        let seconds = with_precision(&dev, o.ours(), || time_row(row, &model, &dev, timing))?;
         println!(
             "  robust  {:<44} {:>10.1} {} ({:.2} ms per run)",
             row.title,
@@ -226,7 +250,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         if o.breakdown {
             if let Kind::Attack { steps, .. } = row.kind {
-                let (forward, gradient) = time_phases(row, &model, &dev, timing)?;
+                let (forward, gradient) =
+                    with_precision(&dev, o.ours(), || time_phases(row, &model, &dev, timing))?;
                 println!(
                     "          forward {:.2} ms, forward + input gradient + step {:.2} ms, the \
                      rest of a step {:.2} ms",
@@ -252,7 +277,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .find(|r| r.model == "resnet18" && matches!(r.kind, Kind::Attack { name: "pgd", .. }))
         .map(|row| peak_memory(&o, &root, row));
 
-    let machine = machine_name(&dev);
+    let machine = format!("{}; {}", machine_name(&dev), precision_line(&o, on_gpu));
     let mut table = String::from(
         "| workload | batch | robust | PyTorch eager | unit | robust ÷ PyTorch |\n\
          |---|---|---|---|---|---|\n",
@@ -756,6 +781,7 @@ fn run_torch(
         .arg(&script)
         .args(["--device", &o.device, "--threads", &threads.to_string()])
         .args(["--reps", &o.reps.to_string()])
+        .args(["--precision", &o.precision])
         .args(["--min-time", &o.min_time.to_string()])
         .args(o.breakdown.then_some("--breakdown"))
         .args(rss.then_some("--rss"))
@@ -889,6 +915,24 @@ fn time_cnn_ops(dev: &Device, batch: usize) -> robust_runtime::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The precision flags of both sides, for the table.
+fn precision_line(o: &Options, on_gpu: bool) -> String {
+    if !on_gpu {
+        return "f32 on both sides (the CPU has no TF32)".into();
+    }
+    match o.precision.as_str() {
+        "f32" => "precision: both strict f32 (robust `f32`; PyTorch `allow_tf32` off for matmul \
+                  and cuDNN)"
+            .into(),
+        "tf32" => "precision: both TF32 (robust `tf32`; PyTorch `allow_tf32` on for matmul and \
+                   cuDNN)"
+            .into(),
+        _ => "precision: each side's default (robust `f32`; PyTorch matmul f32, cuDNN \
+              convolutions TF32)"
+            .into(),
+    }
 }
 
 /// The machine, for the table: CPU model and core count, the GPU's name on CUDA, the commit.

@@ -19,9 +19,11 @@ mod common;
 
 use std::time::Instant;
 
+use candle_core::Tensor;
+
 use robust_runtime::certify::{self, Method};
 use robust_runtime::defense::{self, Regime, TrainConfig};
-use robust_runtime::device::{self, DeviceChoice};
+use robust_runtime::device::{self, DeviceChoice, Precision};
 use robust_runtime::eval::{CertifySpec, InvarianceSpec, TestSpec};
 use robust_runtime::prelude::*;
 
@@ -56,8 +58,13 @@ fn both<R>(
     (a, b)
 }
 
-/// One attack on both devices; robust accuracy within 0.5 pp.
-fn attack(name: &'static str, model: &'static str, spec: TestSpec, n: usize) {
+/// One attack on both devices; robust accuracy within 0.5 pp. Returns the GPU's report.
+fn attack(
+    name: &'static str,
+    model: &'static str,
+    spec: TestSpec,
+    n: usize,
+) -> robust_runtime::RobustnessReport {
     let spec = spec.samples(n).min_acc(0.0).masking_checks("off");
     let (cpu, gpu) = both(
         name,
@@ -83,6 +90,8 @@ fn attack(name: &'static str, model: &'static str, spec: TestSpec, n: usize) {
         cpu.robust_accuracy,
         gpu.robust_accuracy
     );
+    assert_eq!(cpu.precision, Precision::F32, "{name}: the CPU has no TF32");
+    gpu
 }
 
 #[test]
@@ -131,6 +140,54 @@ fn gradient_attacks_agree_with_the_cpu() {
             .steps(50),
         200,
     );
+}
+
+/// `precision = "tf32"`: inside the run cuBLAS is in TF32 mode and a product shows TF32's
+/// rounding (so the switch reaches the GPU), after it strict f32 again; PGD in TF32 still agrees
+/// with the CPU's f32 within 0.5 pp, and its report says TF32.
+#[test]
+fn tf32_attacks_agree_with_the_cpu_and_the_switch_is_scoped() {
+    let gpu = device::cuda_device().unwrap();
+    let mut rng = Rng::seed_from_u64(32);
+    let a = Tensor::from_vec(
+        rng.uniform_vec(512 * 512, -1.0, 1.0),
+        (512, 512),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let exact = a.matmul(&a).unwrap();
+    let on_gpu = a.to_device(&gpu).unwrap();
+    let error = |precision: Precision| -> f32 {
+        device::with_precision(&gpu, precision, || {
+            assert_eq!(device::cuda_precision(), precision);
+            let product = on_gpu.matmul(&on_gpu)?.to_device(&Device::Cpu)?;
+            Ok((product - &exact)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        })
+        .unwrap()
+    };
+    let (strict, tf32) = (error(Precision::F32), error(Precision::Tf32));
+    assert_eq!(
+        device::cuda_precision(),
+        Precision::F32,
+        "the switch is left on"
+    );
+    println!("512×512 product, largest error against the CPU: f32 {strict:.2e}, TF32 {tf32:.2e}");
+    assert!(strict < 1e-3, "strict f32 is off by {strict}");
+    assert!(
+        tf32 > 10.0 * strict,
+        "TF32 ({tf32}) rounds no more than f32 ({strict})"
+    );
+    let report = attack(
+        "pgd tf32",
+        "mnist_cnn",
+        TestSpec::new("cuda::pgd_cnn_tf32", "pgd", 0.1)
+            .steps(40)
+            .random_start(true)
+            .precision("tf32"),
+        1000,
+    );
+    assert_eq!(report.precision, Precision::Tf32);
+    assert_eq!(device::cuda_precision(), Precision::F32);
 }
 
 #[test]

@@ -350,3 +350,68 @@ fn inputs_outside_the_models_domain_unless_allowed() -> robust_runtime::Result<(
     evaluate(&allowed, &pgd, &RunConfig::default())?;
     Ok(())
 }
+
+/// `precision = "tf32"` asks for TF32 products on CUDA. The CPU has none: a run there is the
+/// f32 run, sample for sample, and its report says f32. Certification refuses TF32 (a bound
+/// from rounded products need not hold), and an unknown precision names the known ones.
+#[test]
+fn tf32_on_the_cpu_is_f32_and_certification_refuses_it() -> robust_runtime::Result<()> {
+    use robust_runtime::device::Precision;
+    use robust_runtime::eval::CertifySpec;
+    let build = || {
+        Ok(RobustnessCase::from_model(
+            common::mlp()?,
+            common::test_digits(64)?,
+        ))
+    };
+    let spec = TestSpec::new("precision::fgsm_eps_0_1", "fgsm", 0.1)
+        .min_acc(0.0)
+        .masking_checks("off")
+        .device("cpu");
+    let strict = spec.clone().run(build)?;
+    let tf32 = spec.clone().precision("tf32").run(build)?;
+    assert_eq!(tf32.precision, Precision::F32);
+    assert_eq!(tf32.per_sample, strict.per_sample);
+    assert_eq!(
+        (tf32.robust_correct, tf32.clean_correct),
+        (strict.robust_correct, strict.clean_correct)
+    );
+    assert!(
+        strict.robust_correct < strict.clean_correct,
+        "FGSM broke nothing"
+    );
+    let json = serde_json::to_string(&tf32).expect("a report serialises");
+    assert!(
+        !json.contains("\"precision\":"),
+        "f32 is left out of the JSON: {json}"
+    );
+
+    let err = spec.precision("fp16").run(build).unwrap_err();
+    assert!(matches!(err, Error::Spec { .. }), "{err}");
+    assert!(
+        err.to_string().contains("fp16") && err.to_string().contains("tf32"),
+        "{err}"
+    );
+
+    let err = CertifySpec::new("precision::ibp_eps_0_1", "ibp", 0.1)
+        .min_certified_acc(0.0)
+        .precision("tf32")
+        .run(build)
+        .unwrap_err();
+    assert!(matches!(err, Error::Spec { .. }), "{err}");
+    assert!(
+        err.to_string().contains("certification runs in strict f32"),
+        "{err}"
+    );
+    // `"f32"` is what certification runs in anyway: allowed.
+    CertifySpec::new("precision::ibp_eps_0_1", "ibp", 0.1)
+        .min_certified_acc(0.0)
+        .precision("f32")
+        .samples(8)
+        .device("cpu")
+        .run(|| {
+            let model = Model::new(common::mlp_net()?);
+            Ok(RobustnessCase::from_model(model, common::test_digits(8)?))
+        })?;
+    Ok(())
+}

@@ -229,6 +229,10 @@ fn reject_what_the_attribute_rejects_before_anything_runs() {
             "`sigma` is a parameter of `certify = \"smoothing\"`, which this test does not run",
         ),
         (
+            "certify = \"ibp\"\neps = 0.1\nmin_certified_acc = 0.5\nprecision = \"tf32\"",
+            "certification runs in strict f32: a bound computed with TF32 products",
+        ),
+        (
             "perturbation = \"brightness\"\nmin_invariance = 0.9\npatch = 3",
             "`patch` does not apply to `brightness`: it is a parameter of `occlusion`",
         ),

@@ -32,6 +32,12 @@ pub const DEVICE: Var = Var {
     name: "ROBUST_DEVICE",
     doc: "`cpu`, `cuda` or `auto`, overriding every test's `device`",
 };
+/// `ROBUST_PRECISION`: `f32` or `tf32`, overriding the `precision` of every attack and
+/// perturbation test (certification stays f32).
+pub const PRECISION: Var = Var {
+    name: "ROBUST_PRECISION",
+    doc: "`f32` or `tf32`, overriding the `precision` of every attack and perturbation test on CUDA (certification stays f32)",
+};
 /// `ROBUST_UPDATE`: what a run writes to `robust-baselines/` (`auto`, `new`, `always`, `no`).
 pub const UPDATE: Var = Var {
     name: "ROBUST_UPDATE",
@@ -63,6 +69,7 @@ pub const VARS: &[Var] = &[
     SEED,
     CASES,
     DEVICE,
+    PRECISION,
     UPDATE,
     BLESS,
     PROGRESS,

@@ -154,15 +154,22 @@ def main():
                    help="keep timing past --reps until the timed runs took this many seconds together")
     p.add_argument("--breakdown", action="store_true", help="also time forward and forward + input gradient")
     p.add_argument("--rss", action="store_true", help="peak resident memory of running the rows once")
+    p.add_argument("--precision", choices=["default", "f32", "tf32"], default="default",
+                   help="CUDA f32 products: PyTorch's defaults, allow_tf32 off for matmul and cuDNN, or on for both")
     p.add_argument("plan", nargs="+")
     a = p.parse_args()
+    if a.precision != "default":
+        torch.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = a.precision == "tf32"
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     if not a.rss:
-        print(f"torch {torch.__version__} on {a.device} ({where})")
+        tf32 = (f", TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}"
+                if dev.type == "cuda" else "")
+        print(f"torch {torch.__version__} on {a.device} ({where}{tf32})")
     for entry in a.plan:
         r = json.loads(entry)
         key, kind, batch = r["key"], r["kind"], r["batch"]

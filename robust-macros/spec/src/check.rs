@@ -511,6 +511,14 @@ fn check_certify(spec: &Spec, written: &[&str], has: &dyn Fn(&str) -> bool, issu
             "`eps` is the L∞ radius of `ibp` and `crown`; smoothing certifies L2 `radius = ...`",
         );
     }
+    if spec.options.precision == Some("tf32") {
+        issues.at(
+            At::Value("precision", None),
+            "certification runs in strict f32: a bound computed with TF32 products (inputs \
+             rounded to 10 mantissa bits) need not hold for the model; drop `precision` or \
+             write `precision = \"f32\"`",
+        );
+    }
     // Each generated test checks its own certifier against the keys written for all of them, so
     // `timeout` beside `["alpha-crown", "bab"]` reaches the α-CROWN test too: allowed there.
     let verifies = certifiers

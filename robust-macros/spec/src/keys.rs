@@ -2,7 +2,9 @@
 //! tests it belongs to, its default and a one-line doc. The attribute, the TOML suite, the
 //! runtime's builders and the README's key table all come from this table.
 
-use crate::names::{AUTOATTACK_MEMBERS, AUTOATTACK_VERSIONS, DEVICES, LOSSES, MASKING, NORMS};
+use crate::names::{
+    AUTOATTACK_MEMBERS, AUTOATTACK_VERSIONS, DEVICES, LOSSES, MASKING, NORMS, PRECISIONS,
+};
 use crate::ty::{self, Given, Ty};
 use crate::value::Value;
 
@@ -385,6 +387,8 @@ keys! {
         seed: u64 = Ty::Seed, [ANY], "`ROBUST_SEED`, else 0";
         /// `ROBUST_DEVICE` overrides; CUDA needs the `cuda` feature, which also adds a `_cuda` variant of each test; `"cpu"` means no variant
         device: &'static str = Ty::Name("device", DEVICES), [ANY], "`\"auto\"`";
+        /// f32 products on CUDA: strict, or on TF32 tensor cores as PyTorch's `allow_tf32`; `ROBUST_PRECISION` overrides; certification is always `"f32"`; the CPU has no TF32
+        precision: &'static str = Ty::Name("precision", PRECISIONS), [ANY], "`\"f32\"`";
         /// gradient-masking diagnostics: fail the test, only report, or skip them
         masking_checks: &'static str = Ty::Name("masking_checks", MASKING), [ATTACK], "`\"fail\"`";
         /// assert on one-sided Clopper–Pearson bounds at this level

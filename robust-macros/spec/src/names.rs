@@ -76,6 +76,12 @@ pub const LOSSES: &[&str] = &["ce", "cw", "dlr"];
 /// `device = "…"`.
 pub const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 
+/// `precision = "…"`: the arithmetic of f32 matrix products on CUDA: strict IEEE f32, or
+/// TF32 tensor cores (inputs rounded to 10 mantissa bits, f32 accumulation), as PyTorch's
+/// `allow_tf32`. Certification is always f32: a bound computed in TF32 may not hold for the
+/// model.
+pub const PRECISIONS: &[&str] = &["f32", "tf32"];
+
 /// `masking_checks = "…"`: what gradient-masking symptoms do.
 pub const MASKING: &[&str] = &["fail", "warn", "off"];
 
@@ -90,6 +96,7 @@ pub const ALL: &[(&str, &[&str])] = &[
     ("norm", NORMS),
     ("loss", LOSSES),
     ("device", DEVICES),
+    ("precision", PRECISIONS),
     ("masking_checks", MASKING),
     ("version", AUTOATTACK_VERSIONS),
     ("AutoAttack member", AUTOATTACK_MEMBERS),

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use super::spec::{common_builders, option_setters, Common};
 use super::Fingerprint;
 use crate::certify::{self, CertificationReport, Method, Smoothing};
-use crate::device;
+use crate::device::{self, Precision};
 use crate::{Error, Result, RobustnessCase};
 use robust_spec::names::{BAB_TIMEOUT, VERIFIERS};
 
@@ -121,6 +121,23 @@ impl CertifySpec {
         let o = &self.common.options;
         let seed = self.common.seed()?;
         let device = self.guard().device(o.device)?;
+        // Certification is f32 whatever `ROBUST_PRECISION` says: TF32 attack tests on other
+        // threads wait until it is done, and it until they are.
+        device::with_precision(&device, Precision::F32, || {
+            self.certify_on(min, smoothing, seed, device.clone(), build)
+        })
+    }
+
+    /// [`CertifySpec::run`] once the device is chosen and held in f32.
+    fn certify_on(
+        &self,
+        min: f64,
+        smoothing: Option<Smoothing>,
+        seed: u64,
+        device: candle_core::Device,
+        build: impl FnOnce() -> Result<RobustnessCase>,
+    ) -> Result<CertificationReport> {
+        let o = &self.common.options;
         let case = device::with_current(&device, build)?.named_after_test(self.name());
         let fingerprint = Fingerprint::of(&case, o.samples, 250, &device)?;
         let case = match o.samples {

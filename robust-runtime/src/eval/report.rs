@@ -160,6 +160,10 @@ pub struct RobustnessReport {
     pub seed: u64,
     /// Device it ran on.
     pub device: String,
+    /// The arithmetic of its f32 products ([`Precision`](crate::device::Precision)): TF32
+    /// only where a CUDA run asked for it; the JSON leaves f32 out.
+    #[serde(default, skip_serializing_if = "crate::device::Precision::is_f32")]
+    pub precision: crate::device::Precision,
     /// Samples evaluated.
     pub samples: usize,
     /// Samples classified correctly without attack.
@@ -331,6 +335,7 @@ impl RobustnessReport {
             targeted: cfg.targeting.is_targeted(),
             seed: cfg.seed,
             device: crate::device::name(&cfg.device),
+            precision: crate::device::Precision::F32,
             samples,
             clean_correct,
             robust_correct,
@@ -577,8 +582,12 @@ impl fmt::Display for RobustnessReport {
         }
         write!(
             f,
-            "  {:<18} {:.2} s on {}, seed {}",
-            "time", self.seconds, self.device, self.seed
+            "  {:<18} {:.2} s on {}{}, seed {}",
+            "time",
+            self.seconds,
+            self.device,
+            self.precision.suffix(),
+            self.seed
         )?;
         if !self.masking.is_empty() {
             write!(f, "\n  gradient masking")?;

@@ -11,7 +11,7 @@ use robust_spec::Options;
 
 use crate::attack::Attack;
 use crate::attack::{self, AttackParams, Loss, Norm, Targeting};
-use crate::device::{self, DeviceChoice};
+use crate::device::{self, DeviceChoice, Precision};
 use crate::{Error, Result};
 
 /// Environment variable that sets the seed of tests that do not set `seed`.
@@ -264,6 +264,7 @@ impl TestSpec {
         }
         let policy = MaskingPolicy::from_name(o.masking_checks.unwrap_or("fail"))?;
         self.common.seed()?;
+        Precision::select(o.precision)?;
         Ok((params, attack, policy))
     }
 
@@ -279,10 +280,26 @@ impl TestSpec {
     /// the report says which checks held ([`TestSpec::failure`] is the verdict). `Err` only
     /// when the test could not run.
     pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<RobustnessReport> {
-        let (params, attack, policy) = self.prepare()?;
+        let prepared = self.prepare()?;
+        let device = self.guard().device(self.common.options.device)?;
+        let precision = Precision::select(self.common.options.precision)?.on(&device);
+        device::with_precision(&device, precision, || {
+            let mut report = self.run_on(prepared, device.clone(), precision, build)?;
+            report.precision = precision;
+            Ok(report)
+        })
+    }
+
+    /// [`TestSpec::run`] once the device and its precision are chosen.
+    fn run_on(
+        &self,
+        (params, attack, policy): (AttackParams, Box<dyn Attack>, MaskingPolicy),
+        device: candle_core::Device,
+        precision: Precision,
+        build: impl FnOnce() -> Result<RobustnessCase>,
+    ) -> Result<RobustnessReport> {
         let o = &self.common.options;
         let seed = self.common.seed()?;
-        let device = self.guard().device(o.device)?;
         let case = device::with_current(&device, build)?.named_after_test(self.name());
         let batch_size = o.batch_size.unwrap_or(RunConfig::default().batch_size);
         let fingerprint = Fingerprint::of(&case, o.samples, batch_size, &device)?;
@@ -300,12 +317,13 @@ impl TestSpec {
             sweep: self.sweep.clone(),
         };
         let key = format!(
-            "{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{:?}|{}|{:?}|{}|{}",
             self.common
                 .name
                 .rsplit_once("::")
                 .map_or("", |(group, _)| group),
             device::name(&cfg.device),
+            precision.name(),
             self.attack,
             params,
             self.sweep,
@@ -319,8 +337,9 @@ impl TestSpec {
         report.fingerprint = Some(fingerprint);
         if policy != MaskingPolicy::Off {
             let group = format!(
-                "{}|{:?}|{}|{:?}|{}",
+                "{}|{}|{:?}|{}|{:?}|{}",
                 key.split('|').next().unwrap_or(""),
+                precision.name(),
                 params.norm,
                 seed,
                 o.samples,

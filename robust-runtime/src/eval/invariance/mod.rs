@@ -250,6 +250,7 @@ pub fn evaluate_strategy(
         seed: cfg.seed,
         cases: cfg.cases,
         device: crate::device::name(&cfg.device),
+        precision: crate::device::Precision::F32,
         samples: n,
         clean_correct,
         invariant,

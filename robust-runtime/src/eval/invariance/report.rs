@@ -72,6 +72,10 @@ pub struct InvarianceReport {
     pub cases: usize,
     /// Device it ran on.
     pub device: String,
+    /// The arithmetic of its f32 products ([`Precision`](crate::device::Precision)): TF32
+    /// only where a CUDA run asked for it; the JSON leaves f32 out.
+    #[serde(default, skip_serializing_if = "crate::device::Precision::is_f32")]
+    pub precision: crate::device::Precision,
     /// Samples evaluated.
     pub samples: usize,
     /// Samples classified correctly without perturbation.
@@ -220,8 +224,13 @@ impl fmt::Display for InvarianceReport {
         }
         write!(
             f,
-            "  {:<18} {:.2} s on {}, {} perturbed inputs, seed {}",
-            "time", self.seconds, self.device, self.forwarded, self.seed
+            "  {:<18} {:.2} s on {}{}, {} perturbed inputs, seed {}",
+            "time",
+            self.seconds,
+            self.device,
+            self.precision.suffix(),
+            self.forwarded,
+            self.seed
         )?;
         if !self.counterexamples.is_empty() {
             write!(

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{evaluate_invariance, InvarianceConfig, InvarianceReport};
-use crate::device;
+use crate::device::{self, Precision};
 use crate::eval::spec::{common_builders, option_setters, Common};
 use crate::eval::{Fingerprint, RobustnessCase};
 use crate::perturb::regressions::{Regression, Regressions};
@@ -124,6 +124,7 @@ impl InvarianceSpec {
         };
         crate::check::check_at_least_one("cases", cases)?;
         self.common.seed()?;
+        Precision::select(o.precision)?;
         Ok((config, min, cases))
     }
 
@@ -131,10 +132,25 @@ impl InvarianceSpec {
     /// The report says whether it holds ([`InvarianceSpec::failure`]); when it does not, the
     /// failing seeds are added to the regressions file. `Err` only when the test could not run.
     pub fn run(&self, build: impl FnOnce() -> Result<RobustnessCase>) -> Result<InvarianceReport> {
-        let (config, min, cases) = self.prepare()?;
+        let prepared = self.prepare()?;
+        let device = self.guard().device(self.common.options.device)?;
+        let precision = Precision::select(self.common.options.precision)?.on(&device);
+        device::with_precision(&device, precision, || {
+            let mut report = self.run_on(prepared, device.clone(), build)?;
+            report.precision = precision;
+            Ok(report)
+        })
+    }
+
+    /// [`InvarianceSpec::run`] once the device and its precision are chosen.
+    fn run_on(
+        &self,
+        (config, min, cases): (PerturbationConfig, f64, usize),
+        device: candle_core::Device,
+        build: impl FnOnce() -> Result<RobustnessCase>,
+    ) -> Result<InvarianceReport> {
         let o = &self.common.options;
         let seed = self.common.seed()?;
-        let device = self.guard().device(o.device)?;
         let case = device::with_current(&device, build)?.named_after_test(self.name());
         let batch_size = o
             .batch_size
