@@ -6,7 +6,7 @@ use super::*;
 use robust_spec::suggest::edit_distance;
 use robust_spec::{Options, Scope};
 
-const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `rescale_schedule`, `version`, `attacks`, `kappa`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `timeout`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `masking_checks`, `confidence`, `baseline`, `tolerance`";
+const ALL_KEYS: &str = "`attack`, `perturbation`, `certify`, `eps`, `radius`, `crate`, `norm`, `steps`, `step_size`, `restarts`, `random_start`, `targeted`, `loss`, `target_classes`, `queries`, `p_init`, `rescale_schedule`, `version`, `attacks`, `kappa`, `binary_search_steps`, `initial_const`, `learning_rate`, `overshoot`, `sigma`, `pixels`, `max_brightness`, `max_contrast`, `max_shift`, `max_degrees`, `patch`, `timeout`, `min_certified_acc`, `n0`, `n`, `alpha`, `cases`, `min_acc`, `max_drop`, `min_invariance`, `samples`, `batch_size`, `seed`, `device`, `precision`, `masking_checks`, `confidence`, `baseline`, `tolerance`";
 
 fn spec(tokens: TokenStream) -> Spec {
     parse(tokens).unwrap_or_else(|e| panic!("unexpected error: {e}"))
@@ -178,6 +178,7 @@ fn accept_every_option_with_its_type() {
         batch_size = 64,
         seed = 18446744073709551615,
         device = "auto",
+        precision = "tf32",
         masking_checks = "warn",
         confidence = 0.95,
         baseline = true,
@@ -208,6 +209,7 @@ fn accept_every_option_with_its_type() {
     assert_eq!(o.batch_size, Some(64));
     assert_eq!(o.seed, Some(u64::MAX));
     assert_eq!(o.device, Some("auto"));
+    assert_eq!(o.precision, Some("tf32"));
     assert_eq!(o.masking_checks, Some("warn"));
     assert_eq!(
         (o.confidence, o.baseline, o.tolerance),
@@ -250,6 +252,7 @@ fn accept_every_perturbation_option_with_its_type() {
         batch_size = 512,
         seed = 3,
         device = "cpu",
+        precision = "tf32",
         confidence = 0.99,
         baseline = false,
     ));
