@@ -192,14 +192,8 @@ impl Precision {
     /// An attack or perturbation test's precision: `ROBUST_PRECISION` when set, else `written`
     /// (the test's `precision`), else f32.
     pub fn select(written: Option<&str>) -> Result<Self> {
-        if let Some(v) = crate::env::get(crate::env::PRECISION) {
-            return Self::from_name(v).map_err(|_| {
-                Error::param(
-                    PRECISION_VAR,
-                    v,
-                    format!("one of {}", robust_spec::suggest::backticked(Self::NAMES)),
-                )
-            });
+        if let Some(p) = crate::env::parse(crate::env::PRECISION, "`f32` or `tf32`")? {
+            return Ok(p);
         }
         Ok(written
             .map(Self::from_name)
@@ -214,6 +208,14 @@ impl Precision {
         } else {
             Precision::F32
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        Self::from_name(name)
     }
 }
 
